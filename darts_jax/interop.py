@@ -1,0 +1,156 @@
+"""Interoperability with the reference PyTorch DARTS code: load its state dicts, reproduce its outputs.
+
+A reference state dict is a mapping from the reference's parameter/buffer names to numpy arrays in PyTorch
+layouts (convolution `(out, in, kh, kw)`, depthwise `(C, 1, kh, kw)`, linear `(out, in)`). The loaders
+convert them into darts_jax pytrees (NHWC / HWIO layouts), so released DARTS checkpoints can be evaluated
+in JAX. `compute_reference_outputs` rebuilds the network a fixture describes and returns every value under
+its `out/` keys (see `../shared/reference/README.md`).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from darts_jax import ops, supernet
+from darts_jax.search_space import DARTS_SPACE
+
+Params = Dict[str, Any]
+
+
+class InteropError(ValueError):
+  """A state dict does not match the network it is loaded into."""
+
+
+def conv_weight(w: np.ndarray) -> np.ndarray:
+  """PyTorch (out, in, kh, kw) -> HWIO."""
+  return np.transpose(np.asarray(w, np.float32), (2, 3, 1, 0))
+
+
+def pointwise_weight(w: np.ndarray) -> np.ndarray:
+  """PyTorch 1×1 convolution (out, in, 1, 1) -> (in, out)."""
+  return np.asarray(w, np.float32)[:, :, 0, 0].T
+
+
+def depthwise_weight(w: np.ndarray) -> np.ndarray:
+  """PyTorch depthwise (C, 1, kh, kw) -> (kh, kw, C)."""
+  return np.transpose(np.asarray(w, np.float32)[:, 0], (1, 2, 0))
+
+
+class _Reader:
+  """Pops names from a state dict so that unused or missing entries are reported by name."""
+
+  def __init__(self, state: Mapping[str, np.ndarray]):
+    self.state = dict(state)
+    self.used = set()
+
+  def __call__(self, name: str) -> np.ndarray:
+    if name not in self.state:
+      raise InteropError(f"state dict has no entry {name!r}; is it from the same network configuration?")
+    self.used.add(name)
+    return np.asarray(self.state[name])
+
+  def check_all_used(self, ignore=("num_batches_tracked",)) -> None:
+    left = [k for k in self.state if k not in self.used and not any(s in k for s in ignore)]
+    if left:
+      raise InteropError(f"{len(left)} state dict entries were not used (first: {left[0]!r}); "
+                         "the network configuration does not match the state dict")
+
+
+def _set(tree_leaf: jax.Array, index, value: np.ndarray, name: str):
+  target_shape = tree_leaf[index].shape if index is not None else tree_leaf.shape
+  if tuple(value.shape) != tuple(target_shape):
+    raise InteropError(f"{name}: shape {value.shape} does not match the network's {target_shape}")
+  if index is None:
+    return jnp.asarray(value)
+  return tree_leaf.at[index].set(value)
+
+
+def _load_relu_conv_bn(r: _Reader, prefix: str, p: Params, s: Params | None = None) -> None:
+  """ReLUConvBN (`op.1` conv, `op.2` BN) or FactorizedReduce (`conv_1`, `conv_2`, `bn`)."""
+  if "conv" in p:
+    p["conv"] = _set(p["conv"], None, conv_weight(r(f"{prefix}.op.1.weight")), prefix)
+    _load_bn(r, f"{prefix}.op.2", p, s, "bn")
+  else:
+    p["conv1"] = _set(p["conv1"], None, pointwise_weight(r(f"{prefix}.conv_1.weight")), prefix)
+    p["conv2"] = _set(p["conv2"], None, pointwise_weight(r(f"{prefix}.conv_2.weight")), prefix)
+    _load_bn(r, f"{prefix}.bn", p, s, "bn")
+
+
+def _load_bn(r: _Reader, prefix: str, p: Params, s: Params | None, key: str) -> None:
+  if key in p:
+    p[key] = {"scale": jnp.asarray(r(f"{prefix}.weight")), "bias": jnp.asarray(r(f"{prefix}.bias"))}
+  if s is not None and key in s:
+    s[key] = {"mean": jnp.asarray(r(f"{prefix}.running_mean")),
+              "var": jnp.asarray(r(f"{prefix}.running_var"))}
+
+
+def _op_entries(name: str, prefix: str):
+  """(darts_jax key, reference name, converter) of one primitive's weights, in the reference's layout."""
+  if name.startswith("sep_conv"):
+    return [("dw1", f"{prefix}.op.1.weight", depthwise_weight), ("pw1", f"{prefix}.op.2.weight", pointwise_weight),
+            ("dw2", f"{prefix}.op.5.weight", depthwise_weight), ("pw2", f"{prefix}.op.6.weight", pointwise_weight)]
+  if name.startswith("dil_conv"):
+    return [("dw", f"{prefix}.op.1.weight", depthwise_weight), ("pw", f"{prefix}.op.2.weight", pointwise_weight)]
+  if name == "skip_connect":
+    return [("conv1", f"{prefix}.conv_1.weight", pointwise_weight),
+            ("conv2", f"{prefix}.conv_2.weight", pointwise_weight)]
+  if name == "conv_7x1_1x7":
+    return [("conv1", f"{prefix}.op.1.weight", conv_weight), ("conv2", f"{prefix}.op.2.weight", conv_weight)]
+  if name.startswith("nor_conv"):
+    return [("conv", f"{prefix}.op.1.weight", conv_weight)]
+  return []
+
+
+def _op_bn_entries(name: str, prefix: str):
+  if name.startswith("sep_conv"):
+    return [("bn1", f"{prefix}.op.3"), ("bn2", f"{prefix}.op.7")]
+  if name.startswith("dil_conv"):
+    return [("bn", f"{prefix}.op.3")]
+  if name == "skip_connect":
+    return [("bn", f"{prefix}.bn")]
+  if name == "conv_7x1_1x7":
+    return [("bn", f"{prefix}.op.3")]
+  if name.startswith("nor_conv"):
+    return [("bn", f"{prefix}.op.2")]
+  return []
+
+
+def load_search_params(state: Mapping[str, np.ndarray], cfg: supernet.SupernetConfig) -> Params:
+  """Supernet weights from a reference `model_search.Network` state dict."""
+  r = _Reader(state)
+  params = supernet.init(jax.random.PRNGKey(0), cfg)
+  params["stem"]["conv"] = _set(params["stem"]["conv"], None, conv_weight(r("stem.0.weight")), "stem.0")
+  _load_bn(r, "stem.1", params["stem"], None, "bn")
+  for i, cell in enumerate(params["cells"]):
+    reduction = i in cfg.reduction_layers
+    _load_relu_conv_bn(r, f"cells.{i}.preprocess0", cell["pre0"])
+    _load_relu_conv_bn(r, f"cells.{i}.preprocess1", cell["pre1"])
+    for wave, wave_params in zip(supernet.cell_waves(cfg.space, reduction), cell["waves"]):
+      for name, op_params in wave_params.items():
+        o = cfg.space.primitive_index(name)
+        for s_i in range(len(wave.sources)):
+          for d_i in range(len(wave.dsts)):
+            e = int(wave.edge_ids[s_i, d_i])
+            prefix = f"cells.{i}._ops.{e}._ops.{o}"
+            for key, ref_name, convert in _op_entries(name, prefix):
+              op_params[key] = _set(op_params[key], (s_i, d_i), convert(r(ref_name)), ref_name)
+  params["classifier"] = {"w": jnp.asarray(r("classifier.weight").T), "b": jnp.asarray(r("classifier.bias"))}
+  r.check_all_used(ignore=("num_batches_tracked", "running_"))
+  return params
+
+
+def fixture_state_dict(fixture: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """The `param/` and `buffer/` entries of a fixture as one reference state dict."""
+  out = {}
+  for k in fixture:
+    for pre in ("param/", "buffer/"):
+      if k.startswith(pre):
+        out[k[len(pre):]] = np.asarray(fixture[k])
+  return out
+
+
+def nchw_to_nhwc(x: np.ndarray) -> jax.Array:
+  return jnp.asarray(np.transpose(np.asarray(x, np.float32), (0, 2, 3, 1)))

@@ -1,0 +1,421 @@
+"""Candidate operations of the DARTS and NAS-Bench-201 spaces, as pure functions over explicit parameters.
+
+Every primitive is an `OpDef` with `init(key, C, stride, affine, track_stats) -> (params, stats)` and
+`apply(params, stats, x, stride, ctx) -> (y, new_stats)`. Tensors are NHWC. Semantics follow the reference
+DARTS code (`operations.py`): ReLU-Conv-BN order, separable convolutions applied twice, dilated convolutions
+with dilation 2, average pooling that does not count padding, `skip_connect` as a factorized reduce at
+stride 2, `none` as zeros of the stride's shape.
+
+`params` holds trainable arrays; `stats` holds BatchNorm running statistics (empty dicts when statistics are
+not tracked, as in the search network, where BatchNorm always normalizes with the batch's statistics).
+
+Depthwise convolutions have two implementations with the same numbers: XLA's grouped convolution (fast on
+GPU/TPU) and a sum of k² shifted multiply-adds with a hand-written VJP (XLA's CPU grouped convolution is
+slow, see `benchmarks/`). `Ctx.dw_impl` picks one; "auto" chooses by backend and kernel.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Dict, NamedTuple, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Params = Dict[str, Any]
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+
+
+class Ctx(NamedTuple):
+  """How to run operations: `train` selects batch statistics (and updates running statistics when they are
+  tracked); `dw_impl` is "auto", "xla" or "shift" (see module docstring)."""
+  train: bool = True
+  dw_impl: str = "auto"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Initializers (PyTorch's defaults, so that a run starts from the same distribution as the reference).
+
+
+def _uniform(key, shape, fan_in):
+  bound = 1.0 / math.sqrt(fan_in)
+  return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+def conv_init(key, kh, kw, c_in, c_out):
+  return _uniform(key, (kh, kw, c_in, c_out), kh * kw * c_in)
+
+
+def dw_init(key, k, c):
+  return _uniform(key, (k, k, c), k * k)
+
+
+def pw_init(key, c_in, c_out):
+  return _uniform(key, (c_in, c_out), c_in)
+
+
+def bn_init(c, affine, track):
+  params = {"scale": jnp.ones((c,), jnp.float32), "bias": jnp.zeros((c,), jnp.float32)} if affine else {}
+  stats = {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)} if track else {}
+  return params, stats
+
+
+# --------------------------------------------------------------------------------------------------------
+# Layers.
+
+
+def batch_norm(x, params, stats, ctx: Ctx):
+  """BatchNorm over N, H, W. Uses batch statistics in training mode or when no running statistics are
+  tracked; updates tracked statistics like PyTorch (momentum 0.1, unbiased variance)."""
+  if ctx.train or not stats:
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    var = jnp.mean(jnp.square(x - mean), axes)
+    if stats and ctx.train:
+      n = x.size // x.shape[-1]
+      stats = {"mean": (1 - BN_MOMENTUM) * stats["mean"] + BN_MOMENTUM * mean,
+               "var": (1 - BN_MOMENTUM) * stats["var"] + BN_MOMENTUM * var * (n / max(n - 1, 1))}
+  else:
+    mean, var = stats["mean"], stats["var"]
+  y = (x - mean) * lax.rsqrt(var + BN_EPS)
+  if params:
+    y = y * params["scale"] + params["bias"]
+  return y, stats
+
+
+def conv(x, w, stride=1, padding=0, dilation=1):
+  """Dense convolution, NHWC input and HWIO kernel."""
+  if w.shape[0] == 1 and w.shape[1] == 1 and padding == 0:
+    if stride > 1:
+      x = x[:, ::stride, ::stride, :]
+    return x @ w[0, 0]
+  pad = padding if isinstance(padding, tuple) else ((padding, padding), (padding, padding))
+  return lax.conv_general_dilated(x, w, (stride, stride) if isinstance(stride, int) else stride, pad,
+                                  rhs_dilation=(dilation, dilation),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _out_size(size, k, stride, dilation, pad):
+  return (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+
+
+def _shifted_sum(xp, w, stride, dilation, ho, wo):
+  n, _, _, c = xp.shape
+  out = None
+  for i in range(w.shape[0]):
+    for j in range(w.shape[1]):
+      sl = lax.slice(xp, (0, i * dilation, j * dilation, 0),
+                     (n, i * dilation + stride * (ho - 1) + 1, j * dilation + stride * (wo - 1) + 1, c),
+                     (1, stride, stride, 1))
+      term = sl * w[i, j]
+      out = term if out is None else out + term
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def depthwise_conv_shift(x, w, stride, dilation, pad):
+  """Depthwise convolution (`w`: k×k×C) as k² shifted multiply-adds, with a VJP that is again a shifted
+  depthwise convolution, so XLA fuses forward and backward into a few loops."""
+  k = w.shape[0]
+  ho = _out_size(x.shape[1], k, stride, dilation, pad)
+  wo = _out_size(x.shape[2], k, stride, dilation, pad)
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  return _shifted_sum(xp, w, stride, dilation, ho, wo)
+
+
+def _dw_fwd(x, w, stride, dilation, pad):
+  return depthwise_conv_shift(x, w, stride, dilation, pad), (x, w)
+
+
+def _dw_bwd(stride, dilation, pad, res, g):
+  x, w = res
+  k = w.shape[0]
+  n, h, wd, c = x.shape
+  ho, wo = g.shape[1], g.shape[2]
+  lo = dilation * (k - 1) - pad
+  # Input gradient: correlate the stride-dilated output gradient with the flipped kernel.
+  gdp = lax.pad(g, jnp.zeros((), g.dtype),
+                ((0, 0, 0), (lo, h + pad - stride * (ho - 1) - 1, stride - 1),
+                 (lo, wd + pad - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
+  dx = depthwise_conv_shift(gdp, w[::-1, ::-1], 1, dilation, 0)
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  taps = []
+  for i in range(k):
+    for j in range(k):
+      sl = lax.slice(xp, (0, i * dilation, j * dilation, 0),
+                     (n, i * dilation + stride * (ho - 1) + 1, j * dilation + stride * (wo - 1) + 1, c),
+                     (1, stride, stride, 1))
+      taps.append(jnp.sum(sl * g, axis=(0, 1, 2)))
+  dw = jnp.stack(taps).reshape(k, k, c)
+  return dx, dw
+
+
+depthwise_conv_shift.defvjp(_dw_fwd, _dw_bwd)
+
+
+def depthwise_conv_xla(x, w, stride, dilation, pad):
+  return lax.conv_general_dilated(x, w[:, :, None, :], (stride, stride), ((pad, pad), (pad, pad)),
+                                  rhs_dilation=(dilation, dilation),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  feature_group_count=x.shape[-1])
+
+
+def _choose_dw_impl(ctx: Ctx, k: int, stride: int) -> str:
+  if ctx.dw_impl != "auto":
+    return ctx.dw_impl
+  if jax.default_backend() != "cpu":
+    return "xla"
+  # Measured on a 2-core CPU (benchmarks/bench_ops.py): shifted sums win for 3×3 and strided kernels,
+  # XLA's grouped convolution for the stride-1 5×5 backward pass.
+  return "shift" if (k <= 3 or stride > 1) else "xla"
+
+
+def depthwise_conv(x, w, stride, dilation, pad, ctx: Ctx):
+  impl = _choose_dw_impl(ctx, w.shape[0], stride)
+  if impl == "shift":
+    return depthwise_conv_shift(x, w, stride, dilation, pad)
+  if impl == "xla":
+    return depthwise_conv_xla(x, w, stride, dilation, pad)
+  raise ValueError(f"unknown depthwise implementation {impl!r}; use 'auto', 'xla' or 'shift'")
+
+
+def max_pool_3x3(x, stride):
+  n, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  ho, wo = _out_size(h, 3, stride, 1, 1), _out_size(w, 3, stride, 1, 1)
+  out = None
+  for i in range(3):
+    for j in range(3):
+      sl = lax.slice(xp, (0, i, j, 0), (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                     (1, stride, stride, 1))
+      out = sl if out is None else jnp.maximum(out, sl)
+  return out
+
+
+def max_pool_2x2(x):
+  """2×2 max pooling with stride 2 (PC-DARTS' bypass at stride 2); odd sizes are padded like the convs."""
+  n, h, w, c = x.shape
+  x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+  return x.reshape(n, (h + 1) // 2, 2, (w + 1) // 2, 2, c).max(axis=(2, 4))
+
+
+def avg_pool(x, k, stride, pad, count_include_pad=False):
+  n, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  ho, wo = _out_size(h, k, stride, 1, pad), _out_size(w, k, stride, 1, pad)
+  ones = jnp.pad(jnp.ones((1, h, w, 1), x.dtype), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  total = count = None
+  for i in range(k):
+    for j in range(k):
+      lim = (i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1)
+      sl = lax.slice(xp, (0, i, j, 0), (n,) + lim + (c,), (1, stride, stride, 1))
+      cnt = lax.slice(ones, (0, i, j, 0), (1,) + lim + (1,), (1, stride, stride, 1))
+      total = sl if total is None else total + sl
+      count = cnt if count is None else count + cnt
+  if count_include_pad:
+    return total / (k * k)
+  return total / count
+
+
+# --------------------------------------------------------------------------------------------------------
+# Primitives.
+
+
+class OpDef(NamedTuple):
+  init: Callable[..., Tuple[Params, Params]]
+  apply: Callable[..., Tuple[jax.Array, Params]]
+  weight_free: bool  # True if the op has no parameters at the given stride (then it is shared by edges).
+
+
+def _none_init(key, c, stride, affine, track):
+  return {}, {}
+
+
+def _none_apply(p, s, x, stride, ctx):
+  if stride > 1:
+    n, h, w, c = x.shape
+    return jnp.zeros((n, -(-h // stride), -(-w // stride), c), x.dtype), s
+  return jnp.zeros_like(x), s
+
+
+def _pool_init(key, c, stride, affine, track):
+  bn_p, bn_s = bn_init(c, affine=False, track=track)
+  return {}, ({"bn": bn_s} if track else {})
+
+
+def _make_pool_apply(kind: str, with_bn: bool):
+  def apply(p, s, x, stride, ctx):
+    y = max_pool_3x3(x, stride) if kind == "max" else avg_pool(x, 3, stride, 1)
+    if with_bn:
+      y, bn_s = batch_norm(y, {}, s.get("bn", {}), ctx)
+      s = {"bn": bn_s} if bn_s else {}
+    return y, s
+  return apply
+
+
+def relu_conv_bn_init(key, c_in, c_out, k, affine, track):
+  bn_p, bn_s = bn_init(c_out, affine, track)
+  p = {"conv": conv_init(key, k, k, c_in, c_out)}
+  if bn_p:
+    p["bn"] = bn_p
+  return p, ({"bn": bn_s} if bn_s else {})
+
+
+def relu_conv_bn_apply(p, s, x, stride, padding, ctx):
+  y = conv(jax.nn.relu(x), p["conv"], stride, padding)
+  y, bn_s = batch_norm(y, p.get("bn", {}), s.get("bn", {}), ctx)
+  return y, ({"bn": bn_s} if bn_s else {})
+
+
+def factorized_reduce_init(key, c_in, c_out, affine, track):
+  if c_out % 2:
+    raise ValueError(f"factorized reduce needs an even number of output channels, got {c_out}")
+  k1, k2 = jax.random.split(key)
+  bn_p, bn_s = bn_init(c_out, affine, track)
+  p = {"conv1": pw_init(k1, c_in, c_out // 2), "conv2": pw_init(k2, c_in, c_out // 2)}
+  if bn_p:
+    p["bn"] = bn_p
+  return p, ({"bn": bn_s} if bn_s else {})
+
+
+def factorized_reduce_apply(p, s, x, ctx):
+  x = jax.nn.relu(x)
+  a = x[:, ::2, ::2, :]
+  b = x[:, 1::2, 1::2, :]
+  # Odd sizes: the reference would fail to concatenate; pad the shifted path so both have ceil(H/2).
+  b = jnp.pad(b, ((0, 0), (0, a.shape[1] - b.shape[1]), (0, a.shape[2] - b.shape[2]), (0, 0)))
+  y = jnp.concatenate([a @ p["conv1"], b @ p["conv2"]], axis=-1)
+  y, bn_s = batch_norm(y, p.get("bn", {}), s.get("bn", {}), ctx)
+  return y, ({"bn": bn_s} if bn_s else {})
+
+
+def _skip_init(key, c, stride, affine, track):
+  if stride == 1:
+    return {}, {}
+  return factorized_reduce_init(key, c, c, affine, track)
+
+
+def _skip_apply(p, s, x, stride, ctx):
+  if stride == 1:
+    return x, s
+  return factorized_reduce_apply(p, s, x, ctx)
+
+
+def _bn_entry(p, s, name, c, affine, track):
+  bn_p, bn_s = bn_init(c, affine, track)
+  if bn_p:
+    p[name] = bn_p
+  if bn_s:
+    s[name] = bn_s
+
+
+def _make_sep_conv(k: int):
+  pad = k // 2
+
+  def init(key, c, stride, affine, track):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    p = {"dw1": dw_init(k1, k, c), "pw1": pw_init(k2, c, c), "dw2": dw_init(k3, k, c), "pw2": pw_init(k4, c, c)}
+    s = {}
+    _bn_entry(p, s, "bn1", c, affine, track)
+    _bn_entry(p, s, "bn2", c, affine, track)
+    return p, s
+
+  def apply(p, s, x, stride, ctx):
+    y = depthwise_conv(jax.nn.relu(x), p["dw1"], stride, 1, pad, ctx) @ p["pw1"]
+    y, s1 = batch_norm(y, p.get("bn1", {}), s.get("bn1", {}), ctx)
+    y = depthwise_conv(jax.nn.relu(y), p["dw2"], 1, 1, pad, ctx) @ p["pw2"]
+    y, s2 = batch_norm(y, p.get("bn2", {}), s.get("bn2", {}), ctx)
+    return y, ({"bn1": s1, "bn2": s2} if s1 else {})
+
+  return OpDef(init, apply, weight_free=False)
+
+
+def _make_dil_conv(k: int, dilation: int = 2):
+  pad = dilation * (k - 1) // 2
+
+  def init(key, c, stride, affine, track):
+    k1, k2 = jax.random.split(key)
+    p = {"dw": dw_init(k1, k, c), "pw": pw_init(k2, c, c)}
+    s = {}
+    _bn_entry(p, s, "bn", c, affine, track)
+    return p, s
+
+  def apply(p, s, x, stride, ctx):
+    y = depthwise_conv(jax.nn.relu(x), p["dw"], stride, dilation, pad, ctx) @ p["pw"]
+    y, bn_s = batch_norm(y, p.get("bn", {}), s.get("bn", {}), ctx)
+    return y, ({"bn": bn_s} if bn_s else {})
+
+  return OpDef(init, apply, weight_free=False)
+
+
+def _conv_7x1_1x7_init(key, c, stride, affine, track):
+  k1, k2 = jax.random.split(key)
+  p = {"conv1": conv_init(k1, 1, 7, c, c), "conv2": conv_init(k2, 7, 1, c, c)}
+  s = {}
+  _bn_entry(p, s, "bn", c, affine, track)
+  return p, s
+
+
+def _conv_7x1_1x7_apply(p, s, x, stride, ctx):
+  y = conv(jax.nn.relu(x), p["conv1"], (1, stride), ((0, 0), (3, 3)))
+  y = conv(y, p["conv2"], (stride, 1), ((3, 3), (0, 0)))
+  y, bn_s = batch_norm(y, p.get("bn", {}), s.get("bn", {}), ctx)
+  return y, ({"bn": bn_s} if bn_s else {})
+
+
+def _make_nor_conv(k: int):
+  def init(key, c, stride, affine, track):
+    return relu_conv_bn_init(key, c, c, k, affine, track)
+
+  def apply(p, s, x, stride, ctx):
+    return relu_conv_bn_apply(p, s, x, stride, k // 2, ctx)
+
+  return OpDef(init, apply, weight_free=False)
+
+
+# Final-network versions (pooling without BatchNorm, as in the reference's `OPS`).
+OPS: Dict[str, OpDef] = {
+    "none": OpDef(_none_init, _none_apply, weight_free=True),
+    "max_pool_3x3": OpDef(lambda *a: ({}, {}), _make_pool_apply("max", with_bn=False), weight_free=True),
+    "avg_pool_3x3": OpDef(lambda *a: ({}, {}), _make_pool_apply("avg", with_bn=False), weight_free=True),
+    "skip_connect": OpDef(_skip_init, _skip_apply, weight_free=False),
+    "sep_conv_3x3": _make_sep_conv(3),
+    "sep_conv_5x5": _make_sep_conv(5),
+    "sep_conv_7x7": _make_sep_conv(7),
+    "dil_conv_3x3": _make_dil_conv(3),
+    "dil_conv_5x5": _make_dil_conv(5),
+    "conv_7x1_1x7": OpDef(_conv_7x1_1x7_init, _conv_7x1_1x7_apply, weight_free=False),
+    "nor_conv_1x1": _make_nor_conv(1),
+    "nor_conv_3x3": _make_nor_conv(3),
+}
+
+# Inside the search network, pooling is followed by a non-affine BatchNorm (`MixedOp` in the reference).
+SEARCH_OPS: Dict[str, OpDef] = dict(
+    OPS,
+    max_pool_3x3=OpDef(_pool_init, _make_pool_apply("max", with_bn=True), weight_free=True),
+    avg_pool_3x3=OpDef(_pool_init, _make_pool_apply("avg", with_bn=True), weight_free=True),
+)
+
+
+def get_op(name: str, search: bool = False) -> OpDef:
+  table = SEARCH_OPS if search else OPS
+  try:
+    return table[name]
+  except KeyError:
+    raise ValueError(f"unknown operation {name!r}; known operations: {', '.join(sorted(table))}") from None
+
+
+def is_weight_free(name: str, stride: int) -> bool:
+  """Whether `name` at `stride` has no parameters (skip_connect has some at stride 2)."""
+  if name == "skip_connect":
+    return stride == 1
+  return get_op(name).weight_free
+
+
+def drop_path(x, drop_prob: float, key):
+  """Zeroes whole examples with probability `drop_prob` and rescales the rest (the reference's drop_path)."""
+  keep = 1.0 - drop_prob
+  mask = jax.random.bernoulli(key, keep, (x.shape[0], 1, 1, 1)).astype(x.dtype)
+  return x / keep * mask

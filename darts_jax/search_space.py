@@ -1,0 +1,101 @@
+"""Search-space descriptions: which primitives exist, how many nodes a cell has, and which edges connect them.
+
+A description is data, separate from the modules that implement the primitives (`darts_jax.ops`) and from the
+supernet that evaluates it (`darts_jax.supernet`), so that other spaces plug in by writing another description.
+
+Edge order is the reference's: node 0's incoming edges first (from the cell inputs), then node 1's, and so on;
+within a node, edges are ordered by source state index. States are numbered cell inputs first
+(``0 .. num_inputs-1``), then intermediate nodes (``num_inputs .. num_inputs+num_nodes-1``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+DARTS_PRIMITIVES = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+NB201_PRIMITIVES = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+
+@dataclasses.dataclass(frozen=True)
+class Edge:
+  """A directed edge from state `src` to state `dst` (state numbering as in the module docstring)."""
+  src: int
+  dst: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+  """A cell search space.
+
+  Attributes:
+    name: short identifier (e.g. "darts", "nb201").
+    primitives: candidate operation names, in the order of α's last axis.
+    num_inputs: number of cell inputs (2 in DARTS: the two previous cells; 1 in NAS-Bench-201).
+    num_nodes: number of intermediate nodes.
+    inputs_per_node: edges each node keeps when discretized (2 in DARTS; None means every edge is kept,
+      with exactly one op each, as in NAS-Bench-201).
+    output: "concat" (concatenate the intermediate nodes, DARTS) or "last" (the last node, NAS-Bench-201).
+  """
+  name: str
+  primitives: Tuple[str, ...]
+  num_inputs: int
+  num_nodes: int
+  inputs_per_node: int | None = 2
+  output: str = "concat"
+
+  @property
+  def edges(self) -> Tuple[Edge, ...]:
+    return tuple(Edge(src, self.num_inputs + i)
+                 for i in range(self.num_nodes)
+                 for src in range(self.num_inputs + i))
+
+  @property
+  def num_edges(self) -> int:
+    return len(self.edges)
+
+  @property
+  def num_ops(self) -> int:
+    return len(self.primitives)
+
+  @property
+  def alpha_shape(self) -> Tuple[int, int]:
+    return (self.num_edges, self.num_ops)
+
+  def edge_index(self, src: int, dst: int) -> int:
+    for i, e in enumerate(self.edges):
+      if e.src == src and e.dst == dst:
+        return i
+    raise ValueError(f"search space {self.name!r} has no edge {src}->{dst}")
+
+  def primitive_index(self, name: str) -> int:
+    try:
+      return self.primitives.index(name)
+    except ValueError:
+      raise ValueError(f"unknown primitive {name!r} for search space {self.name!r}; "
+                       f"choose one of {', '.join(self.primitives)}") from None
+
+
+DARTS_SPACE = SearchSpace(name="darts", primitives=DARTS_PRIMITIVES, num_inputs=2, num_nodes=4,
+                          inputs_per_node=2, output="concat")
+
+NB201_SPACE = SearchSpace(name="nb201", primitives=NB201_PRIMITIVES, num_inputs=1, num_nodes=3,
+                          inputs_per_node=None, output="last")
+
+SPACES = {s.name: s for s in (DARTS_SPACE, NB201_SPACE)}
+
+
+def get_space(name: str) -> SearchSpace:
+  try:
+    return SPACES[name]
+  except KeyError:
+    raise ValueError(f"unknown search space {name!r}; choose one of {', '.join(sorted(SPACES))}") from None

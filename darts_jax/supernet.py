@@ -1,0 +1,261 @@
+"""The DARTS supernet: cells whose every edge is a mixed operation Σ_o w_o · o(x).
+
+Parameters are explicit pytrees, and α is not among them: `apply` takes the per-edge op weights (softmax(α)
+for DARTS; other methods make them differently), so weights and α are differentiated and optimized apart.
+
+Program layout, chosen for XLA compile time (see `benchmarks/`): a cell is evaluated in *waves*. Wave 0 holds
+every edge leaving the cell inputs (in a reduction cell, exactly the stride-2 edges); wave t ≥ 1 holds the
+edges leaving intermediate node t-1. All edges of a wave share their input shape, so each parametric
+primitive runs once per wave as a call vmapped over the wave's edges with stacked parameters, and each
+weight-free primitive (pooling + non-affine BatchNorm, identity) runs once per source state and is shared by
+every edge leaving it. `none` costs nothing. The numbers are those of the reference's edge-by-edge loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from darts_jax import ops
+from darts_jax.search_space import DARTS_SPACE, SearchSpace
+
+Params = Dict[str, Any]
+
+
+class Wave(NamedTuple):
+  sources: Tuple[int, ...]
+  dsts: Tuple[int, ...]
+  stride: int
+  edge_ids: np.ndarray  # (len(sources), len(dsts)) indices into the space's edge list
+
+
+def cell_waves(space: SearchSpace, reduction: bool) -> List[Wave]:
+  waves = [Wave(tuple(range(space.num_inputs)),
+                tuple(range(space.num_inputs, space.num_inputs + space.num_nodes)),
+                2 if reduction else 1, None)]
+  for t in range(space.num_nodes - 1):
+    src = space.num_inputs + t
+    waves.append(Wave((src,), tuple(range(src + 1, space.num_inputs + space.num_nodes)), 1, None))
+  return [w._replace(edge_ids=np.array([[space.edge_index(s, d) for d in w.dsts] for s in w.sources]))
+          for w in waves]
+
+
+def _stack_trees(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def mixed_cell_init(key, space: SearchSpace, C: int, reduction: bool, partial_channels: int = 1) -> Params:
+  """Stacked parameters of every parametric primitive on every edge, wave by wave."""
+  c = C // partial_channels
+  waves = []
+  for wave in cell_waves(space, reduction):
+    wave_params = {}
+    for name in space.primitives:
+      if ops.is_weight_free(name, wave.stride):
+        continue
+      op = ops.get_op(name, search=True)
+      per_src = []
+      for s_i in range(len(wave.sources)):
+        per_dst = []
+        for d_i in range(len(wave.dsts)):
+          edge_key = jax.random.fold_in(jax.random.fold_in(key, int(wave.edge_ids[s_i, d_i])),
+                                        space.primitive_index(name))
+          per_dst.append(op.init(edge_key, c, wave.stride, False, False)[0])
+        per_src.append(_stack_trees(per_dst))
+      wave_params[name] = _stack_trees(per_src)
+    waves.append(wave_params)
+  return {"waves": waves}
+
+
+def _channel_shuffle(x, groups):
+  *lead, c = x.shape
+  return x.reshape(*lead, groups, c // groups).swapaxes(-1, -2).reshape(*lead, c)
+
+
+def _weighted_sum(a, y):
+  """Σ_s a[s, d] · y[s, d] as a broadcast multiply-add (XLA's CPU dot is slow for this shape)."""
+  a = a.reshape(a.shape + (1,) * (y.ndim - 2)).astype(y.dtype)
+  return jnp.sum(a * y, axis=0)
+
+
+def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: jax.Array, space: SearchSpace,
+                     reduction: bool, ctx: ops.Ctx, partial_channels: int = 1,
+                     edge_scale: Optional[jax.Array] = None) -> List[jax.Array]:
+  """Returns the intermediate node states of a mixed cell.
+
+  Args:
+    inputs: the cell's (preprocessed) input states.
+    weights: (num_edges, num_ops) op weights of every edge, in the space's edge order.
+    partial_channels: K of PC-DARTS: only the first C/K channels go through the mixed op; the rest bypass it
+      (max-pooled at stride 2) and the node output is channel-shuffled with K groups.
+    edge_scale: optional (num_edges,) factor per edge (PC-DARTS' edge normalization).
+  """
+  states = list(inputs)
+  acc: Dict[int, jax.Array] = {}
+  bypass: Dict[int, jax.Array] = {}
+  C = inputs[0].shape[-1]
+  c = C // partial_channels
+  for wave, wave_params in zip(cell_waves(space, reduction), cell_params["waves"]):
+    xs = jnp.stack([states[s] for s in wave.sources])
+    if partial_channels > 1:
+      xs, rest = xs[..., :c], xs[..., c:]
+    A = weights[wave.edge_ids]  # (S, D, O)
+    if edge_scale is not None:
+      A = A * edge_scale[wave.edge_ids][..., None]
+    out = None
+    for o, name in enumerate(space.primitives):
+      if name == "none":
+        continue
+      op = ops.get_op(name, search=True)
+      if ops.is_weight_free(name, wave.stride):
+        y = jax.vmap(lambda x: op.apply({}, {}, x, wave.stride, ctx)[0])(xs)
+        term = _weighted_sum(A[..., o], y[:, None])
+      else:
+        f = lambda p, x: op.apply(p, {}, x, wave.stride, ctx)[0]
+        y = jax.vmap(jax.vmap(f, in_axes=(0, None)), in_axes=(0, 0))(wave_params[name], xs)
+        term = _weighted_sum(A[..., o], y)
+      out = term if out is None else out + term
+    if partial_channels > 1:
+      if wave.stride > 1:
+        rest = jax.vmap(lambda x: ops.max_pool_2x2(x))(rest)
+      scale = (edge_scale[wave.edge_ids] if edge_scale is not None
+               else jnp.ones(wave.edge_ids.shape, rest.dtype))
+      by = _weighted_sum(scale, rest[:, None])
+    for d_i, d in enumerate(wave.dsts):
+      acc[d] = out[d_i] if d not in acc else acc[d] + out[d_i]
+      if partial_channels > 1:
+        bypass[d] = by[d_i] if d not in bypass else bypass[d] + by[d_i]
+    node = wave.dsts[0]
+    if partial_channels > 1:
+      acc[node] = _channel_shuffle(jnp.concatenate([acc[node], bypass[node]], -1), partial_channels)
+    states.append(acc[node])
+  return states[space.num_inputs:]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The DARTS CNN supernet (the reference's `model_search.Network`).
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetConfig:
+  """Shape of the DARTS search network. Reduction cells sit at layers//3 and 2·layers//3."""
+  C: int = 16
+  num_classes: int = 10
+  layers: int = 8
+  in_channels: int = 3
+  multiplier: int = 4
+  stem_multiplier: int = 3
+  space: SearchSpace = DARTS_SPACE
+  partial_channels: int = 1
+  dw_impl: str = "auto"
+
+  def __post_init__(self):
+    if self.layers < 3:
+      raise ValueError(f"layers={self.layers}: the DARTS network needs at least 3 layers "
+                       "(reduction cells sit at layers//3 and 2*layers//3)")
+    if self.C < 1 or self.num_classes < 1:
+      raise ValueError(f"C={self.C} and num_classes={self.num_classes} must be positive")
+    if self.partial_channels < 1 or self.C % self.partial_channels:
+      raise ValueError(f"C={self.C} must be divisible by partial_channels={self.partial_channels}")
+    if self.space.num_inputs != 2 or self.space.output != "concat":
+      raise ValueError(f"search space {self.space.name!r} does not fit the DARTS macro network; "
+                       "use its own network (e.g. darts_jax.nb201 for NAS-Bench-201)")
+
+  @property
+  def reduction_layers(self) -> Tuple[int, int]:
+    return (self.layers // 3, 2 * self.layers // 3)
+
+  @property
+  def min_input_size(self) -> int:
+    return 4
+
+
+def check_input(cfg: SupernetConfig, x_shape) -> None:
+  """Raises a one-line ValueError when an input batch cannot go through the network."""
+  if len(x_shape) != 4:
+    raise ValueError(f"expected an NHWC image batch, got an array of shape {tuple(x_shape)}")
+  _, h, w, c = x_shape
+  if c != cfg.in_channels:
+    raise ValueError(f"input has {c} channels but the network was built for in_channels={cfg.in_channels}")
+  if h < cfg.min_input_size or w < cfg.min_input_size:
+    raise ValueError(f"input {h}x{w} is too small for the network's 2 reductions; "
+                     f"use images of at least {cfg.min_input_size}x{cfg.min_input_size}")
+
+
+def init(key, cfg: SupernetConfig) -> Params:
+  """Weights of the supernet (α excluded)."""
+  k_stem, k_cells, k_cls = jax.random.split(key, 3)
+  c_curr = cfg.stem_multiplier * cfg.C
+  params = {"stem": {"conv": ops.conv_init(k_stem, 3, 3, cfg.in_channels, c_curr),
+                     "bn": ops.bn_init(c_curr, True, False)[0]}}
+  c_pp, c_p, c_curr = c_curr, c_curr, cfg.C
+  reduction_prev = False
+  cells = []
+  for i in range(cfg.layers):
+    reduction = i in cfg.reduction_layers
+    if reduction:
+      c_curr *= 2
+    kc = jax.random.fold_in(k_cells, i)
+    k0, k1, k_ops = jax.random.split(kc, 3)
+    if reduction_prev:
+      pre0 = ops.factorized_reduce_init(k0, c_pp, c_curr, False, False)[0]
+    else:
+      pre0 = ops.relu_conv_bn_init(k0, c_pp, c_curr, 1, False, False)[0]
+    pre1 = ops.relu_conv_bn_init(k1, c_p, c_curr, 1, False, False)[0]
+    cell = {"pre0": pre0, "pre1": pre1}
+    cell.update(mixed_cell_init(k_ops, cfg.space, c_curr, reduction, cfg.partial_channels))
+    cells.append(cell)
+    reduction_prev = reduction
+    c_pp, c_p = c_p, cfg.multiplier * c_curr
+  params["cells"] = cells
+  kw, kb = jax.random.split(k_cls)
+  params["classifier"] = {"w": ops._uniform(kw, (c_p, cfg.num_classes), c_p),
+                          "b": ops._uniform(kb, (cfg.num_classes,), c_p)}
+  return params
+
+
+def init_alphas(key, cfg_or_space, scale: float = 1e-3) -> Params:
+  """α of the normal and reduction cells, 1e-3·N(0, 1) as in the reference."""
+  space = cfg_or_space.space if isinstance(cfg_or_space, SupernetConfig) else cfg_or_space
+  kn, kr = jax.random.split(key)
+  return {"normal": scale * jax.random.normal(kn, space.alpha_shape, jnp.float32),
+          "reduce": scale * jax.random.normal(kr, space.alpha_shape, jnp.float32)}
+
+
+def softmax_weights(alphas: Params) -> Params:
+  return {k: jax.nn.softmax(v, axis=-1) for k, v in alphas.items()}
+
+
+def apply(params: Params, x: jax.Array, arch_weights: Params, cfg: SupernetConfig,
+          ctx: ops.Ctx = ops.Ctx()) -> jax.Array:
+  """Logits of the supernet. `arch_weights` holds (num_edges, num_ops) op weights under "normal" and
+  "reduce", and optionally (num_edges,) edge factors under "normal_edge" and "reduce_edge".
+
+  BatchNorm always uses the batch's statistics (the search network tracks no running statistics).
+  """
+  ctx = ctx._replace(train=True, dw_impl=cfg.dw_impl if ctx.dw_impl == "auto" else ctx.dw_impl)
+  s = ops.conv(x, params["stem"]["conv"], 1, 1)
+  s, _ = ops.batch_norm(s, params["stem"]["bn"], {}, ctx)
+  s0 = s1 = s
+  reduction_prev = False
+  for i, cell in enumerate(params["cells"]):
+    reduction = i in cfg.reduction_layers
+    kind = "reduce" if reduction else "normal"
+    if reduction_prev:
+      p0, _ = ops.factorized_reduce_apply(cell["pre0"], {}, s0, ctx)
+    else:
+      p0, _ = ops.relu_conv_bn_apply(cell["pre0"], {}, s0, 1, 0, ctx)
+    p1, _ = ops.relu_conv_bn_apply(cell["pre1"], {}, s1, 1, 0, ctx)
+    nodes = mixed_cell_apply(cell, [p0, p1], arch_weights[kind], cfg.space, reduction, ctx,
+                             cfg.partial_channels, arch_weights.get(kind + "_edge"))
+    s0, s1 = s1, jnp.concatenate(nodes[-cfg.multiplier:], axis=-1)
+    reduction_prev = reduction
+  pooled = jnp.mean(s1, axis=(1, 2))
+  return pooled @ params["classifier"]["w"] + params["classifier"]["b"]
+
+
+def count_params(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
