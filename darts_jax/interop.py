@@ -154,3 +154,73 @@ def fixture_state_dict(fixture: Mapping[str, np.ndarray]) -> Dict[str, np.ndarra
 
 def nchw_to_nhwc(x: np.ndarray) -> jax.Array:
   return jnp.asarray(np.transpose(np.asarray(x, np.float32), (0, 2, 3, 1)))
+
+
+def _search_config(fixture) -> supernet.SupernetConfig:
+  if int(fixture.get("steps", 4)) != 4 or int(fixture.get("multiplier", 4)) != 4:
+    raise InteropError("only steps=4, multiplier=4 search fixtures are supported")
+  return supernet.SupernetConfig(C=int(fixture["C"]), num_classes=int(fixture["num_classes"]),
+                                 layers=int(fixture["layers"]),
+                                 stem_multiplier=int(fixture.get("stem_multiplier", 3)),
+                                 in_channels=int(np.shape(fixture["x_train"])[1]))
+
+
+def _search_outputs(fixture) -> Dict[str, Any]:
+  from darts_jax import bilevel, genotypes  # pylint: disable=g-import-not-at-top
+  cfg = _search_config(fixture)
+  state = fixture_state_dict(fixture)
+  params = load_search_params(state, cfg)
+  momentum = {k[len("momentum_buffer/"):]: np.asarray(v) for k, v in fixture.items()
+              if k.startswith("momentum_buffer/")}
+  alphas = {"normal": jnp.asarray(fixture["alphas_normal"]), "reduce": jnp.asarray(fixture["alphas_reduce"])}
+  train = {"image": nchw_to_nhwc(fixture["x_train"]), "label": jnp.asarray(fixture["y_train"])}
+  val = {"image": nchw_to_nhwc(fixture["x_val"]), "label": jnp.asarray(fixture["y_val"])}
+  problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
+                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
+  eta = float(fixture["eta"])
+  out: Dict[str, Any] = {}
+  logits = jax.jit(problem.apply)(params, train["image"], supernet.softmax_weights(alphas))
+  out["logits"] = np.asarray(logits)
+  out["loss"] = np.asarray(bilevel.cross_entropy(logits, train["label"]))
+  for mode, key in [("first_order", "grad1"), ("second_order_exact", "grad2exact"),
+                    ("second_order_fd", "grad2fd")]:
+    hp = bilevel.SearchHParams(w_lr=eta, w_lr_min=eta, w_momentum=float(fixture["momentum"]),
+                               w_weight_decay=float(fixture["weight_decay"]), hypergradient=mode)
+    w_opt = bilevel.weight_optimizer(hp).init(params)
+    if momentum:
+      m = load_search_params_like(momentum, cfg)
+      w_opt = set_momentum_buffer(w_opt, m)
+    fn = jax.jit(lambda p, a, o, tb, vb, hp=hp: bilevel.hypergradient(
+        problem, hp, p, a, o, tb, vb, jax.random.PRNGKey(0), jnp.zeros((), jnp.int32))[0])
+    g = fn(params, alphas, w_opt, train, val)
+    out[f"{key}_alphas_normal"] = np.asarray(g["normal"])
+    out[f"{key}_alphas_reduce"] = np.asarray(g["reduce"])
+  out["genotype"] = genotypes.to_text(genotypes.derive_genotype(
+      np.asarray(fixture["alphas_normal"]), np.asarray(fixture["alphas_reduce"])))
+  return out
+
+
+def load_search_params_like(state: Mapping[str, np.ndarray], cfg: supernet.SupernetConfig) -> Params:
+  """Like `load_search_params`, for per-parameter tensors such as SGD momentum buffers."""
+  return load_search_params(state, cfg)
+
+
+def set_momentum_buffer(w_opt_state, m: Params):
+  """Replaces SGD's momentum buffer inside `bilevel.weight_optimizer`'s state."""
+  parts = list(w_opt_state)
+  parts[2] = parts[2]._replace(trace=m)
+  return type(w_opt_state)(parts) if not isinstance(w_opt_state, tuple) else tuple(parts)
+
+
+def compute_reference_outputs(fixture: Mapping[str, Any]) -> Dict[str, Any]:
+  """Builds the network a reference fixture describes, loads its weights and returns every `out/` value.
+
+  `fixture` is a mapping of numpy arrays in the layout of `shared/reference/README.md`, without `out/` keys.
+  Keys of the result omit the `out/` prefix.
+  """
+  kind = str(np.asarray(fixture["kind"]))
+  if kind == "search":
+    return _search_outputs(fixture)
+  if kind in ("eval_cifar", "eval_imagenet"):
+    return _eval_outputs(fixture, kind)
+  raise InteropError(f"unknown fixture kind {kind!r}; expected 'search', 'eval_cifar' or 'eval_imagenet'")

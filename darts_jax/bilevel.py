@@ -1,0 +1,199 @@
+"""Bilevel search steps: α on the validation batch, then the weights on the training batch.
+
+Everything is a pure function over an explicit `SearchState`; `make_search_step` returns one jitted step
+that donates the state and never leaves the device. Hypergradient modes:
+
+* ``first_order``: ∇α L_val(w, α).
+* ``second_order_exact``: the exact gradient of L_val(w′(α), α) through the unrolled weight step
+  w′ = w − η(μ·m + ∇w L_train(w, α) + λw), by automatic differentiation.
+* ``second_order_fd``: the reference's finite-difference estimate
+  ∇α L_val(w′, α) − η·(∇α L_train(w⁺, α) − ∇α L_train(w⁻, α)) / (2ε), w± = w ± εv, v = ∇w′ L_val(w′, α),
+  ε = 0.01/‖v‖.
+
+How α becomes op weights, and what a method adds to the α objective, come from a `SearchProblem`, so the
+search variants of `darts_jax.methods` share these steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Params = Dict[str, Any]
+HYPERGRADIENTS = ("first_order", "second_order_exact", "second_order_fd")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchHParams:
+  """Optimization hyperparameters; defaults are the DARTS paper's CIFAR-10 search."""
+  epochs: int = 50
+  steps_per_epoch: int = 1
+  w_lr: float = 0.025
+  w_lr_min: float = 0.001
+  w_momentum: float = 0.9
+  w_weight_decay: float = 3e-4
+  grad_clip: float = 5.0
+  a_lr: float = 3e-4
+  a_beta1: float = 0.5
+  a_beta2: float = 0.999
+  a_weight_decay: float = 1e-3
+  hypergradient: str = "first_order"
+  fd_r: float = 0.01
+
+  def __post_init__(self):
+    if self.hypergradient not in HYPERGRADIENTS:
+      raise ValueError(f"unknown hypergradient {self.hypergradient!r}; choose one of {', '.join(HYPERGRADIENTS)}")
+    if self.epochs < 1 or self.steps_per_epoch < 1:
+      raise ValueError(f"epochs={self.epochs} and steps_per_epoch={self.steps_per_epoch} must be positive")
+
+
+def cosine_lr(lr_max: float, lr_min: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:
+  """The reference's per-epoch CosineAnnealingLR: constant within an epoch, lr_max in epoch 0."""
+  def schedule(count):
+    epoch = jnp.minimum(count // steps_per_epoch, epochs)
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + jnp.cos(jnp.pi * epoch / epochs))
+  return schedule
+
+
+def weight_optimizer(hp: SearchHParams) -> optax.GradientTransformation:
+  """SGD with momentum and L2 weight decay after global-norm clipping, as `torch.optim.SGD` does it."""
+  lr = cosine_lr(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)
+  return optax.chain(optax.clip_by_global_norm(hp.grad_clip), optax.add_decayed_weights(hp.w_weight_decay),
+                     optax.trace(decay=hp.w_momentum), optax.scale_by_learning_rate(lr))
+
+
+def alpha_optimizer(hp: SearchHParams) -> optax.GradientTransformation:
+  """Adam with L2 weight decay added to the gradient (`torch.optim.Adam(weight_decay=...)`)."""
+  return optax.chain(optax.add_decayed_weights(hp.a_weight_decay),
+                     optax.scale_by_adam(b1=hp.a_beta1, b2=hp.a_beta2, eps=1e-8),
+                     optax.scale(-hp.a_lr))
+
+
+def momentum_buffer(w_opt_state) -> Params:
+  """SGD's momentum buffer m inside `weight_optimizer`'s state."""
+  return w_opt_state[2].trace
+
+
+class SearchState(NamedTuple):
+  params: Params        # supernet weights w
+  alphas: Params        # architecture parameters α (kept apart from w)
+  w_opt: Any
+  a_opt: Any
+  step: jax.Array
+  rng: jax.Array
+
+
+class SearchProblem(NamedTuple):
+  """What the steps need to know about the network and the search method.
+
+  apply: (params, images, arch_weights) -> logits.
+  arch_weights: (alphas, rng, step) -> the op weights `apply` takes (softmax(α) for DARTS).
+  regularizer: (alphas, arch_weights, step) -> a scalar added to the α objective (0 for DARTS).
+  """
+  apply: Callable[..., jax.Array]
+  arch_weights: Callable[..., Params]
+  regularizer: Optional[Callable[..., jax.Array]] = None
+
+
+def cross_entropy(logits, labels):
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def _loss(problem: SearchProblem, params, alphas, batch, rng, step, with_reg: bool):
+  weights = problem.arch_weights(alphas, rng, step)
+  logits = problem.apply(params, batch["image"], weights)
+  loss = cross_entropy(logits, batch["label"])
+  total = loss
+  if with_reg and problem.regularizer is not None:
+    total = total + problem.regularizer(alphas, weights, step)
+  acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  return total, (loss, acc)
+
+
+def unrolled_weights(problem, hp: SearchHParams, params, alphas, w_opt, train_batch, rng, step, eta):
+  """w′ = w − η(μ·m + ∇w L_train(w, α) + λw), the reference's one-step look-ahead (no clipping)."""
+  g = jax.grad(lambda p: _loss(problem, p, alphas, train_batch, rng, step, False)[0])(params)
+  m = momentum_buffer(w_opt)
+  return jax.tree.map(lambda w, gw, mw: w - eta * (hp.w_momentum * mw + gw + hp.w_weight_decay * w),
+                      params, g, m)
+
+
+def hypergradient(problem: SearchProblem, hp: SearchHParams, params, alphas, w_opt, train_batch, val_batch,
+                  rng, step) -> Tuple[Params, Tuple[jax.Array, jax.Array]]:
+  """∇α of the α objective under `hp.hypergradient`; returns (gradient, (val loss, val accuracy))."""
+  eta = cosine_lr(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)(step)
+  k_val, k_train = jax.random.split(rng)
+  if hp.hypergradient == "first_order":
+    (_, aux), g = jax.value_and_grad(
+        lambda a: _loss(problem, params, a, val_batch, k_val, step, True), has_aux=True)(alphas)
+    return g, aux
+  if hp.hypergradient == "second_order_exact":
+    def objective(a):
+      w2 = unrolled_weights(problem, hp, params, a, w_opt, train_batch, k_train, step, eta)
+      return _loss(problem, w2, a, val_batch, k_val, step, True)
+    (_, aux), g = jax.value_and_grad(objective, has_aux=True)(alphas)
+    return g, aux
+  # second_order_fd
+  w2 = unrolled_weights(problem, hp, params, alphas, w_opt, train_batch, k_train, step, eta)
+  (gw, ga), aux = jax.grad(
+      lambda w, a: _loss(problem, w, a, val_batch, k_val, step, True), argnums=(0, 1), has_aux=True)(w2, alphas)
+  norm = optax.global_norm(gw)
+  r = hp.fd_r / norm
+  grad_a = jax.grad(lambda w, a: _loss(problem, w, a, train_batch, k_train, step, False)[0], argnums=1)
+  g_plus = grad_a(jax.tree.map(lambda w, v: w + r * v, params, gw), alphas)
+  g_minus = grad_a(jax.tree.map(lambda w, v: w - r * v, params, gw), alphas)
+  g = jax.tree.map(lambda a, p, m: a - eta * (p - m) / (2 * r), ga, g_plus, g_minus)
+  return g, aux
+
+
+def init_state(params: Params, alphas: Params, hp: SearchHParams, rng) -> SearchState:
+  return SearchState(params=params, alphas=alphas, w_opt=weight_optimizer(hp).init(params),
+                     a_opt=alpha_optimizer(hp).init(alphas), step=jnp.zeros((), jnp.int32), rng=rng)
+
+
+def search_step(problem: SearchProblem, hp: SearchHParams, state: SearchState, train_batch, val_batch,
+                update_alphas: bool = True) -> Tuple[SearchState, Dict[str, jax.Array]]:
+  """One search iteration in the reference's order: α step on `val_batch`, then weight step on
+  `train_batch` with the updated α. Pure; jit it (see `make_search_step`)."""
+  rng, k_arch, k_w = jax.random.split(state.rng, 3)
+  alphas, a_opt = state.alphas, state.a_opt
+  metrics = {}
+  if update_alphas:
+    g_a, (val_loss, val_acc) = hypergradient(problem, hp, state.params, alphas, state.w_opt, train_batch,
+                                             val_batch, k_arch, state.step)
+    a_updates, a_opt = alpha_optimizer(hp).update(g_a, a_opt, alphas)
+    alphas = optax.apply_updates(alphas, a_updates)
+    metrics.update(val_loss=val_loss, val_acc=val_acc, alpha_grad_norm=optax.global_norm(g_a))
+  (_, (loss, acc)), g_w = jax.value_and_grad(
+      lambda p: _loss(problem, p, alphas, train_batch, k_w, state.step, False), has_aux=True)(state.params)
+  w_updates, w_opt = weight_optimizer(hp).update(g_w, state.w_opt, state.params)
+  params = optax.apply_updates(state.params, w_updates)
+  metrics.update(train_loss=loss, train_acc=acc, weight_grad_norm=optax.global_norm(g_w),
+                 lr=cosine_lr(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)(state.step))
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(params)) & jnp.isfinite(
+      optax.global_norm(alphas))
+  metrics["finite"] = finite
+  return SearchState(params, alphas, w_opt, a_opt, state.step + 1, rng), metrics
+
+
+def make_search_step(problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True,
+                     donate: bool = True):
+  """The jitted step `(state, train_batch, val_batch) -> (state, metrics)`, state donated."""
+  fn = lambda state, tb, vb: search_step(problem, hp, state, tb, vb, update_alphas)
+  return jax.jit(fn, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(problem: SearchProblem):
+  """Jitted `(params, alphas, batch) -> (sum of losses, number correct, count)`, masked for padding."""
+  def fn(params, alphas, batch, rng, step):
+    weights = problem.arch_weights(alphas, rng, step)
+    logits = problem.apply(params, batch["image"], weights)
+    mask = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)
+  return jax.jit(fn)
