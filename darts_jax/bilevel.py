@@ -93,25 +93,46 @@ class SearchProblem(NamedTuple):
   apply: (params, images, arch_weights) -> logits.
   arch_weights: (alphas, rng, step) -> the op weights `apply` takes (softmax(α) for DARTS).
   regularizer: (alphas, arch_weights, step) -> a scalar added to the α objective (0 for DARTS).
+  weight_arch_weights: optional (alphas, rng, step, loss_fn) -> the op weights of the *weight* step only,
+    where loss_fn(arch_weights) is the training loss at the current weights on the training batch (e.g.
+    SDARTS' perturbed α). They are constants to the weight gradient. None: the weight step uses
+    `arch_weights`, like the α step.
   """
   apply: Callable[..., jax.Array]
   arch_weights: Callable[..., Params]
   regularizer: Optional[Callable[..., jax.Array]] = None
+  weight_arch_weights: Optional[Callable[..., Params]] = None
 
 
 def cross_entropy(logits, labels):
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
+def _forward(problem: SearchProblem, params, weights, batch):
+  logits = problem.apply(params, batch["image"], weights)
+  return cross_entropy(logits, batch["label"]), jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+
+
 def _loss(problem: SearchProblem, params, alphas, batch, rng, step, with_reg: bool):
   weights = problem.arch_weights(alphas, rng, step)
-  logits = problem.apply(params, batch["image"], weights)
-  loss = cross_entropy(logits, batch["label"])
+  loss, acc = _forward(problem, params, weights, batch)
   total = loss
   if with_reg and problem.regularizer is not None:
     total = total + problem.regularizer(alphas, weights, step)
-  acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
   return total, (loss, acc)
+
+
+def _weight_step_loss(problem: SearchProblem, params, alphas, batch, rng, step):
+  """`params -> (train loss, (loss, accuracy))` of the weight step."""
+  if problem.weight_arch_weights is None:
+    return lambda p: _loss(problem, p, alphas, batch, rng, step, False)
+  weights = jax.lax.stop_gradient(problem.weight_arch_weights(
+      alphas, rng, step, lambda w: _forward(problem, params, w, batch)[0]))
+
+  def fn(p):
+    loss, acc = _forward(problem, p, weights, batch)
+    return loss, (loss, acc)
+  return fn
 
 
 def unrolled_weights(problem, hp: SearchHParams, params, alphas, w_opt, train_batch, rng, step, eta):
@@ -169,7 +190,7 @@ def search_step(problem: SearchProblem, hp: SearchHParams, state: SearchState, t
     alphas = optax.apply_updates(alphas, a_updates)
     metrics.update(val_loss=val_loss, val_acc=val_acc, alpha_grad_norm=optax.global_norm(g_a))
   (_, (loss, acc)), g_w = jax.value_and_grad(
-      lambda p: _loss(problem, p, alphas, train_batch, k_w, state.step, False), has_aux=True)(state.params)
+      _weight_step_loss(problem, state.params, alphas, train_batch, k_w, state.step), has_aux=True)(state.params)
   w_updates, w_opt = weight_optimizer(hp).update(g_w, state.w_opt, state.params)
   params = optax.apply_updates(state.params, w_updates)
   metrics.update(train_loss=loss, train_acc=acc, weight_grad_norm=optax.global_norm(g_w),

@@ -105,11 +105,21 @@ def canonical(g: Genotype) -> Genotype:
   return make_genotype(*g)
 
 
-def to_text(g: Genotype) -> str:
-  """The reference's printed form, with concat lists: ``Genotype(normal=[('sep_conv_3x3', 0), ...], ...)``."""
+def to_text(g: Genotype, ranges: bool = False) -> str:
+  """The reference's printed form: ``Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=[2, 3, 4, 5], ...)``.
+
+  With ``ranges=True`` contiguous concat lists print as ``range(2, 6)``, as the reference's `genotypes.py` and
+  its search logs write them.
+  """
   c = canonical(g)
-  return (f"Genotype(normal={c.normal!r}, normal_concat={c.normal_concat!r}, "
-          f"reduce={c.reduce!r}, reduce_concat={c.reduce_concat!r})")
+
+  def concat(xs):
+    if ranges and xs and xs == list(range(xs[0], xs[-1] + 1)):
+      return f"range({xs[0]}, {xs[-1] + 1})"
+    return repr(xs)
+
+  return (f"Genotype(normal={c.normal!r}, normal_concat={concat(c.normal_concat)}, "
+          f"reduce={c.reduce!r}, reduce_concat={concat(c.reduce_concat)})")
 
 
 def _literal_int(node: ast.AST, what: str) -> int:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax import ops, supernet
+from darts_jax import networks, ops, supernet
 from darts_jax.search_space import DARTS_SPACE
 
 Params = Dict[str, Any]
@@ -165,7 +165,7 @@ def _search_config(fixture) -> supernet.SupernetConfig:
                                  in_channels=int(np.shape(fixture["x_train"])[1]))
 
 
-def _search_outputs(fixture) -> Dict[str, Any]:
+def _search_outputs(fixture, keys=None) -> Dict[str, Any]:
   from darts_jax import bilevel, genotypes  # pylint: disable=g-import-not-at-top
   cfg = _search_config(fixture)
   state = fixture_state_dict(fixture)
@@ -179,11 +179,15 @@ def _search_outputs(fixture) -> Dict[str, Any]:
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
   eta = float(fixture["eta"])
   out: Dict[str, Any] = {}
-  logits = jax.jit(problem.apply)(params, train["image"], supernet.softmax_weights(alphas))
-  out["logits"] = np.asarray(logits)
-  out["loss"] = np.asarray(bilevel.cross_entropy(logits, train["label"]))
+  want = lambda k: keys is None or any(x.startswith(k) for x in keys)
+  if want("logits") or want("loss"):
+    logits = jax.jit(problem.apply)(params, train["image"], supernet.softmax_weights(alphas))
+    out["logits"] = np.asarray(logits)
+    out["loss"] = np.asarray(bilevel.cross_entropy(logits, train["label"]))
   for mode, key in [("first_order", "grad1"), ("second_order_exact", "grad2exact"),
                     ("second_order_fd", "grad2fd")]:
+    if not want(key):
+      continue
     hp = bilevel.SearchHParams(w_lr=eta, w_lr_min=eta, w_momentum=float(fixture["momentum"]),
                                w_weight_decay=float(fixture["weight_decay"]), hypergradient=mode)
     w_opt = bilevel.weight_optimizer(hp).init(params)
@@ -196,7 +200,7 @@ def _search_outputs(fixture) -> Dict[str, Any]:
     out[f"{key}_alphas_normal"] = np.asarray(g["normal"])
     out[f"{key}_alphas_reduce"] = np.asarray(g["reduce"])
   out["genotype"] = genotypes.to_text(genotypes.derive_genotype(
-      np.asarray(fixture["alphas_normal"]), np.asarray(fixture["alphas_reduce"])))
+      np.asarray(fixture["alphas_normal"]), np.asarray(fixture["alphas_reduce"])), ranges=True)
   return out
 
 
@@ -212,15 +216,102 @@ def set_momentum_buffer(w_opt_state, m: Params):
   return type(w_opt_state)(parts) if not isinstance(w_opt_state, tuple) else tuple(parts)
 
 
-def compute_reference_outputs(fixture: Mapping[str, Any]) -> Dict[str, Any]:
+# --------------------------------------------------------------------------------------------------------
+# The final networks (the reference's `model.NetworkCIFAR` / `model.NetworkImageNet`).
+
+
+def _load_conv_bn(r: _Reader, conv_name: str, bn_prefix: str | None, p: Params, s: Params, conv_key: str,
+                  bn_key: str | None) -> None:
+  p[conv_key] = _set(p[conv_key], None, conv_weight(r(conv_name)), conv_name)
+  if bn_prefix is not None:
+    _load_bn(r, bn_prefix, p, s, bn_key)
+
+
+def _check_shapes(loaded: Params, expected: Params, what: str) -> None:
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(loaded), jax.tree.leaves(expected)):
+    if a.shape != b.shape:
+      raise InteropError(f"{what}{jax.tree_util.keystr(path)}: shape {a.shape} does not match the network's "
+                         f"{b.shape}")
+
+
+def load_network_params(state: Mapping[str, np.ndarray], cfg: networks.NetworkConfig):
+  """(params, batch_stats) of a final network from a reference `model.NetworkCIFAR`/`NetworkImageNet` state
+  dict. With `cfg.auxiliary` False, the state dict's `auxiliary_head.*` entries are ignored (released
+  checkpoints carry the head)."""
+  r = _Reader(state)
+  params, stats = networks.init(jax.random.PRNGKey(0), cfg)
+  expected = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (params, stats))
+  if cfg.kind == "cifar":
+    _load_conv_bn(r, "stem.0.weight", "stem.1", params["stem"], stats["stem"], "conv", "bn")
+  else:
+    _load_conv_bn(r, "stem0.0.weight", "stem0.1", params["stem0"], stats["stem0"], "conv1", "bn1")
+    _load_conv_bn(r, "stem0.3.weight", "stem0.4", params["stem0"], stats["stem0"], "conv2", "bn2")
+    _load_conv_bn(r, "stem1.1.weight", "stem1.2", params["stem1"], stats["stem1"], "conv", "bn")
+  for i, spec in enumerate(networks.layout(cfg).cells):
+    cp, cs = params["cells"][i], stats["cells"][i]
+    _load_relu_conv_bn(r, f"cells.{i}.preprocess0", cp["pre0"], cs["pre0"])
+    _load_relu_conv_bn(r, f"cells.{i}.preprocess1", cp["pre1"], cs["pre1"])
+    for e, (name, _, stride) in enumerate(spec.ops):
+      if ops.is_weight_free(name, stride):  # includes skip_connect at stride 1 (Identity)
+        continue
+      prefix = f"cells.{i}._ops.{e}"
+      for key, ref_name, convert in _op_entries(name, prefix):
+        cp["ops"][e][key] = _set(cp["ops"][e][key], None, convert(r(ref_name)), ref_name)
+      for key, bn_prefix in _op_bn_entries(name, prefix):
+        _load_bn(r, bn_prefix, cp["ops"][e], cs["ops"][e], key)
+  if cfg.auxiliary:
+    p, s = params["aux"], stats["aux"]
+    _load_conv_bn(r, "auxiliary_head.features.2.weight", "auxiliary_head.features.3", p, s, "conv1", "bn1")
+    _load_conv_bn(r, "auxiliary_head.features.5.weight", "auxiliary_head.features.6" if "bn2" in p else None,
+                  p, s, "conv2", "bn2")
+    p["classifier"] = {"w": jnp.asarray(r("auxiliary_head.classifier.weight").T),
+                       "b": jnp.asarray(r("auxiliary_head.classifier.bias"))}
+  params["classifier"] = {"w": jnp.asarray(r("classifier.weight").T), "b": jnp.asarray(r("classifier.bias"))}
+  r.check_all_used(ignore=("num_batches_tracked",) + (() if cfg.auxiliary else ("auxiliary_head.",)))
+  _check_shapes(params, expected[0], "params")
+  _check_shapes(stats, expected[1], "batch_stats")
+  return params, stats
+
+
+def _network_config(fixture, kind: str) -> networks.NetworkConfig:
+  return networks.NetworkConfig(genotype=str(np.asarray(fixture["genotype"])), C=int(fixture["C"]),
+                                num_classes=int(fixture["num_classes"]), layers=int(fixture["layers"]),
+                                auxiliary=bool(fixture["auxiliary"]),
+                                in_channels=int(np.shape(fixture["x"])[1]),
+                                kind="cifar" if kind == "eval_cifar" else "imagenet")
+
+
+def _eval_outputs(fixture, kind: str | None = None) -> Dict[str, Any]:
+  kind = kind or str(np.asarray(fixture["kind"]))
+  cfg = _network_config(fixture, kind)
+  params, stats = load_network_params(fixture_state_dict(fixture), cfg)
+
+  @jax.jit
+  def run(params, stats, x):  # one program for both modes: compilation dominates on a CPU
+    logits_eval, _, _ = networks.apply(params, stats, x, cfg, train=False)
+    logits_train, logits_aux, _ = networks.apply(params, stats, x, cfg, train=True, drop_path_prob=0.0)
+    return logits_eval, logits_train, logits_aux
+
+  logits_eval, logits_train, logits_aux = run(params, stats, nchw_to_nhwc(fixture["x"]))
+  out = {"logits_eval": np.asarray(logits_eval), "logits_train": np.asarray(logits_train),
+         "num_params": networks.count_params(params),
+         "num_params_auxiliary": networks.count_params(params, include_auxiliary=True)
+                                 - networks.count_params(params)}
+  if logits_aux is not None:
+    out["logits_aux_train"] = np.asarray(logits_aux)
+  return out
+
+
+def compute_reference_outputs(fixture: Mapping[str, Any], keys=None) -> Dict[str, Any]:
   """Builds the network a reference fixture describes, loads its weights and returns every `out/` value.
 
   `fixture` is a mapping of numpy arrays in the layout of `shared/reference/README.md`, without `out/` keys.
-  Keys of the result omit the `out/` prefix.
+  Keys of the result omit the `out/` prefix. `keys` (optional) restricts a search fixture to the outputs
+  whose names start with one of them (each hypergradient mode is a separate, minutes-long XLA compile).
   """
   kind = str(np.asarray(fixture["kind"]))
   if kind == "search":
-    return _search_outputs(fixture)
+    return _search_outputs(fixture, keys)
   if kind in ("eval_cifar", "eval_imagenet"):
     return _eval_outputs(fixture, kind)
   raise InteropError(f"unknown fixture kind {kind!r}; expected 'search', 'eval_cifar' or 'eval_imagenet'")

@@ -1,0 +1,72 @@
+"""Benchmark of the jitted search step: trace+compile seconds, median seconds per step, peak memory.
+
+  python benchmarks/search_step.py                       # the issue's configuration, all modes
+  python benchmarks/search_step.py --C=8 --layers=5 --batch=32 --image=28 --in_channels=1 --modes=first_order
+
+XLA flags are read from the environment as usual (e.g. XLA_FLAGS=--xla_backend_optimization_level=0), so
+layouts and flags can be compared with the same script. Prints one Markdown table row per mode.
+"""
+import os
+import resource
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+
+from darts_jax import bilevel
+from darts_jax import supernet
+
+_C = flags.DEFINE_integer("C", 16, "initial channels")
+_LAYERS = flags.DEFINE_integer("layers", 8, "cells")
+_BATCH = flags.DEFINE_integer("batch", 64, "batch size (train and val)")
+_IMAGE = flags.DEFINE_integer("image", 32, "image side")
+_IN = flags.DEFINE_integer("in_channels", 3, "image channels")
+_MODES = flags.DEFINE_list("modes", list(bilevel.HYPERGRADIENTS), "hypergradient modes")
+_STEPS = flags.DEFINE_integer("steps", 5, "timed steps after the first")
+_DW = flags.DEFINE_string("dw_impl", "auto", "depthwise implementation: auto, shift or xla")
+
+
+def _peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_mode(mode: str):
+  cfg = supernet.SupernetConfig(C=_C.value, layers=_LAYERS.value, in_channels=_IN.value, dw_impl=_DW.value)
+  hp = bilevel.SearchHParams(hypergradient=mode, steps_per_epoch=100)
+  problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
+                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
+  key = jax.random.PRNGKey(0)
+  state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
+  shape = (_BATCH.value, _IMAGE.value, _IMAGE.value, _IN.value)
+  batch = {"image": jax.random.normal(key, shape), "label": jnp.arange(_BATCH.value) % 10}
+  step = bilevel.make_search_step(problem, hp)
+  t0 = time.perf_counter()
+  lowered = step.lower(state, batch, batch)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  times = []
+  for _ in range(_STEPS.value + 1):
+    s = time.perf_counter()
+    state, metrics = compiled(state, batch, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - s)
+  return t1 - t0, t2 - t1, statistics.median(times[1:]), _peak_rss_gb()
+
+
+def main(argv):
+  del argv
+  print(f"C={_C.value} layers={_LAYERS.value} batch={_BATCH.value} {_IMAGE.value}x{_IMAGE.value}x{_IN.value} "
+        f"dw_impl={_DW.value} backend={jax.default_backend()} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print("| mode | trace s | compile s | s/step (median) | peak RSS GB |")
+  print("|---|---|---|---|---|")
+  for mode in _MODES.value:
+    tr, co, st, mem = run_mode(mode)
+    print(f"| {mode} | {tr:.1f} | {co:.1f} | {st:.3f} | {mem:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,346 @@
+"""The final DARTS networks built from a genotype (the reference's `model.py`: NetworkCIFAR, NetworkImageNet).
+
+Pure functions over explicit pytrees: `init(key, cfg) -> (params, batch_stats)` and
+`apply(params, batch_stats, x, cfg, train) -> (logits, aux_logits, new_batch_stats)`. Tensors are NHWC.
+BatchNorm is affine with running statistics (momentum 0.1); training mode normalizes with the batch's
+statistics and returns updated running statistics, evaluation mode uses (and returns unchanged) the running
+ones.
+
+Layout of `params` (`batch_stats` mirrors it wherever a BatchNorm sits):
+  stem (CIFAR) or stem0/stem1 (ImageNet); cells[i] = {"pre0", "pre1", "ops": [one entry per genotype edge]};
+  aux (only with `auxiliary`); classifier = {"w": (C_prev, classes), "b"}.
+
+The numbers are the reference's for the inputs it accepts. Where it would fail, this port generalizes:
+  * Odd feature-map sizes: FactorizedReduce pads its shifted path (see `ops`), so any input of at least
+    `cfg.min_input_size` pixels works (e.g. 28×28 Fashion-MNIST).
+  * ImageNet's final AvgPool2d(7) is a global average pool (the same on the 7×7 map of a 224×224 input).
+  * Auxiliary heads assume one input size (8×8 for CIFAR, 7×7 for ImageNet), where AvgPool2d(5) leaves a 2×2
+    map for the 2×2 convolution. On a 6×6 or 7×7 CIFAR map (28×28 inputs) the pooling's floor mode would
+    leave 1×1, so the last window is taken partially (ceil mode, averaging only the pixels inside); on larger
+    maps the 2×2 convolution's output is averaged globally before the linear layer. A map below 6×6
+    raises a ValueError when the head runs (in training mode).
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from darts_jax import genotypes, ops
+
+Params = Dict[str, Any]
+KINDS = ("cifar", "imagenet")
+STEM_MULTIPLIER = 3
+AUX_CHANNELS = (128, 768)
+AUX_POOL = {"cifar": (5, 3), "imagenet": (5, 2)}  # AvgPool2d (kernel, stride) of the auxiliary heads.
+AUX_MIN_SIZE = 6  # Smallest map the auxiliary heads accept: pooling (partial last window) must leave 2×2.
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+  """A final DARTS network.
+
+  Attributes:
+    genotype: a `genotypes.Genotype`, a registry name ("DARTS_V2"), genotype text or a .json/.txt path;
+      stored resolved and validated.
+    C: initial channels (36 for the paper's CIFAR-10 network, 48 for ImageNet).
+    layers: number of cells; reduction cells sit at layers//3 and 2*layers//3.
+    auxiliary: build the auxiliary head (after cell 2*layers//3; its logits are returned in training mode).
+    kind: "cifar" (3×3 stem, stride 1) or "imagenet" (three stride-2 3×3 convolutions).
+    drop_path_prob: default drop-path probability in training mode (`apply` can override it per call).
+    dw_impl: depthwise convolution implementation, see `ops.Ctx`.
+  """
+  genotype: Any = "DARTS_V2"
+  C: int = 36
+  num_classes: int = 10
+  layers: int = 20
+  auxiliary: bool = False
+  in_channels: int = 3
+  kind: str = "cifar"
+  drop_path_prob: float = 0.0
+  dw_impl: str = "auto"
+
+  def __post_init__(self):
+    spec = self.genotype
+    if not isinstance(spec, (str, genotypes.Genotype)) and not hasattr(spec, "__fspath__"):
+      raise ValueError(f"genotype must be a Genotype, a registry name, genotype text or a file path, "
+                       f"got {type(spec).__name__}")
+    g = genotypes.validate(genotypes.canonical(genotypes.resolve_genotype(spec)))
+    object.__setattr__(self, "genotype", g)
+    if self.kind not in KINDS:
+      raise ValueError(f"kind={self.kind!r}; expected one of {', '.join(KINDS)}")
+    if self.layers < 3:
+      raise ValueError(f"layers={self.layers}: the DARTS network needs at least 3 layers "
+                       "(reduction cells sit at layers//3 and 2*layers//3)")
+    if self.C < 1 or self.num_classes < 1 or self.in_channels < 1:
+      raise ValueError(f"C={self.C}, num_classes={self.num_classes} and in_channels={self.in_channels} "
+                       "must be positive")
+    if self.kind == "imagenet" and self.C % 2:
+      raise ValueError(f"C={self.C}: the ImageNet network needs an even C (its stem has C/2 channels and its "
+                       "first cell a factorized reduce)")
+    if not 0.0 <= self.drop_path_prob < 1.0:
+      raise ValueError(f"drop_path_prob={self.drop_path_prob} must be in [0, 1)")
+    if self.dw_impl not in ("auto", "xla", "shift"):
+      raise ValueError(f"dw_impl={self.dw_impl!r}; use 'auto', 'xla' or 'shift'")
+
+  def __hash__(self):  # Genotype holds lists; hash its text so configs can be static jit arguments.
+    return hash((genotypes.to_text(self.genotype), self.C, self.num_classes, self.layers, self.auxiliary,
+                 self.in_channels, self.kind, self.drop_path_prob, self.dw_impl))
+
+  @property
+  def reduction_layers(self) -> Tuple[int, int]:
+    return (self.layers // 3, 2 * self.layers // 3)
+
+  @property
+  def auxiliary_layer(self) -> int:
+    """Index of the cell whose output feeds the auxiliary head."""
+    return 2 * self.layers // 3
+
+  @property
+  def downsampling(self) -> int:
+    """Total stride: two reduction cells, plus three stride-2 stem convolutions for ImageNet."""
+    return 4 if self.kind == "cifar" else 32
+
+  @property
+  def min_input_size(self) -> int:
+    return self.downsampling
+
+
+class CellSpec(NamedTuple):
+  reduction: bool
+  reduction_prev: bool
+  c_prev_prev: int
+  c_prev: int
+  c: int
+  ops: Tuple[Tuple[str, int, int], ...]  # (op name, input state, stride) per edge, in genotype order
+  concat: Tuple[int, ...]
+
+
+class Layout(NamedTuple):
+  cells: Tuple[CellSpec, ...]
+  c_aux: int  # channels entering the auxiliary head
+  c_out: int  # channels entering the classifier
+
+
+def layout(cfg: NetworkConfig) -> Layout:
+  """Channels and operations of every cell, following the reference's constructor."""
+  g = cfg.genotype
+  if cfg.kind == "cifar":
+    c_pp, c_p, c_curr = STEM_MULTIPLIER * cfg.C, STEM_MULTIPLIER * cfg.C, cfg.C
+    reduction_prev = False
+  else:
+    c_pp, c_p, c_curr = cfg.C, cfg.C, cfg.C
+    reduction_prev = True
+  cells, c_aux = [], 0
+  for i in range(cfg.layers):
+    reduction = i in cfg.reduction_layers
+    if reduction:
+      c_curr *= 2
+    edges, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
+    cell_ops = tuple((name, j, 2 if reduction and j < 2 else 1) for name, j in edges)
+    cells.append(CellSpec(reduction, reduction_prev, c_pp, c_p, c_curr, cell_ops, tuple(concat)))
+    reduction_prev = reduction
+    c_pp, c_p = c_p, len(concat) * c_curr
+    if i == cfg.auxiliary_layer:
+      c_aux = c_p
+  return Layout(tuple(cells), c_aux, c_p)
+
+
+def check_input(cfg: NetworkConfig, x_shape) -> None:
+  """Raises a one-line ValueError when an input batch cannot go through the network."""
+  if len(x_shape) != 4:
+    raise ValueError(f"expected an NHWC image batch, got an array of shape {tuple(x_shape)}")
+  _, h, w, c = x_shape
+  if c != cfg.in_channels:
+    raise ValueError(f"input has {c} channels but the network was built for in_channels={cfg.in_channels}")
+  if h < cfg.min_input_size or w < cfg.min_input_size:
+    raise ValueError(f"input {h}x{w} is too small for the {cfg.kind} network's {cfg.downsampling}x "
+                     f"downsampling; use images of at least {cfg.min_input_size}x{cfg.min_input_size}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parameters.
+
+
+def _linear_init(key, c_in, c_out):
+  kw, kb = jax.random.split(key)
+  return {"w": ops._uniform(kw, (c_in, c_out), c_in), "b": ops._uniform(kb, (c_out,), c_in)}
+
+
+def _conv_bn_init(key, k, c_in, c_out, p, s, conv_name="conv", bn_name="bn"):
+  p[conv_name] = ops.conv_init(key, k, k, c_in, c_out)
+  p[bn_name], s[bn_name] = ops.bn_init(c_out, True, True)
+
+
+def _cell_init(key, spec: CellSpec):
+  k0, k1, k_ops = jax.random.split(key, 3)
+  if spec.reduction_prev:
+    pre0 = ops.factorized_reduce_init(k0, spec.c_prev_prev, spec.c, True, True)
+  else:
+    pre0 = ops.relu_conv_bn_init(k0, spec.c_prev_prev, spec.c, 1, True, True)
+  pre1 = ops.relu_conv_bn_init(k1, spec.c_prev, spec.c, 1, True, True)
+  op_p, op_s = [], []
+  for e, (name, _, stride) in enumerate(spec.ops):
+    p, s = ops.get_op(name).init(jax.random.fold_in(k_ops, e), spec.c, stride, True, True)
+    op_p.append(p)
+    op_s.append(s)
+  return {"pre0": pre0[0], "pre1": pre1[0], "ops": op_p}, {"pre0": pre0[1], "pre1": pre1[1], "ops": op_s}
+
+
+def init(key, cfg: NetworkConfig) -> Tuple[Params, Params]:
+  """Parameters and BatchNorm running statistics, with PyTorch's default initialization."""
+  lay = layout(cfg)
+  k_stem, k_cells, k_aux, k_cls = jax.random.split(key, 4)
+  params: Params = {}
+  stats: Params = {}
+  if cfg.kind == "cifar":
+    params["stem"], stats["stem"] = {}, {}
+    _conv_bn_init(k_stem, 3, cfg.in_channels, STEM_MULTIPLIER * cfg.C, params["stem"], stats["stem"])
+  else:
+    k0, k1, k2 = jax.random.split(k_stem, 3)
+    params["stem0"], stats["stem0"], params["stem1"], stats["stem1"] = {}, {}, {}, {}
+    _conv_bn_init(k0, 3, cfg.in_channels, cfg.C // 2, params["stem0"], stats["stem0"], "conv1", "bn1")
+    _conv_bn_init(k1, 3, cfg.C // 2, cfg.C, params["stem0"], stats["stem0"], "conv2", "bn2")
+    _conv_bn_init(k2, 3, cfg.C, cfg.C, params["stem1"], stats["stem1"])
+  cells = [_cell_init(jax.random.fold_in(k_cells, i), spec) for i, spec in enumerate(lay.cells)]
+  params["cells"] = [c[0] for c in cells]
+  stats["cells"] = [c[1] for c in cells]
+  if cfg.auxiliary:
+    k1, k2, k3 = jax.random.split(k_aux, 3)
+    c1, c2 = AUX_CHANNELS
+    p, s = {}, {}
+    _conv_bn_init(k1, 1, lay.c_aux, c1, p, s, "conv1", "bn1")
+    p["conv2"] = ops.conv_init(k2, 2, 2, c1, c2)
+    if cfg.kind == "cifar":  # The reference's ImageNet head has this BatchNorm commented out.
+      p["bn2"], s["bn2"] = ops.bn_init(c2, True, True)
+    p["classifier"] = _linear_init(k3, c2, cfg.num_classes)
+    params["aux"], stats["aux"] = p, s
+  params["classifier"] = _linear_init(k_cls, lay.c_out, cfg.num_classes)
+  return params, stats
+
+
+def count_params(params: Params, include_auxiliary: bool = False) -> int:
+  """Number of trainable parameters; by default without the auxiliary head (the paper's convention)."""
+  tree = params if include_auxiliary else {k: v for k, v in params.items() if k != "aux"}
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Forward pass.
+
+
+def _bn(x, p, s, name, ctx, new_s):
+  y, new_s[name] = ops.batch_norm(x, p[name], s[name], ctx)
+  return y
+
+
+def _cell_apply(cp, cs, s0, s1, spec: CellSpec, ctx, drop_prob, key):
+  if spec.reduction_prev:
+    h0, pre0 = ops.factorized_reduce_apply(cp["pre0"], cs["pre0"], s0, ctx)
+  else:
+    h0, pre0 = ops.relu_conv_bn_apply(cp["pre0"], cs["pre0"], s0, 1, 0, ctx)
+  h1, pre1 = ops.relu_conv_bn_apply(cp["pre1"], cs["pre1"], s1, 1, 0, ctx)
+  states = [h0, h1]
+  new_ops = []
+  node = None
+  for e, (name, j, stride) in enumerate(spec.ops):
+    y, s = ops.get_op(name).apply(cp["ops"][e], cs["ops"][e], states[j], stride, ctx)
+    new_ops.append(s)
+    # The reference skips drop path on Identity (stride-1 skip_connect) only.
+    if key is not None and not (name == "skip_connect" and stride == 1):
+      y = ops.drop_path(y, drop_prob, jax.random.fold_in(key, e))
+    node = y if e % 2 == 0 else node + y
+    if e % 2 == 1:
+      states.append(node)
+  out = jnp.concatenate([states[i] for i in spec.concat], axis=-1)
+  return out, {"pre0": pre0, "pre1": pre1, "ops": new_ops}
+
+
+def _aux_pool(x, k, stride):
+  """AvgPool2d(k, stride, padding=0, count_include_pad=False); where floor mode would leave a single
+  row/column (maps of k+1 .. k+stride-1), the last window is partial, as in ceil mode."""
+  pads = []
+  for n in x.shape[1:3]:
+    pads.append((0, 0) if (n - k) // stride + 1 >= 2 else (0, stride + k - n))
+  window, strides = (1, k, k, 1), (1, stride, stride, 1)
+  padding = ((0, 0), pads[0], pads[1], (0, 0))
+  total = lax.reduce_window(x, 0.0, lax.add, window, strides, padding)
+  count = lax.reduce_window(jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype), 0.0, lax.add, window, strides,
+                            padding)
+  return total / count
+
+
+def _aux_apply(p, s, x, cfg: NetworkConfig, ctx):
+  h, w = x.shape[1:3]
+  if h < AUX_MIN_SIZE or w < AUX_MIN_SIZE:
+    raise ValueError(f"the auxiliary head needs a feature map of at least {AUX_MIN_SIZE}x{AUX_MIN_SIZE} "
+                     f"after cell {cfg.auxiliary_layer}, got {h}x{w}; use larger inputs or auxiliary=False")
+  new_s = {}
+  y = _aux_pool(jax.nn.relu(x), *AUX_POOL[cfg.kind])
+  y = jax.nn.relu(_bn(ops.conv(y, p["conv1"]), p, s, "bn1", ctx, new_s))
+  y = ops.conv(y, p["conv2"])
+  if "bn2" in p:
+    y = _bn(y, p, s, "bn2", ctx, new_s)
+  y = jnp.mean(jax.nn.relu(y), axis=(1, 2))  # 1×1 at the reference's input size
+  return y @ p["classifier"]["w"] + p["classifier"]["b"], new_s
+
+
+def apply(params: Params, batch_stats: Params, x: jax.Array, cfg: NetworkConfig, train: bool,
+          rng: Optional[jax.Array] = None, drop_path_prob=None):
+  """Runs the network on an NHWC batch.
+
+  Args:
+    train: training mode (batch statistics, running statistics updated, drop path, auxiliary logits).
+    rng: key for drop path; required in training mode when the drop-path probability is not 0.
+    drop_path_prob: overrides `cfg.drop_path_prob`. A Python number is static (0 compiles no drop path);
+      an array may be traced (e.g. the reference's linearly increasing schedule without recompiling).
+
+  Returns:
+    (logits, aux_logits, new_batch_stats); aux_logits is None unless `train` and `cfg.auxiliary`.
+  """
+  check_input(cfg, x.shape)
+  p_drop = cfg.drop_path_prob if drop_path_prob is None else drop_path_prob
+  if isinstance(p_drop, numbers.Real):
+    if not 0.0 <= p_drop < 1.0:
+      raise ValueError(f"drop_path_prob={p_drop} must be in [0, 1)")
+    use_drop = train and p_drop > 0
+  else:
+    use_drop = train
+  if use_drop and rng is None:
+    raise ValueError("apply needs an rng for drop path in training mode (or drop_path_prob=0)")
+  ctx = ops.Ctx(train=train, dw_impl=cfg.dw_impl)
+  lay = layout(cfg)
+  new_stats: Params = {}
+  if cfg.kind == "cifar":
+    p, s, ns = params["stem"], batch_stats["stem"], {}
+    s0 = s1 = _bn(ops.conv(x, p["conv"], 1, 1), p, s, "bn", ctx, ns)
+    new_stats["stem"] = ns
+  else:
+    p, s, ns = params["stem0"], batch_stats["stem0"], {}
+    y = jax.nn.relu(_bn(ops.conv(x, p["conv1"], 2, 1), p, s, "bn1", ctx, ns))
+    s0 = _bn(ops.conv(y, p["conv2"], 2, 1), p, s, "bn2", ctx, ns)
+    new_stats["stem0"] = ns
+    p, s, ns = params["stem1"], batch_stats["stem1"], {}
+    s1 = _bn(ops.conv(jax.nn.relu(s0), p["conv"], 2, 1), p, s, "bn", ctx, ns)
+    new_stats["stem1"] = ns
+  aux_logits = None
+  new_cells: List[Params] = []
+  for i, spec in enumerate(lay.cells):
+    key = jax.random.fold_in(rng, i) if use_drop else None
+    out, cell_stats = _cell_apply(params["cells"][i], batch_stats["cells"][i], s0, s1, spec, ctx, p_drop,
+                                  key)
+    new_cells.append(cell_stats)
+    s0, s1 = s1, out
+    if i == cfg.auxiliary_layer and cfg.auxiliary and train:
+      aux_logits, new_stats["aux"] = _aux_apply(params["aux"], batch_stats["aux"], s1, cfg, ctx)
+  new_stats["cells"] = new_cells
+  if cfg.auxiliary and not train:
+    new_stats["aux"] = batch_stats["aux"]
+  pooled = jnp.mean(s1, axis=(1, 2))
+  logits = pooled @ params["classifier"]["w"] + params["classifier"]["b"]
+  return logits, aux_logits, new_stats

@@ -1,0 +1,258 @@
+"""The architecture-search run: `search(config, workdir)` trains a supernet bilevel and exports the genotype.
+
+One loop serves every method of `darts_jax.methods` and both search spaces. A run writes into its work
+directory (see `darts_jax.workdir`): the resolved config, a JSON-lines metrics log (losses, accuracies,
+learning rate, α entropy, the genotype after every epoch, seconds per step), TensorBoard events, orbax
+checkpoints of the whole state (weights, α, both optimizer states, step, rng; the data position is the step),
+and at the end ``genotype.json``, ``genotype.txt`` (DARTS text or the NB201 string), ``cells_normal.png/.svg``
+and ``cells_reduce.png/.svg`` (pictures of the cells), ``alphas.png/.svg`` (op weights over the epochs) and
+``summary.json``. Re-running on the same workdir resumes; NaN/Inf stops the run and keeps the last good
+checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from darts_jax import bilevel
+from darts_jax import data as data_lib
+from darts_jax import genotypes
+from darts_jax import methods as methods_lib
+from darts_jax import nb201
+from darts_jax import supernet
+from darts_jax import workdir as wd
+from darts_jax.search_space import get_space
+
+# Config keys that may change when a run is continued (e.g. asking for a longer log interval).
+RESUMABLE_KEYS = ("progress", "log_every")
+
+
+@dataclasses.dataclass
+class SearchModel:
+  """The supernet of a search space, as init/apply functions and what to export."""
+  space: Any
+  init: Any          # key -> params
+  apply: Any         # (params, images, arch_weights) -> logits
+  num_params: int
+
+
+def build_model(config, method: methods_lib.Method, num_classes: int, image_shape) -> SearchModel:
+  space = get_space(config.space)
+  key = jax.random.PRNGKey(config.seed)
+  h, w, c = image_shape
+  if space.name == "nb201":
+    cfg = nb201.NB201Config(C=config.model.C, N=config.model.N, num_classes=num_classes, in_channels=c)
+    nb201.check_input(cfg, (1, h, w, c))
+    init = lambda k: nb201.init_supernet(k, cfg)
+    apply = lambda p, x, a: nb201.apply_supernet(p, x, a, cfg)
+  else:
+    cfg = methods_lib.supernet_config(method, C=config.model.C, layers=config.model.layers,
+                                      num_classes=num_classes, in_channels=c, space=space)
+    supernet.check_input(cfg, (1, h, w, c))
+    init = lambda k: supernet.init(k, cfg)
+    apply = lambda p, x, a: supernet.apply(p, x, a, cfg)
+  shapes = jax.eval_shape(init, key)
+  return SearchModel(space, init, apply, supernet.count_params(shapes))
+
+
+def _entropy(op_weights) -> float:
+  ent = []
+  for v in op_weights.values():
+    p = np.asarray(v, np.float64)
+    p = p / np.maximum(p.sum(-1, keepdims=True), 1e-12)
+    ent.append(-(p * np.log(np.maximum(p, 1e-12))).sum(-1).mean())
+  return float(np.mean(ent))
+
+
+def arch_text(arch) -> str:
+  if isinstance(arch, genotypes.Genotype):
+    return genotypes.to_text(arch)
+  return nb201.arch_to_string(arch)
+
+
+def _versions() -> Dict[str, str]:
+  import flax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+          "optax": optax.__version__, "numpy": np.__version__, "platform": platform.platform(),
+          "devices": ", ".join(sorted({d.device_kind for d in jax.devices()})), "backend": jax.default_backend()}
+
+
+def load_search_data(config):
+  """The train split, its per-channel statistics and the train/val halves of the paper's search protocol."""
+  train = data_lib.load_dataset(config.dataset, "train", config.get("data_dir") or None)
+  if config.get("subset"):
+    train = data_lib.subset(train, int(config.subset), seed=config.seed)
+  mean, std = data_lib.channel_stats(train.images)
+  w_idx, a_idx = data_lib.search_split(train, config.train_portion, seed=config.seed)
+  if len(w_idx) < config.batch_size or len(a_idx) < config.batch_size:
+    raise data_lib.DataError(f"the search split has {len(w_idx)}/{len(a_idx)} train/val examples, fewer than "
+                             f"batch_size={config.batch_size}; lower batch_size or use more data")
+  return train, mean, std, w_idx, a_idx
+
+
+def search(config, workdir: str) -> Dict[str, Any]:
+  """Runs (or resumes) the search `config` describes in `workdir`; returns the summary it exports."""
+  method = methods_lib.get_method(config.method, **dict(config.get("method_kwargs", {}) or {}))
+  resumed = wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS)
+  train, mean, std, w_idx, a_idx = load_search_data(config)
+  model = build_model(config, method, train.num_classes, train.image_shape)
+  space = model.space
+
+  steps_per_epoch = config.get("steps_per_epoch") or len(w_idx) // config.batch_size
+  hp = method.search_hparams(epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                             **dict(config.get("hparams", {}) or {}))
+  problem = method.problem(model.apply, space, hp)
+  total_steps = hp.epochs * steps_per_epoch
+  warmup_steps = min(method.warmup_epochs if config.get("warmup_epochs") is None else config.warmup_epochs,
+                     hp.epochs) * steps_per_epoch
+
+  key = jax.random.PRNGKey(config.seed)
+  k_w, k_a, k_state, k_derive = jax.random.split(key, 4)
+  state = bilevel.init_state(model.init(k_w), method.init_alphas(k_a, space), hp, k_state)
+  ckpt = wd.Checkpoints(workdir)
+  extra = {"elapsed": np.zeros((), np.float64)}
+  start = ckpt.latest_step() or 0
+  if start:
+    restored = ckpt.restore({"state": state, "extra": extra}, start)
+    state, extra = restored["state"], restored["extra"]
+  log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True))
+  elapsed = float(extra["elapsed"])
+
+  if method.update_alphas and warmup_steps < total_steps:
+    step_fn = bilevel.make_search_step(problem, hp, update_alphas=True)
+  else:
+    step_fn = None
+  warm_fn = (bilevel.make_search_step(problem, hp, update_alphas=False)
+             if (warmup_steps or not method.update_alphas) else None)
+  eval_fn = bilevel.make_eval_step(problem)
+
+  w_iter = data_lib.BatchIterator(train, config.batch_size, w_idx, augment=config.augment, seed=2 * config.seed,
+                                  mean=mean, std=std, start=divmod(start, steps_per_epoch))
+  a_iter = data_lib.BatchIterator(train, config.batch_size, a_idx, augment=config.augment,
+                                  seed=2 * config.seed + 1, mean=mean, std=std, start=divmod(start, steps_per_epoch))
+  batches = data_lib.prefetch(zip(w_iter, a_iter), size=2)
+  val_eval_idx = a_idx[:config.eval_examples] if config.get("eval_examples") else a_idx
+
+  progress = None
+  if config.get("progress", True) and start < total_steps:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    progress = tqdm(total=total_steps, initial=start, unit="step", desc=f"search {config.method}",
+                    dynamic_ncols=True, mininterval=2.0)
+
+  step = start
+  last_good = start
+  pending = []
+  t_epoch = time.perf_counter()
+  epoch_steps = 0
+  try:
+    while step < total_steps:
+      tb, vb = next(batches)
+      fn = warm_fn if step < warmup_steps or step_fn is None else step_fn
+      t0 = time.perf_counter()
+      state, metrics = fn(state, tb, vb)
+      pending.append(metrics)
+      step += 1
+      epoch_steps += 1
+      end_of_epoch = step % steps_per_epoch == 0
+      if step % config.log_every == 0 or end_of_epoch:
+        fetched = jax.device_get(pending)
+        pending = []
+        for i, m in enumerate(fetched):
+          if not bool(m["finite"]):
+            bad = step - len(fetched) + i + 1
+            raise wd.Diverged(f"non-finite loss or parameters at search step {bad}; the last good checkpoint "
+                              f"(step {last_good}) is kept in {ckpt.directory}; lower the learning rates")
+        m = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
+        log.write(step, {"phase": "search", "epoch": (step - 1) // steps_per_epoch, **m})
+      if progress is not None:
+        progress.update(1)
+      if end_of_epoch:
+        epoch = step // steps_per_epoch - 1
+        jax.block_until_ready(state.alphas)
+        seconds = time.perf_counter() - t_epoch
+        elapsed += seconds
+        val_loss, val_acc = evaluate(eval_fn, state, train, val_eval_idx, config.batch_size, mean, std)
+        opw = jax.device_get(method.op_weights(state.alphas, space))
+        arch = method.derive(jax.device_get(state.alphas), space)
+        log.write(step, {"phase": "epoch", "epoch": epoch, "val_loss": val_loss, "val_acc": val_acc,
+                         "alpha_entropy": _entropy(opw), "genotype": arch_text(arch),
+                         "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
+                         "seconds_per_step": seconds / max(epoch_steps, 1), "elapsed": elapsed})
+        ckpt.save(step, {"state": state, "extra": {"elapsed": np.asarray(elapsed, np.float64)}})
+        last_good = step
+        t_epoch = time.perf_counter()
+        epoch_steps = 0
+      del t0
+  finally:
+    if progress is not None:
+      progress.close()
+    log.close()
+
+  return export(config, workdir, method, model, state, train, mean, std, val_eval_idx, eval_fn, elapsed,
+                k_derive)
+
+
+def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std):
+  """Mean loss and accuracy of the supernet (current α) on `indices` of `dataset`."""
+  tot_loss = tot_correct = count = 0.0
+  for batch in data_lib.eval_batches(dataset, batch_size, mean=mean, std=std, indices=indices):
+    l, c, n = eval_fn(state.params, state.alphas, batch, state.rng, state.step)
+    tot_loss += float(l)
+    tot_correct += float(c)
+    count += float(n)
+  return tot_loss / max(count, 1), tot_correct / max(count, 1)
+
+
+def export(config, workdir, method, model, state, train, mean, std, val_idx, eval_fn, elapsed, key):
+  """Writes the final architecture, its pictures, the α history plot and the summary."""
+  from darts_jax import visualize  # pylint: disable=g-import-not-at-top
+  alphas = jax.device_get(state.alphas)
+  space = model.space
+  if method.select is not None:
+    def score(arch_weights):
+      tot = count = 0.0
+      fn = _weights_eval_fn(model.apply)
+      for batch in data_lib.eval_batches(train, config.batch_size, mean=mean, std=std, indices=val_idx):
+        c, n = fn(state.params, arch_weights, batch)
+        tot += float(c)
+        count += float(n)
+      return tot / max(count, 1)
+    arch, _ = method.select(key, space, score, config.get("num_candidates", 100))
+  else:
+    arch = method.derive(alphas, space, key=key)
+  text = arch_text(arch)
+  wd.atomic_write(os.path.join(workdir, "genotype.txt"), text + "\n")
+  if isinstance(arch, genotypes.Genotype):
+    wd.atomic_write(os.path.join(workdir, "genotype.json"), genotypes.to_json(arch, indent=2) + "\n")
+    visualize.plot_genotype(arch, os.path.join(workdir, "cells"))
+  else:
+    wd.write_json(os.path.join(workdir, "genotype.json"), {"nb201": text})
+    visualize.plot_nb201(text, os.path.join(workdir, "cells")) if hasattr(visualize, "plot_nb201") else None
+  records = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r.get("phase") == "epoch"]
+  if records:
+    history = {k: [r["op_weights"][k] for r in records] for k in records[-1]["op_weights"]}
+    visualize.plot_alpha_history(history, space.primitives, os.path.join(workdir, "alphas"))
+  summary = {"method": config.method, "space": space.name, "dataset": config.dataset, "seed": config.seed,
+             "genotype": text, "search_seconds": elapsed,
+             "val_acc": records[-1]["val_acc"] if records else None,
+             "supernet_params": model.num_params, "steps": int(state.step), "versions": _versions()}
+  wd.write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def _weights_eval_fn(apply):
+  @jax.jit
+  def fn(params, arch_weights, batch):
+    logits = apply(params, batch["image"], arch_weights)
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32) * batch["mask"]
+    return jnp.sum(correct), jnp.sum(batch["mask"])
+  return fn

@@ -1,0 +1,163 @@
+"""The work directory of a run: its config, metrics log, checkpoints and exports, all written atomically.
+
+Layout (search and retrain alike)::
+
+  workdir/config.json        the resolved config; a re-run with a different config is refused
+  workdir/metrics.jsonl      one JSON object per logged step/epoch (truncated to the checkpoint on resume)
+  workdir/tensorboard/       TensorBoard event files of the same scalars
+  workdir/checkpoints/<step> orbax checkpoints of the whole training state (the newest two are kept)
+  workdir/...                exports (genotype.json, genotype.txt, cells.png/.svg, alphas.png, summary.json)
+
+Re-running the same command on the same workdir resumes from the newest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+import jax
+import numpy as np
+
+
+class WorkdirError(ValueError):
+  """A work directory that cannot be used for this run (a one-line message says why and what to do)."""
+
+
+class Diverged(RuntimeError):
+  """Training produced NaN/Inf; the last good checkpoint is kept."""
+
+
+def atomic_write(path: str, data: str | bytes) -> None:
+  """Writes `data` to `path` through a temporary file and a rename, so readers never see half a file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data.encode() if isinstance(data, str) else data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.ndarray, jax.Array)):
+    x = np.asarray(x)
+    return x.item() if x.ndim == 0 else x.tolist()
+  if isinstance(x, (np.floating, float)):
+    x = float(x)
+    return x if math.isfinite(x) else str(x)
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.bool_):
+    return bool(x)
+  return x
+
+
+def prepare(workdir: str, config_dict: Mapping[str, Any], ignore: Iterable[str] = ()) -> bool:
+  """Creates `workdir` and records the config; returns True if the workdir already holds this run.
+
+  Raises `WorkdirError` when the workdir holds a run with a different config (keys in `ignore`, e.g. the
+  number of epochs to go on for, may differ).
+  """
+  path = os.path.join(workdir, "config.json")
+  config_dict = _jsonable(config_dict)
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        old = json.load(f)
+      except json.JSONDecodeError as e:
+        raise WorkdirError(f"{path} is not valid JSON ({e}); use another --workdir") from None
+    strip = lambda d: {k: v for k, v in d.items() if k not in set(ignore)}
+    if strip(old) != strip(config_dict):
+      diff = sorted(k for k in set(old) | set(config_dict) if k not in set(ignore) and
+                    old.get(k) != config_dict.get(k))
+      raise WorkdirError(f"{workdir} holds a run with a different config (differs in: {', '.join(diff)}); "
+                         "use a new --workdir or the same config to resume")
+    atomic_write(path, json.dumps(config_dict, indent=2, sort_keys=True))
+    return True
+  os.makedirs(workdir, exist_ok=True)
+  atomic_write(path, json.dumps(config_dict, indent=2, sort_keys=True))
+  return False
+
+
+class MetricsLog:
+  """A JSON-lines metrics log beside TensorBoard event files of the same scalars."""
+
+  def __init__(self, workdir: str, resume_step: Optional[int] = None, tensorboard: bool = True):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(self.path):
+      # Entries logged after the checkpoint we resume from are replayed by the resumed run: drop them.
+      keep = [r for r in read_metrics(self.path) if resume_step is not None and r.get("step", 0) <= resume_step]
+      atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+    self._file = open(self.path, "a")
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, record: Mapping[str, Any]) -> None:
+    record = {"step": int(step), **_jsonable(dict(record))}
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+          self._tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(path: str) -> list[Dict[str, Any]]:
+  """The records of a metrics.jsonl file (a torn last line from a killed run is ignored)."""
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        break
+  return out
+
+
+class Checkpoints:
+  """Orbax checkpoints of a training-state pytree under ``workdir/checkpoints`` (atomic; newest two kept)."""
+
+  def __init__(self, workdir: str, max_to_keep: int = 2):
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    self._ocp = ocp
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, tree: Any) -> None:
+    self._manager.save(int(step), args=self._ocp.args.StandardSave(tree))
+    self._manager.wait_until_finished()
+
+  def restore(self, target: Any, step: Optional[int] = None) -> Any:
+    step = self.latest_step() if step is None else step
+    return self._manager.restore(step, args=self._ocp.args.StandardRestore(target))
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def write_json(path: str, obj: Any) -> None:
+  atomic_write(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,49 @@
+"""DARTS search (first order) on Fashion-MNIST, sized for a 2-core CPU.
+
+  python experiments/search.py --config=experiments/configs/fashion_search.py --workdir=/tmp/fashion_search
+  python experiments/search.py --config=experiments/configs/fashion_search.py:smoke --workdir=/tmp/smoke
+
+Searches the DARTS CNN space with a 5-cell, C=8 supernet on 10,000 training images (5,000 for the weights,
+5,000 for α), 28×28×1, batch 64. Writes the genotype (genotype.json / genotype.txt), pictures of its cells and
+of α over the epochs into the workdir. Expected: see the README's "Measured results" (search wall time and the
+genotype's retrained accuracy). `:smoke` is a real run of about a minute on a CPU with every artifact written.
+Override any field on the command line, e.g. ``--config.method=gdas --config.seed=1``.
+"""
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = "darts"          # any name of darts_jax.methods.METHODS
+  c.method_kwargs = ml_collections.ConfigDict()
+  c.space = "darts"           # "darts" or "nb201"
+  c.dataset = "fashion_mnist"
+  c.data_dir = ""
+  c.subset = 10_000           # examples of the training split used (0: all 60,000)
+  c.train_portion = 0.5
+  c.augment = True
+  c.batch_size = 64
+  c.epochs = 10
+  c.steps_per_epoch = 0       # 0: one pass over the weight half
+  c.warmup_epochs = None      # None: the method's default
+  c.eval_examples = 2_000     # val examples scored after each epoch (0: all)
+  c.seed = 0
+  c.model = ml_collections.ConfigDict({"C": 8, "layers": 5, "N": 1})
+  c.hparams = ml_collections.ConfigDict()   # SearchHParams overrides, e.g. hypergradient
+  c.num_candidates = 100      # RS-WS: sampled architectures ranked on the supernet
+  c.log_every = 10
+  c.progress = True
+  c.tensorboard = True
+  if arg == "smoke":
+    c.subset = 256
+    c.batch_size = 16
+    c.epochs = 2
+    c.steps_per_epoch = 3
+    c.eval_examples = 32
+    c.model.C = 4
+    c.model.layers = 3
+    c.num_candidates = 4
+    c.log_every = 1
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; use '' or 'smoke'")
+  return c

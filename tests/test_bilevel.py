@@ -1,0 +1,118 @@
+"""Tests for the bilevel search step: it learns, it is reproducible, it compiles once, it follows the paper's
+optimizer settings."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from darts_jax import bilevel
+from darts_jax import supernet
+
+TINY = supernet.SupernetConfig(C=4, layers=3, num_classes=2, in_channels=1)
+
+
+def _problem(cfg=TINY):
+  return bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
+                               arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
+
+
+def _synthetic(key, n):
+  """A fixed, learnable problem: the label says whether the left or the right half is brighter."""
+  x = jax.random.normal(key, (n, 8, 8, 1))
+  y = (jnp.mean(x[:, :, :4], axis=(1, 2, 3)) > jnp.mean(x[:, :, 4:], axis=(1, 2, 3))).astype(jnp.int32)
+  return {"image": x, "label": y}
+
+
+def _run(step, hp, seed, steps):
+  key = jax.random.PRNGKey(seed)
+  state = bilevel.init_state(supernet.init(key, TINY), supernet.init_alphas(key, TINY), hp, key)
+  train, val = _synthetic(jax.random.PRNGKey(100), 16), _synthetic(jax.random.PRNGKey(101), 16)
+  history = []
+  for _ in range(steps):
+    state, m = step(state, train, val)
+    history.append(float(m["val_loss"]))
+  return state, history
+
+
+@pytest.fixture(scope="module")
+def first_order():
+  hp = bilevel.SearchHParams(epochs=20, steps_per_epoch=10, a_lr=3e-2)
+  return hp, bilevel.make_search_step(_problem(), hp)
+
+
+def test_search_learns_and_is_reproducible_and_compiles_once(first_order):
+  hp, step = first_order
+  alphas0 = supernet.init_alphas(jax.random.PRNGKey(0), TINY)
+  state, history = _run(step, hp, 0, 200)
+  assert np.mean(history[-10:]) < 0.5 * np.mean(history[:10]), (history[:10], history[-10:])
+  moved = float(jnp.max(jnp.abs(state.alphas["normal"] - alphas0["normal"])))
+  assert moved > 1e-2
+  assert int(state.step) == 200
+  again, _ = _run(step, hp, 0, 200)
+  for k in ("normal", "reduce"):
+    np.testing.assert_array_equal(np.asarray(state.alphas[k]), np.asarray(again.alphas[k]))
+  assert step._cache_size() == 1  # one compilation for 400 calls of the same shapes
+
+
+def test_alpha_step_comes_first_and_weights_use_new_alphas(first_order):
+  # The α update happens on the val batch before the weight update: with a zero weight learning rate the
+  # weights do not move but α does.
+  hp = bilevel.SearchHParams(w_lr=0.0, w_lr_min=0.0, w_weight_decay=0.0)
+  step = jax.jit(lambda s, t, v: bilevel.search_step(_problem(), hp, s, t, v))
+  key = jax.random.PRNGKey(0)
+  state = bilevel.init_state(supernet.init(key, TINY), supernet.init_alphas(key, TINY), hp, key)
+  batch = _synthetic(key, 4)
+  new, metrics = step(state, batch, batch)
+  assert bool(metrics["finite"])
+  leaves = lambda t: jax.tree.leaves(t)
+  assert all(np.array_equal(a, b) for a, b in zip(leaves(state.params), leaves(new.params)))
+  assert not np.array_equal(state.alphas["normal"], new.alphas["normal"])
+
+
+def test_optimizer_settings_follow_the_paper():
+  hp = bilevel.SearchHParams(epochs=50, steps_per_epoch=10)
+  lr = bilevel.cosine_lr(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)
+  assert float(lr(0)) == pytest.approx(0.025) and float(lr(9)) == pytest.approx(0.025)
+  assert float(lr(500)) == pytest.approx(0.001)
+  assert float(lr(250)) == pytest.approx(0.013)
+  # The α optimizer is Adam(3e-4, betas (0.5, 0.999)) with weight decay 1e-3 added to the gradient: its first
+  # update on a gradient g is -lr * sign(g + wd*a) (bias-corrected Adam).
+  a = {"x": jnp.array([1.0, -2.0])}
+  opt = bilevel.alpha_optimizer(hp)
+  upd, _ = opt.update({"x": jnp.array([0.5, 0.5])}, opt.init(a), a)
+  np.testing.assert_allclose(upd["x"], -3e-4 * np.sign([0.501, 0.498]), rtol=1e-4)
+
+
+def test_weight_step_clips_the_global_gradient_norm():
+  hp = bilevel.SearchHParams(w_weight_decay=0.0, w_momentum=0.0)
+  opt = bilevel.weight_optimizer(hp)
+  p = {"w": jnp.zeros((4,))}
+  upd, _ = opt.update({"w": jnp.full((4,), 100.0)}, opt.init(p), p)
+  assert float(optax.global_norm(upd)) == pytest.approx(0.025 * 5.0, rel=1e-5)
+
+
+def test_unknown_hypergradient():
+  with pytest.raises(ValueError, match="unknown hypergradient"):
+    bilevel.SearchHParams(hypergradient="third_order")
+
+
+def test_second_order_modes_run_on_a_tiny_network():
+  # Exact and finite-difference hypergradients agree in sign pattern with each other more often than chance
+  # and differ from the first-order one (the second-order term is not zero).
+  key = jax.random.PRNGKey(0)
+  params = supernet.init(key, TINY)
+  alphas = jax.tree.map(lambda a: a * 1000, supernet.init_alphas(key, TINY))
+  tb, vb = _synthetic(jax.random.PRNGKey(1), 8), _synthetic(jax.random.PRNGKey(2), 8)
+  out = {}
+  for mode in bilevel.HYPERGRADIENTS:
+    hp = bilevel.SearchHParams(hypergradient=mode, w_lr=0.5)
+    w_opt = bilevel.weight_optimizer(hp).init(params)
+    fn = jax.jit(lambda p, a, o, t, v, hp=hp: bilevel.hypergradient(
+        _problem(), hp, p, a, o, t, v, jax.random.PRNGKey(0), jnp.zeros((), jnp.int32))[0])
+    out[mode] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(fn(params, alphas, w_opt, tb, vb))])
+  assert all(np.all(np.isfinite(v)) for v in out.values())
+  diff = np.linalg.norm(out["second_order_exact"] - out["first_order"]) / np.linalg.norm(out["first_order"])
+  assert diff > 1e-4
+  cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+  assert cos(out["second_order_exact"], out["second_order_fd"]) > 0.5
