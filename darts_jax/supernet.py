@@ -75,6 +75,12 @@ def _channel_shuffle(x, groups):
   return x.reshape(*lead, groups, c // groups).swapaxes(-1, -2).reshape(*lead, c)
 
 
+def _static_take(x, ids: np.ndarray):
+  """x[ids] for a static index array, as slices and a stack (a gather's VJP is a scatter, slow to compile)."""
+  rows = [x[int(i)] for i in np.ravel(ids)]
+  return jnp.stack(rows).reshape(ids.shape + x.shape[1:])
+
+
 def _weighted_sum(a, y):
   """Σ_s a[s, d] · y[s, d] as a broadcast multiply-add (XLA's CPU dot is slow for this shape)."""
   a = a.reshape(a.shape + (1,) * (y.ndim - 2)).astype(y.dtype)
@@ -102,9 +108,9 @@ def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: 
     xs = jnp.stack([states[s] for s in wave.sources])
     if partial_channels > 1:
       xs, rest = xs[..., :c], xs[..., c:]
-    A = weights[wave.edge_ids]  # (S, D, O)
+    A = _static_take(weights, wave.edge_ids)  # (S, D, O)
     if edge_scale is not None:
-      A = A * edge_scale[wave.edge_ids][..., None]
+      A = A * _static_take(edge_scale, wave.edge_ids)[..., None]
     out = None
     for o, name in enumerate(space.primitives):
       if name == "none":
@@ -121,7 +127,7 @@ def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: 
     if partial_channels > 1:
       if wave.stride > 1:
         rest = jax.vmap(lambda x: ops.max_pool_2x2(x))(rest)
-      scale = (edge_scale[wave.edge_ids] if edge_scale is not None
+      scale = (_static_take(edge_scale, wave.edge_ids) if edge_scale is not None
                else jnp.ones(wave.edge_ids.shape, rest.dtype))
       by = _weighted_sum(scale, rest[:, None])
     for d_i, d in enumerate(wave.dsts):
