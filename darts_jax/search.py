@@ -4,7 +4,7 @@ One loop serves every method of `darts_jax.methods` and both search spaces. A ru
 directory (see `darts_jax.workdir`): the resolved config, a JSON-lines metrics log (losses, accuracies,
 learning rate, α entropy, the genotype after every epoch, seconds per step), TensorBoard events, orbax
 checkpoints of the whole state (weights, α, both optimizer states, step, rng; the data position is the step),
-and at the end ``genotype.json``, ``genotype.txt`` (DARTS text or the NB201 string), ``cells_normal.png/.svg``
+and at the end ``alphas.json`` (the final α), ``genotype.json``, ``genotype.txt`` (DARTS text or the NB201 string), ``cells_normal.png/.svg``
 and ``cells_reduce.png/.svg`` (pictures of the cells), ``alphas.png/.svg`` (op weights over the epochs) and
 ``summary.json``. Re-running on the same workdir resumes; NaN/Inf stops the run and keeps the last good
 checkpoint.
@@ -136,9 +136,9 @@ def search(config, workdir: str) -> Dict[str, Any]:
   eval_fn = bilevel.make_eval_step(problem)
 
   w_iter = data_lib.BatchIterator(train, config.batch_size, w_idx, augment=config.augment, seed=2 * config.seed,
-                                  mean=mean, std=std, start=divmod(start, steps_per_epoch))
+                                  mean=mean, std=std, start=(0, start))
   a_iter = data_lib.BatchIterator(train, config.batch_size, a_idx, augment=config.augment,
-                                  seed=2 * config.seed + 1, mean=mean, std=std, start=divmod(start, steps_per_epoch))
+                                  seed=2 * config.seed + 1, mean=mean, std=std, start=(0, start))
   batches = data_lib.prefetch(zip(w_iter, a_iter), size=2)
   val_eval_idx = a_idx[:config.eval_examples] if config.get("eval_examples") else a_idx
 
@@ -231,6 +231,7 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
     arch = method.derive(alphas, space, key=key)
   text = arch_text(arch)
   wd.atomic_write(os.path.join(workdir, "genotype.txt"), text + "\n")
+  wd.write_json(os.path.join(workdir, "alphas.json"), {k: np.asarray(v).tolist() for k, v in alphas.items()})
   if isinstance(arch, genotypes.Genotype):
     wd.atomic_write(os.path.join(workdir, "genotype.json"), genotypes.to_json(arch, indent=2) + "\n")
     visualize.plot_genotype(arch, os.path.join(workdir, "cells"))

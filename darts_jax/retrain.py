@@ -1,0 +1,318 @@
+"""Retraining a genotype from scratch: `train_and_evaluate(config, workdir)` (the reference's `train.py`).
+
+The network of `darts_jax.networks` built from ``config.genotype`` (a registry name such as ``DARTS_V2``, a
+``genotype.json``/``.txt`` path, ``Genotype(...)`` text, or ``"random"`` for a genotype drawn uniformly with
+``config.seed``: the random baseline under the same protocol) is trained on the training split (or
+``config.subset`` examples of it) and scored on the test split. The protocol is the paper's: SGD with momentum
+0.9 (no Nesterov), learning rate ``config.lr`` annealed by a per-epoch cosine to ``config.lr_min`` (0), L2
+weight decay 3e-4, gradients clipped to global norm 5, the auxiliary head's loss weighted 0.4, drop-path
+probability growing linearly from 0 to ``config.drop_path_prob`` over the epochs (a traced value, so it never
+recompiles), optional Cutout.
+
+The work directory (see `darts_jax.workdir`) holds the resolved config, ``metrics.jsonl`` (train loss and
+accuracy every ``log_every`` steps; per epoch the train means, learning rate, drop-path probability, test loss
+and accuracy, seconds per step), TensorBoard events, orbax checkpoints of the whole state after every epoch
+(params, BatchNorm statistics, optimizer state, step, rng; the data position is the step), and at the end
+``genotype.txt``, ``genotype.json``, ``cells_normal.png/.svg``, ``cells_reduce.png/.svg`` and ``summary.json``
+(test_acc, num_params without the auxiliary head, train_seconds, genotype, seed, versions). Re-running on the
+same workdir resumes (a finished run returns its summary without training); NaN/Inf stops the run with
+`workdir.Diverged`, keeping the last good checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from typing import Any, Dict, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from darts_jax import data as data_lib
+from darts_jax import genotypes
+from darts_jax import networks
+from darts_jax import workdir as wd
+
+# Config keys that may change when a run is continued.
+RESUMABLE_KEYS = ("progress", "log_every", "tensorboard")
+
+
+class TrainState(NamedTuple):
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  step: jax.Array
+  rng: jax.Array
+
+
+def resolve(spec: Any, seed: int) -> genotypes.Genotype:
+  """The genotype `spec` names; ``"random"`` draws one uniformly with `seed`. Raises GenotypeError."""
+  if isinstance(spec, str) and spec.strip().lower() == "random":
+    g = genotypes.random_genotype(np.random.default_rng(seed))
+  else:
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+      raise genotypes.GenotypeError("config.genotype is empty: give a registry name (e.g. DARTS_V2), a "
+                                    "genotype.json/.txt path, Genotype(...) text or 'random'")
+    g = genotypes.resolve_genotype(spec.strip() if isinstance(spec, str) else spec)
+  return genotypes.validate(genotypes.canonical(g))
+
+
+def cosine_lr(lr_max: float, lr_min: float, epochs: int, steps_per_epoch: int):
+  """The reference's per-epoch CosineAnnealingLR: constant within an epoch, lr_max in epoch 0."""
+  def schedule(count):
+    epoch = jnp.minimum(count // steps_per_epoch, epochs)
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + jnp.cos(jnp.pi * epoch / epochs))
+  return schedule
+
+
+def _lr_at(config, epoch: int) -> float:
+  return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1 + math.cos(math.pi * epoch / config.epochs))
+
+
+def _drop_prob_at(config, epoch: int) -> float:
+  return config.drop_path_prob * epoch / config.epochs
+
+
+def optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """SGD (momentum, L2 weight decay added to the clipped gradient), as `torch.optim.SGD` in the reference."""
+  lr = cosine_lr(config.lr, config.lr_min, config.epochs, steps_per_epoch)
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                     optax.add_decayed_weights(config.weight_decay),
+                     optax.trace(decay=config.momentum, nesterov=False),
+                     optax.scale_by_learning_rate(lr))
+
+
+def _xent(logits, labels):
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def make_train_step(net_cfg: networks.NetworkConfig, tx, *, epochs: int, steps_per_epoch: int,
+                    drop_path_prob: float, auxiliary_weight: float):
+  """A jitted ``(state, batch) -> (state, metrics)`` that donates `state`."""
+  def step_fn(state: TrainState, batch):
+    key = jax.random.fold_in(state.rng, state.step)
+    if drop_path_prob > 0:
+      epoch = (state.step // steps_per_epoch).astype(jnp.float32)
+      p_drop = drop_path_prob * epoch / epochs
+    else:
+      p_drop = 0.0
+
+    def loss_fn(params):
+      logits, aux, new_stats = networks.apply(params, state.batch_stats, batch["image"], net_cfg, train=True,
+                                              rng=key, drop_path_prob=p_drop)
+      loss = _xent(logits, batch["label"])
+      total = loss
+      aux_loss = jnp.zeros(())
+      if aux is not None:
+        aux_loss = _xent(aux, batch["label"])
+        total = loss + auxiliary_weight * aux_loss
+      return total, (loss, aux_loss, logits, new_stats)
+
+    (total, (loss, aux_loss, logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+    metrics = {"loss": loss, "aux_loss": aux_loss, "acc": acc, "grad_norm": grad_norm, "finite": finite}
+    return TrainState(params, new_stats, opt_state, state.step + 1, state.rng), metrics
+
+  return jax.jit(step_fn, donate_argnums=(0,))
+
+
+def make_eval_step(net_cfg: networks.NetworkConfig):
+  """A jitted ``(params, batch_stats, batch) -> (summed loss, correct, count)`` over a masked batch."""
+  @jax.jit
+  def eval_fn(params, batch_stats, batch):
+    logits, _, _ = networks.apply(params, batch_stats, batch["image"], net_cfg, train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    m = batch["mask"]
+    return jnp.sum(losses * m), jnp.sum(correct * m), jnp.sum(m)
+  return eval_fn
+
+
+def evaluate(eval_fn, state: TrainState, dataset, batch_size: int, mean, std):
+  """Mean loss and accuracy on every example of `dataset` (running BatchNorm statistics)."""
+  tot_loss = tot_correct = count = 0.0
+  for batch in data_lib.eval_batches(dataset, batch_size, mean=mean, std=std):
+    l, c, n = jax.device_get(eval_fn(state.params, state.batch_stats, batch))
+    tot_loss += float(l)
+    tot_correct += float(c)
+    count += float(n)
+  return tot_loss / max(count, 1), tot_correct / max(count, 1)
+
+
+def _versions() -> Dict[str, str]:
+  import flax  # pylint: disable=g-import-not-at-top
+  return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+          "optax": optax.__version__, "numpy": np.__version__, "platform": platform.platform(),
+          "devices": ", ".join(sorted({d.device_kind for d in jax.devices()})), "backend": jax.default_backend()}
+
+
+def _augmentation(config):
+  aug = bool(config.get("augment", True))
+  cutout = int(config.get("cutout", 0) or 0)
+  if not aug and not cutout:
+    return False
+  return data_lib.Augmentation(pad=4 if aug else 0, flip=aug and bool(config.get("flip", True)), cutout=cutout)
+
+
+def _check_config(config):
+  if config.epochs < 1:
+    raise ValueError(f"epochs={config.epochs} must be positive")
+  if config.batch_size < 1:
+    raise ValueError(f"batch_size={config.batch_size} must be positive")
+  if not 0.0 <= config.drop_path_prob < 1.0:
+    raise ValueError(f"drop_path_prob={config.drop_path_prob} must be in [0, 1)")
+  if config.log_every < 1:
+    raise ValueError(f"log_every={config.log_every} must be positive")
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+  """Trains (or resumes) the network `config` describes in `workdir`; returns the summary it exports."""
+  _check_config(config)
+  genotype = resolve(config.genotype, config.seed)  # bad genotypes fail before anything is written
+  wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS)
+
+  train = data_lib.load_dataset(config.dataset, "train", config.get("data_dir") or None)
+  if config.get("subset"):
+    train = data_lib.subset(train, int(config.subset), seed=config.seed)
+  test = data_lib.load_dataset(config.dataset, "test", config.get("data_dir") or None)
+  if config.get("test_examples"):
+    test = data_lib.subset(test, int(config.test_examples), seed=config.seed)
+  mean, std = data_lib.channel_stats(train.images)
+  if len(train) < config.batch_size:
+    raise data_lib.DataError(f"the training set has {len(train)} examples, fewer than "
+                             f"batch_size={config.batch_size}; lower batch_size or use more data")
+  h, w, c = train.image_shape
+  net_cfg = networks.NetworkConfig(genotype=genotype, C=config.model.C, num_classes=train.num_classes,
+                                   layers=config.model.layers, auxiliary=bool(config.auxiliary), in_channels=c,
+                                   kind="cifar", dw_impl=config.get("dw_impl", "auto") or "auto")
+  networks.check_input(net_cfg, (1, h, w, c))
+
+  steps_per_epoch = config.get("steps_per_epoch") or len(train) // config.batch_size
+  total_steps = config.epochs * steps_per_epoch
+  tx = optimizer(config, steps_per_epoch)
+
+  key = jax.random.PRNGKey(config.seed)
+  k_init, k_rng = jax.random.split(key)
+  params, batch_stats = networks.init(k_init, net_cfg)
+  num_params = networks.count_params(params)
+  state = TrainState(params, batch_stats, tx.init(params), jnp.zeros((), jnp.int32), k_rng)
+
+  ckpt = wd.Checkpoints(workdir)
+  start = ckpt.latest_step() or 0
+  summary_path = os.path.join(workdir, "summary.json")
+  if start >= total_steps and os.path.exists(summary_path):
+    ckpt.close()
+    with open(summary_path) as f:
+      return json.load(f)
+  extra = {"elapsed": np.zeros((), np.float64)}
+  if start:
+    restored = ckpt.restore({"state": state, "extra": extra}, start)
+    state, extra = TrainState(*restored["state"]), restored["extra"]
+  elapsed = float(extra["elapsed"])
+  log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True))
+
+  step_fn = make_train_step(net_cfg, tx, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                            drop_path_prob=float(config.drop_path_prob),
+                            auxiliary_weight=float(config.auxiliary_weight))
+  eval_fn = make_eval_step(net_cfg)
+  eval_bs = int(config.get("eval_batch_size") or config.batch_size)
+  eval_every = int(config.get("eval_every") or 1)
+
+  progress = None
+  if config.get("progress", True) and start < total_steps:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    progress = tqdm(total=total_steps, initial=start, unit="step", desc="retrain", dynamic_ncols=True,
+                    mininterval=2.0)
+
+  batches = None
+  last = {"test_loss": None, "test_acc": None}
+  step = start
+  last_good = start
+  try:
+    if start < total_steps:
+      it = data_lib.BatchIterator(train, config.batch_size, augment=_augmentation(config), seed=config.seed,
+                                  mean=mean, std=std, start=(0, start))  # carries over its own epochs
+      batches = data_lib.prefetch(it, size=2)
+    pending = []
+    sums = {"loss": 0.0, "acc": 0.0, "n": 0}
+    t_epoch = time.perf_counter()
+    epoch_steps = 0
+    while step < total_steps:
+      state, metrics = step_fn(state, next(batches))
+      pending.append(metrics)
+      step += 1
+      epoch_steps += 1
+      end_of_epoch = step % steps_per_epoch == 0
+      if step % config.log_every == 0 or end_of_epoch:
+        fetched = jax.device_get(pending)
+        pending = []
+        for i, m in enumerate(fetched):
+          if not bool(m["finite"]):
+            bad = step - len(fetched) + i + 1
+            raise wd.Diverged(f"non-finite loss or gradients at retrain step {bad}; the last good checkpoint "
+                              f"(step {last_good}) is kept in {ckpt.directory}; lower the learning rate")
+          sums["loss"] += float(m["loss"])
+          sums["acc"] += float(m["acc"])
+          sums["n"] += 1
+        m = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
+        if not config.auxiliary:
+          m.pop("aux_loss")
+        log.write(step, {"phase": "train", "epoch": (step - 1) // steps_per_epoch, **m})
+      if progress is not None:
+        progress.update(1)
+      if end_of_epoch:
+        epoch = step // steps_per_epoch - 1
+        jax.block_until_ready(state.params)
+        seconds = time.perf_counter() - t_epoch
+        elapsed += seconds
+        record = {"phase": "epoch", "epoch": epoch, "train_loss": sums["loss"] / max(sums["n"], 1),
+                  "train_acc": sums["acc"] / max(sums["n"], 1), "lr": _lr_at(config, epoch),
+                  "drop_path_prob": _drop_prob_at(config, epoch),
+                  "seconds_per_step": seconds / max(epoch_steps, 1), "elapsed": elapsed}
+        if (epoch + 1) % eval_every == 0 or step == total_steps:
+          test_loss, test_acc = evaluate(eval_fn, state, test, eval_bs, mean, std)
+          record.update(test_loss=test_loss, test_acc=test_acc)
+          last = {"test_loss": test_loss, "test_acc": test_acc}
+          if progress is not None:
+            progress.set_postfix(test_acc=f"{test_acc:.4f}", refresh=False)
+        log.write(step, record)
+        ckpt.save(step, {"state": state, "extra": {"elapsed": np.asarray(elapsed, np.float64)}})
+        last_good = step
+        sums = {"loss": 0.0, "acc": 0.0, "n": 0}
+        t_epoch = time.perf_counter()
+        epoch_steps = 0
+  finally:
+    if batches is not None:
+      batches.close()
+    if progress is not None:
+      progress.close()
+    log.close()
+    ckpt.close()
+
+  if last["test_acc"] is None:  # finished earlier but killed before the summary was written
+    last["test_loss"], last["test_acc"] = evaluate(eval_fn, state, test, eval_bs, mean, std)
+  return export(config, workdir, genotype, num_params, int(state.step), elapsed, last, len(train), len(test))
+
+
+def export(config, workdir, genotype, num_params, steps, elapsed, last, train_examples, test_examples):
+  """Writes the genotype, its cell pictures and the summary."""
+  from darts_jax import visualize  # pylint: disable=g-import-not-at-top
+  text = genotypes.to_text(genotype)
+  wd.atomic_write(os.path.join(workdir, "genotype.txt"), text + "\n")
+  wd.atomic_write(os.path.join(workdir, "genotype.json"), genotypes.to_json(genotype, indent=2) + "\n")
+  visualize.plot_genotype(genotype, os.path.join(workdir, "cells"))
+  summary = {"dataset": config.dataset, "genotype": text,
+             "genotype_spec": str(config.genotype), "seed": config.seed,
+             "test_acc": last["test_acc"], "test_loss": last["test_loss"], "num_params": num_params,
+             "train_seconds": elapsed, "epochs": config.epochs, "steps": steps,
+             "train_examples": train_examples, "test_examples": test_examples, "versions": _versions()}
+  wd.write_json(os.path.join(workdir, "summary.json"), summary)
+  return json.loads(json.dumps(wd._jsonable(summary)))  # pylint: disable=protected-access

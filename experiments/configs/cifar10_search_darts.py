@@ -1,0 +1,58 @@
+"""The DARTS paper's CIFAR-10 search: an 8-cell, C=16 supernet, 50 epochs, half the training set for α.
+
+  python experiments/search.py --config=experiments/configs/cifar10_search_darts.py --workdir=/tmp/c10_search
+  python experiments/search.py --config=experiments/configs/cifar10_search_darts.py:second --workdir=/tmp/c10_2nd
+  python experiments/search.py --config=experiments/configs/cifar10_search_darts.py:smoke --workdir=/tmp/smoke
+
+Liu et al. (ICLR 2019), Section 3.1 / the released ``cnn/train_search.py``: the 50,000 CIFAR-10 training images
+split 25,000 (weights) / 25,000 (α), batch 64, crop + flip, SGD momentum 0.9 with lr 0.025 cosine-annealed to
+0.001, weight decay 3e-4, gradient clipping 5; Adam on α (lr 3e-4, β=(0.5, 0.999), weight decay 1e-3).
+Arguments: '' first-order DARTS (paper, Table 1: 3.00 ± 0.14 % test error after retraining, search cost 1.5
+GPU-days), ``second`` the paper's second-order finite-difference hypergradient (2.76 ± 0.09 % after
+retraining with cifar10_retrain_darts.py, 4 GPU-days; the search costs count four repeated searches),
+``exact`` the exact second-order hypergradient (Hessian-vector product), ``smoke`` a tiny real run of about a
+minute on a CPU. Needs the TFDS ``cifar10`` data
+prepared (``--config.data_dir`` names the TFDS directory).
+"""
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = "darts"          # any name of darts_jax.methods.METHODS
+  c.method_kwargs = ml_collections.ConfigDict()
+  c.space = "darts"
+  c.dataset = "cifar10"
+  c.data_dir = ""
+  c.subset = 0                # 0: all 50,000 training images
+  c.train_portion = 0.5
+  c.augment = True
+  c.batch_size = 64
+  c.epochs = 50
+  c.steps_per_epoch = 0       # 0: one pass over the weight half
+  c.warmup_epochs = None      # None: the method's default
+  c.eval_examples = 0         # val examples scored after each epoch (0: the whole α half)
+  c.seed = 0
+  c.model = ml_collections.ConfigDict({"C": 16, "layers": 8, "N": 1})
+  c.hparams = ml_collections.ConfigDict({"hypergradient": "first_order"})  # SearchHParams overrides
+  c.num_candidates = 100
+  c.log_every = 50
+  c.progress = True
+  c.tensorboard = True
+  if arg == "second":
+    c.hparams.hypergradient = "second_order_fd"
+  elif arg == "exact":
+    c.hparams.hypergradient = "second_order_exact"
+  elif arg == "smoke":
+    c.subset = 256
+    c.batch_size = 16
+    c.epochs = 2
+    c.steps_per_epoch = 3
+    c.eval_examples = 32
+    c.model.C = 4
+    c.model.layers = 3
+    c.num_candidates = 4
+    c.log_every = 1
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; use '', 'second', 'exact' or 'smoke'")
+  return c

@@ -1,0 +1,127 @@
+"""End-to-end search runs through the library function the script calls: real Fashion-MNIST, TFDS mock data,
+resume after SIGKILL, clear errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from darts_jax import genotypes
+from darts_jax import search
+from darts_jax import workdir as wd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments", "configs"))
+import fashion_search  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+def _smoke(**overrides):
+  c = fashion_search.get_config("smoke")
+  c.progress = False
+  c.tensorboard = True
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+def _check_artifacts(workdir, epochs):
+  for name in ("config.json", "metrics.jsonl", "genotype.json", "genotype.txt", "alphas.json", "summary.json",
+               "cells_normal.png", "cells_normal.svg", "cells_reduce.png", "cells_reduce.svg", "alphas.png",
+               "alphas.svg"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  g = genotypes.from_json(open(os.path.join(workdir, "genotype.json")).read())
+  assert genotypes.parse(open(os.path.join(workdir, "genotype.txt")).read()) == g
+  genotypes.validate(g)
+  records = wd.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  per_epoch = [r for r in records if r["phase"] == "epoch"]
+  assert [r["epoch"] for r in per_epoch] == list(range(epochs))
+  for r in per_epoch:
+    assert 0.0 <= r["val_acc"] <= 1.0 and r["alpha_entropy"] > 0 and r["seconds_per_step"] > 0
+    genotypes.parse(r["genotype"])
+  assert all(np.isfinite(r["train_loss"]) and "lr" in r for r in records if r["phase"] == "search")
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert os.listdir(os.path.join(workdir, "checkpoints"))
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  assert summary["search_seconds"] > 0 and summary["versions"]["jax"]
+  return g, summary
+
+
+@pytest.mark.skipif(not os.path.exists(FASHION), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_search_writes_every_artifact_and_resumes_without_retraining(tmp_path):
+  workdir = str(tmp_path / "run")
+  summary = search.search(_smoke(), workdir)
+  g, saved = _check_artifacts(workdir, epochs=2)
+  assert genotypes.to_text(g) == summary["genotype"] == saved["genotype"]
+  n_records = len(wd.read_metrics(os.path.join(workdir, "metrics.jsonl")))
+  again = search.search(_smoke(), workdir)  # finished run: resumes at the end, trains nothing
+  assert again["genotype"] == summary["genotype"] and again["steps"] == summary["steps"]
+  assert len(wd.read_metrics(os.path.join(workdir, "metrics.jsonl"))) == n_records
+
+
+def test_workdir_with_a_different_config_is_refused(tmp_path):
+  wd.prepare(str(tmp_path), {"a": 1})
+  with pytest.raises(wd.WorkdirError, match="different config"):
+    wd.prepare(str(tmp_path), {"a": 2})
+  assert json.load(open(tmp_path / "config.json")) == {"a": 1}
+
+
+def test_tfds_mock_cifar10_search(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=64):
+    summary = search.search(_smoke(dataset="cifar10", subset=0), str(tmp_path / "run"))
+  g, _ = _check_artifacts(str(tmp_path / "run"), epochs=2)
+  assert genotypes.to_text(g) == summary["genotype"]
+
+
+def _script(workdir, *extra):
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.environ.get(
+      "DARTS_JAX_TEST_CACHE", os.path.join("/tmp", "darts_jax_jit")),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="2")
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", "search.py"),
+         f"--config={os.path.join(ROOT, 'experiments', 'configs', 'fashion_search.py')}:smoke",
+         f"--workdir={workdir}", "--config.progress=False", "--config.epochs=3", *extra]
+  return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.skipif(not os.path.exists(FASHION), reason="Debian package dataset-fashion-mnist not installed")
+def test_sigkill_mid_search_then_resume_equals_uninterrupted_run(tmp_path):
+  killed = str(tmp_path / "killed")
+  proc = _script(killed)
+  first = os.path.join(killed, "checkpoints", "3")
+  deadline = time.time() + 900
+  while not os.path.isdir(first) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.1)
+  assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()[-500:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(killed, "genotype.txt"))
+  resumed = _script(killed)
+  out, err = resumed.communicate(timeout=900)
+  assert resumed.returncode == 0, err[-2000:]
+  steps = [r["step"] for r in wd.read_metrics(os.path.join(killed, "metrics.jsonl")) if r["phase"] == "search"]
+  assert steps == sorted(set(steps)), "resumed log repeats or skips steps"
+
+  straight = str(tmp_path / "straight")
+  c = _smoke(epochs=3)
+  c.progress = False
+  search.search(c, straight)
+  read = lambda d, f: open(os.path.join(d, f)).read()
+  assert read(killed, "genotype.txt") == read(straight, "genotype.txt")
+  a, b = json.loads(read(killed, "alphas.json")), json.loads(read(straight, "alphas.json"))
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+
+
+def test_script_errors_are_one_line(tmp_path):
+  proc = _script(str(tmp_path / "w"), "--config.dataset=no_such_dataset")
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 1
+  last = [l for l in err.strip().splitlines() if l.startswith("error:")]
+  assert len(last) == 1 and "no_such_dataset" in last[0], err[-1000:]
+  assert "Traceback" not in err
