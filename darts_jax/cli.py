@@ -13,6 +13,8 @@ _USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, wd.
 
 def run(fn: Callable[[], object]) -> int:
   """Runs `fn`; a user-facing error becomes one line on stderr and exit status 1 (2 for divergence)."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
   try:
     fn()
   except KeyboardInterrupt:
