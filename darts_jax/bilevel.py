@@ -218,3 +218,26 @@ def make_eval_step(problem: SearchProblem):
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     return jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)
   return jax.jit(fn)
+
+
+def init_seeds(init_params: Callable, init_alphas: Callable, hp: SearchHParams, seeds) -> SearchState:
+  """The states of S independent searches stacked along a leading axis: seed s gets its own weights, α and
+  rng from `jax.random.PRNGKey(seed)`, exactly as a separate run with that seed would.
+
+  init_params / init_alphas: key -> pytree.
+  """
+  states = []
+  for seed in seeds:
+    key = jax.random.PRNGKey(int(seed))
+    k_w, k_a, k_state = jax.random.split(key, 3)
+    states.append(init_state(init_params(k_w), init_alphas(k_a), hp, k_state))
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def make_multi_seed_step(problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True,
+                         donate: bool = True):
+  """S searches as one jit-compiled program: `(states, train_batches, val_batches) -> (states, metrics)`
+  with every argument stacked along a leading seed axis (each seed its own data order too). One compile
+  serves all seeds; the results equal S separate runs of `make_search_step` up to float rounding."""
+  fn = jax.vmap(lambda state, tb, vb: search_step(problem, hp, state, tb, vb, update_alphas))
+  return jax.jit(fn, donate_argnums=(0,) if donate else ())

@@ -1,0 +1,479 @@
+"""Comparing search methods under one protocol: `run_comparison(config, workdir) -> report dict`.
+
+Every (space, method, seed) runs the same search config (``config.search``; only ``space``, ``method`` and
+``seed`` change) in its own resumable work directory, optionally followed by retraining its genotype with
+``config.retrain_config`` (``genotype`` set to the run's ``genotype.json``, ``seed`` to the run's seed)::
+
+  workdir/runs/<space>/<method>/seed<k>/search/    darts_jax.search work directory (summary.json, metrics.jsonl)
+  workdir/runs/<space>/<method>/seed<k>/retrain/   darts_jax.retrain work directory (DARTS-like spaces only)
+  workdir/report.md, report.json                   one table per space, the random baseline, reproducibility
+  workdir/accuracy_over_time.png                   supernet val accuracy vs search seconds, mean over seeds
+
+The ``random`` method is the random-sampling baseline and is always included (added when missing). It does
+no search: its genotype is drawn with the run's seed exactly as `darts_jax.search.search` would derive it
+(``methods.get_method("random").derive(..., key=split(PRNGKey(seed), 4)[3])``), written into its search
+directory with zero search time, then retrained like every other genotype. On NAS-Bench-201 the report also
+gives the discovered cells' benchmark accuracy and the exact expected best-of-N accuracy of random sampling
+from the table. Finished runs (a ``summary.json`` beside an identical ``config.json``) are not touched again,
+so re-running the same command only fills in what is missing and rewrites the report.
+
+The report flags DARTS' known failure mode, collapse to parameter-free cells: per method, the share of
+``skip_connect`` among the normal cells' edges of the final genotypes (flagged at >= `COLLAPSE_SHARE`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from darts_jax import genotypes
+from darts_jax import nb201
+from darts_jax import workdir as wd
+
+RANDOM = "random"
+RUN_KEYS = ("method", "seed", "space")   # the only search-config fields allowed to differ between runs
+RETRAIN_RUN_KEYS = ("genotype", "seed")
+COLLAPSE_SHARE = 0.5                       # normal-cell skip_connect share flagged as collapse
+BEST_OF_N = (1, 10, 100)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Small statistics helpers (pure; unit-tested on synthetic summaries).
+
+
+def mean_std(values: Iterable[Any]) -> Dict[str, Any]:
+  """{"mean", "std" (sample, ddof=1; 0 for one value), "n"} of the finite numbers in `values` (None: none)."""
+  xs = [float(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+  if not xs:
+    return {"mean": None, "std": None, "n": 0}
+  return {"mean": float(np.mean(xs)), "std": float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def skip_share(genotype: Any) -> Optional[float]:
+  """The share of ``skip_connect`` edges in the normal cell of a DARTS genotype (text, dict or Genotype)."""
+  if genotype is None:
+    return None
+  if isinstance(genotype, str):
+    try:
+      genotype = genotypes.parse(genotype)
+    except Exception:  # pylint: disable=broad-except  (an NB201 string or anything else: not a DARTS cell)
+      return None
+  elif isinstance(genotype, Mapping):
+    genotype = genotypes.from_dict(genotype)
+  ops = [op for op, _ in genotype.normal]
+  return sum(op == "skip_connect" for op in ops) / len(ops) if ops else None
+
+
+def nb201_random_baseline(accuracies, ns: Iterable[int]) -> Dict[str, float]:
+  """{str(n): exact expected best-of-n accuracy of uniform random sampling} from a benchmark column."""
+  return {str(int(n)): nb201.expected_best_of_n(accuracies, int(n)) for n in sorted(set(int(n) for n in ns))}
+
+
+def _fmt(stat: Optional[Mapping[str, Any]], scale: float = 1.0, digits: int = 2) -> str:
+  if not stat or stat.get("mean") is None:
+    return "—"
+  return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_dataset: str = "cifar10",
+              device_kind: str = "CPU") -> Dict[str, List[Dict[str, Any]]]:
+  """One row per (space, method) from per-run records.
+
+  A run record holds ``space``, ``method``, ``seed``, ``search`` (the search summary: val_acc, search_seconds,
+  supernet_params, genotype) and optionally ``retrain`` (test_acc, num_params, train_seconds). `benchmark`
+  (an `nb201.Benchmark`) scores NB201 genotypes. Returns {space: [row, ...]}, methods in first-seen order.
+  """
+  out: Dict[str, List[Dict[str, Any]]] = {}
+  groups: Dict[tuple, List[Mapping[str, Any]]] = {}
+  for r in runs:
+    groups.setdefault((r["space"], r["method"]), []).append(r)
+  for (space, method), rs in groups.items():
+    searches = [r["search"] for r in rs]
+    retrains = [r.get("retrain") for r in rs if r.get("retrain")]
+    seconds = [float(s.get("search_seconds") or 0.0) for s in searches]
+    row = {
+        "method": method, "seeds": sorted(int(r["seed"]) for r in rs), "num_runs": len(rs),
+        "search_val_acc": mean_std(s.get("val_acc") for s in searches),
+        "retrain_test_acc": mean_std(t.get("test_acc") for t in retrains) if retrains else None,
+        "retrain_params": mean_std(t.get("num_params") for t in retrains) if retrains else None,
+        "supernet_params": mean_std(s.get("supernet_params") for s in searches),
+        "search_hours_sum": sum(seconds) / 3600.0, "search_hours_mean": sum(seconds) / 3600.0 / len(rs),
+        "device_kind": device_kind, "genotypes": [s.get("genotype") for s in searches],
+        "is_random_baseline": method == RANDOM,
+    }
+    if space == "nb201":
+      accs = []
+      if benchmark is not None:
+        for s in searches:
+          try:
+            accs.append(benchmark.query(s["genotype"], benchmark_dataset))
+          except (ValueError, KeyError, TypeError):
+            accs.append(None)
+      row["benchmark_test_acc"] = mean_std(accs) if benchmark is not None else None
+      row["benchmark_dataset"] = benchmark_dataset if benchmark is not None else None
+    else:
+      shares = [skip_share(s.get("genotype")) for s in searches]
+      row["skip_share"] = mean_std(shares)
+      row["skip_shares"] = shares
+      row["collapse"] = bool(row["skip_share"]["mean"] is not None and row["skip_share"]["mean"] >= COLLAPSE_SHARE)
+    out.setdefault(space, []).append(row)
+  return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Environment and protocol checks.
+
+
+def _git_commit() -> str:
+  try:
+    res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                         capture_output=True, text=True, timeout=10, check=False)
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+  out = res.stdout.strip()
+  return out if res.returncode == 0 and out else "unknown"
+
+
+def _versions() -> Dict[str, str]:
+  import jax  # pylint: disable=g-import-not-at-top
+  out = {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__}
+  for name in ("jaxlib", "flax", "optax", "orbax.checkpoint", "ml_collections", "matplotlib"):
+    try:
+      mod = __import__(name, fromlist=["__version__"])
+      out[name] = str(getattr(mod, "__version__", "?"))
+    except ImportError:
+      out[name] = "not installed"
+  return out
+
+
+def _hardware() -> Dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  return {"backend": jax.default_backend(), "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
+          "num_devices": len(devices), "platform": platform.platform(), "processor": platform.processor(),
+          "cpu_count": os.cpu_count()}
+
+
+def protocol_differences(configs: Sequence[Mapping[str, Any]], allowed: Iterable[str],
+                         ignore: Iterable[str] = ()) -> List[str]:
+  """The config keys (outside `allowed` and `ignore`) whose values differ between any of `configs`."""
+  skip = set(allowed) | set(ignore)
+  keys = set().union(*[set(c) for c in configs]) if configs else set()
+  return sorted(k for k in keys - skip if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1)
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Running.
+
+
+def _run_config(base, **fields):
+  """A copy of the ConfigDict `base` with `fields` set (unlocked for the copy)."""
+  cfg = copy.deepcopy(base)
+  with cfg.unlocked():
+    for k, v in fields.items():
+      setattr(cfg, k, v)
+  return cfg
+
+
+def _finished(run_dir: str, config_dict: Mapping[str, Any], ignore: Iterable[str]) -> Optional[Dict[str, Any]]:
+  """The summary of a finished run of exactly this config in `run_dir`, else None."""
+  summary = _read_json(os.path.join(run_dir, "summary.json"))
+  old = _read_json(os.path.join(run_dir, "config.json"))
+  if summary is None or old is None:
+    return None
+  strip = lambda d: {k: v for k, v in d.items() if k not in set(ignore)}
+  new = json.loads(json.dumps(wd._jsonable(dict(config_dict))))  # pylint: disable=protected-access
+  return summary if strip(old) == strip(new) else None
+
+
+def random_search_run(config, run_dir: str) -> Dict[str, Any]:
+  """The random baseline's "search": a uniformly random genotype from the run's seed, no training."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from darts_jax import methods as methods_lib  # pylint: disable=g-import-not-at-top
+  from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
+  from darts_jax.search_space import get_space  # pylint: disable=g-import-not-at-top
+  wd.prepare(run_dir, config.to_dict(), ignore=search_lib.RESUMABLE_KEYS)
+  space = get_space(config.space)
+  method = methods_lib.get_method(RANDOM)
+  k_derive = jax.random.split(jax.random.PRNGKey(config.seed), 4)[3]   # the key search.search derives with
+  arch = method.derive(None, space, key=k_derive)
+  text = search_lib.arch_text(arch)
+  wd.atomic_write(os.path.join(run_dir, "genotype.txt"), text + "\n")
+  if isinstance(arch, genotypes.Genotype):
+    wd.atomic_write(os.path.join(run_dir, "genotype.json"), genotypes.to_json(arch, indent=2) + "\n")
+  else:
+    wd.write_json(os.path.join(run_dir, "genotype.json"), {"nb201": text})
+  summary = {"method": RANDOM, "space": space.name, "dataset": config.dataset, "seed": config.seed,
+             "genotype": text, "search_seconds": 0.0, "val_acc": None, "supernet_params": None, "steps": 0,
+             "note": "random-sampling baseline: no search, a uniformly random architecture from the seed",
+             "versions": _versions()}
+  wd.write_json(os.path.join(run_dir, "summary.json"), summary)
+  return summary
+
+
+def _run_dir(workdir: str, space: str, method: str, seed: int) -> str:
+  return os.path.join(workdir, "runs", space, method, f"seed{seed}")
+
+
+def _methods(config) -> List[str]:
+  methods = [str(m) for m in config.methods]
+  if RANDOM not in methods and config.get("include_random_baseline", True):
+    methods.append(RANDOM)
+  return methods
+
+
+def run_comparison(config, workdir: str) -> Dict[str, Any]:
+  """Runs (or resumes) every (space, method, seed) of `config`, then writes and returns the report."""
+  from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
+  methods = _methods(config)
+  seeds = [int(s) for s in config.seeds]
+  spaces = [str(s) for s in config.spaces]
+  if not methods or not seeds or not spaces:
+    raise ValueError("config.methods, config.seeds and config.spaces must each name at least one entry")
+  from darts_jax import methods as methods_lib  # pylint: disable=g-import-not-at-top
+  for m in methods:
+    methods_lib.get_method(m)   # unknown names fail before anything runs
+  do_retrain = bool(config.get("retrain", False))
+  os.makedirs(workdir, exist_ok=True)
+
+  runs, executed, t0 = [], [], time.perf_counter()
+  for space in spaces:
+    for method in methods:
+      for seed in seeds:
+        rdir = _run_dir(workdir, space, method, seed)
+        scfg = _run_config(config.search, method=method, seed=seed, space=space)
+        sdir = os.path.join(rdir, "search")
+        summary = _finished(sdir, scfg.to_dict(), search_lib.RESUMABLE_KEYS)
+        if summary is None:
+          executed.append(f"{space}/{method}/seed{seed}/search")
+          summary = (random_search_run(scfg, sdir) if method == RANDOM else search_lib.search(scfg, sdir))
+        record = {"space": space, "method": method, "seed": seed, "search": summary, "search_dir": sdir}
+        if do_retrain and space != "nb201":
+          from darts_jax import retrain as retrain_lib  # pylint: disable=g-import-not-at-top
+          tcfg = _run_config(config.retrain_config, genotype=os.path.join(sdir, "genotype.json"), seed=seed)
+          tdir = os.path.join(rdir, "retrain")
+          rsum = _finished(tdir, tcfg.to_dict(), retrain_lib.RESUMABLE_KEYS)
+          if rsum is None:
+            executed.append(f"{space}/{method}/seed{seed}/retrain")
+            rsum = retrain_lib.train_and_evaluate(tcfg, tdir)
+          record.update(retrain=rsum, retrain_dir=tdir)
+        runs.append(record)
+  report = build_report(config, workdir, runs, methods=methods, seeds=seeds, spaces=spaces)
+  report["executed_this_call"] = executed
+  report["wall_seconds_this_call"] = time.perf_counter() - t0
+  write_report(report, workdir)
+  return report
+
+
+# --------------------------------------------------------------------------------------------------------
+# The report.
+
+
+def _load_benchmark(config):
+  path = config.get("benchmark_path") or nb201.default_benchmark_path()
+  if not path:
+    return None, None
+  return nb201.load_benchmark(path), str(path)
+
+
+def _curves(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
+  """{space: {method: {"elapsed": [...], "val_acc": [...]}}}: per epoch, means over the seeds that reached it."""
+  per: Dict[tuple, List[List[tuple]]] = {}
+  for r in runs:
+    path = os.path.join(r["search_dir"], "metrics.jsonl")
+    if not os.path.exists(path):
+      continue
+    recs = [(float(m["elapsed"]), float(m["val_acc"])) for m in wd.read_metrics(path)
+            if m.get("phase") == "epoch" and m.get("val_acc") is not None and m.get("elapsed") is not None]
+    if recs:
+      per.setdefault((r["space"], r["method"]), []).append(recs)
+  out: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+  for (space, method), seqs in per.items():
+    n = max(len(s) for s in seqs)
+    el, acc = [], []
+    for i in range(n):
+      pts = [s[i] for s in seqs if len(s) > i]
+      el.append(float(np.mean([p[0] for p in pts])))
+      acc.append(float(np.mean([p[1] for p in pts])))
+    out.setdefault(space, {})[method] = {"elapsed": el, "val_acc": acc, "num_seeds": len(seqs)}
+  return out
+
+
+def plot_curves(curves, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  spaces = sorted(curves) or ["darts"]
+  fig, axes = plt.subplots(1, len(spaces), figsize=(6 * len(spaces), 4), squeeze=False)
+  for ax, space in zip(axes[0], spaces):
+    for method, c in curves.get(space, {}).items():
+      ax.plot(c["elapsed"], c["val_acc"], marker="o", label=f"{method} (n={c['num_seeds']})")
+    ax.set_title(f"{space}: supernet val accuracy (mean over seeds)")
+    ax.set_xlabel("search seconds (elapsed)")
+    ax.set_ylabel("val accuracy")
+    ax.grid(alpha=0.3)
+    if curves.get(space):
+      ax.legend(fontsize=8)
+    else:
+      ax.text(0.5, 0.5, "no search curves", ha="center", va="center", transform=ax.transAxes)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], methods, seeds, spaces) -> Dict[str, Any]:
+  from darts_jax import retrain as retrain_lib  # pylint: disable=g-import-not-at-top
+  from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
+  hardware = _hardware()
+  device_kind = "GPU" if hardware["backend"] == "gpu" else hardware["backend"].upper()
+  benchmark, bench_path = (None, None)
+  if "nb201" in spaces:
+    benchmark, bench_path = _load_benchmark(config)
+  bench_dataset = config.get("benchmark_dataset") or "cifar10"
+  tables = aggregate(runs, benchmark, bench_dataset, device_kind)
+
+  nb201_baseline = None
+  if benchmark is not None:
+    ns = [len(seeds), *BEST_OF_N]
+    nb201_baseline = {"dataset": bench_dataset, "benchmark_path": bench_path, "num_archs": len(benchmark),
+                      "best_in_table": benchmark.best(bench_dataset)[1],
+                      "expected_best_of_n": nb201_random_baseline(benchmark.accuracies(bench_dataset), ns)}
+
+  search_cfgs = [_read_json(os.path.join(r["search_dir"], "config.json")) or {} for r in runs]
+  diff = protocol_differences(search_cfgs, RUN_KEYS, search_lib.RESUMABLE_KEYS)
+  retrain_cfgs = [_read_json(os.path.join(r["retrain_dir"], "config.json")) or {} for r in runs
+                  if r.get("retrain_dir")]
+  rdiff = protocol_differences(retrain_cfgs, RETRAIN_RUN_KEYS, retrain_lib.RESUMABLE_KEYS)
+  same = not diff and not rdiff
+  total_search = sum(float(r["search"].get("search_seconds") or 0.0) for r in runs)
+  total_retrain = sum(float(r["retrain"].get("train_seconds") or 0.0) for r in runs if r.get("retrain"))
+
+  curves = _curves(runs)
+  plot_path = os.path.join(workdir, "accuracy_over_time.png")
+  plot_curves(curves, plot_path)
+
+  return {
+      "methods": list(methods), "seeds": list(seeds), "spaces": list(spaces),
+      "retrain": bool(config.get("retrain", False)), "device_kind": device_kind,
+      "tables": tables, "nb201_random_baseline": nb201_baseline,
+      "runs": [{"space": r["space"], "method": r["method"], "seed": r["seed"],
+                "search_dir": os.path.relpath(r["search_dir"], workdir),
+                "genotype": r["search"].get("genotype"), "val_acc": r["search"].get("val_acc"),
+                "search_seconds": r["search"].get("search_seconds"),
+                "test_acc": (r.get("retrain") or {}).get("test_acc"),
+                "num_params": (r.get("retrain") or {}).get("num_params")} for r in runs],
+      "curves": curves, "plot": os.path.basename(plot_path),
+      "reproducibility": {
+          "git_commit": _git_commit(), "versions": _versions(), "hardware": hardware, "seeds": list(seeds),
+          "search_config": config.search.to_dict(),
+          "retrain_config": config.retrain_config.to_dict() if config.get("retrain") else None,
+          "total_search_seconds": total_search, "total_search_hours": total_search / 3600.0,
+          "total_retrain_seconds": total_retrain,
+          "same_protocol": same, "protocol_differences": {"search": diff, "retrain": rdiff},
+          "varied_per_run": list(RUN_KEYS),
+      },
+  }
+
+
+def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, device_kind: str) -> List[str]:
+  h = device_kind + "-hours"
+  cols = ["method", "seeds", "search val acc (%)"]
+  if retrain and space != "nb201":
+    cols += ["retrained test acc (%)", "retrained params"]
+  cols += ["supernet params", f"search {h} (sum)", f"search {h} (mean)"]
+  if space == "nb201":
+    cols += ["NB201 benchmark test acc (%)"]
+  else:
+    cols += ["normal-cell skip_connect share"]
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  for r in rows:
+    name = r["method"] + (" (random-sampling baseline)" if r["is_random_baseline"] else "")
+    cells = [name, ", ".join(map(str, r["seeds"])), _fmt(r["search_val_acc"], 100)]
+    if retrain and space != "nb201":
+      cells += [_fmt(r["retrain_test_acc"], 100), _fmt(r["retrain_params"], 1, 0)]
+    cells += [_fmt(r["supernet_params"], 1, 0), f"{r['search_hours_sum']:.4f}", f"{r['search_hours_mean']:.4f}"]
+    if space == "nb201":
+      cells += [_fmt(r.get("benchmark_test_acc"))]
+    else:
+      share = _fmt(r["skip_share"], 1, 2)
+      cells += [share + (" ⚠ collapse" if r["collapse"] else "")]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def report_markdown(report: Mapping[str, Any]) -> str:
+  rep = report["reproducibility"]
+  L = ["# Search-method comparison", "",
+       f"Methods: {', '.join(report['methods'])}; seeds: {', '.join(map(str, report['seeds']))}; "
+       f"spaces: {', '.join(report['spaces'])}. Every run uses the same search config (only method, seed and "
+       "space vary); `random` is the random-sampling baseline (no search, a uniformly random architecture per "
+       "seed). Values are mean ± sample std over seeds.", ""]
+  for space in report["spaces"]:
+    rows = report["tables"].get(space, [])
+    L += [f"## Space `{space}`", ""]
+    L += _table_md(space, rows, report["retrain"], report["device_kind"])
+    L.append("")
+    if space != "nb201":
+      flagged = [r["method"] for r in rows if r.get("collapse")]
+      L += [f"Collapse check (DARTS' failure mode: cells dominated by `skip_connect`): share of `skip_connect` "
+            f"among the normal-cell edges of the final genotypes, flagged at >= {COLLAPSE_SHARE:.0%}. "
+            f"Flagged: {', '.join(flagged) if flagged else 'none'}. A uniformly random genotype has 1/7 ≈ 0.14.",
+            ""]
+    if space == "nb201":
+      b = report.get("nb201_random_baseline")
+      if b:
+        L += [f"Random sampling on the NB201 table ({b['num_archs']} cells, {b['dataset']} test accuracy, "
+              f"best {b['best_in_table']:.2f}%): exact expected best of N uniform samples:", "",
+              "| N | expected best-of-N test acc (%) |", "|---|---|"]
+        L += [f"| {n} | {v:.2f} |" for n, v in b["expected_best_of_n"].items()]
+        L.append("")
+      else:
+        L += ["No NAS-Bench-201 table was found (config.benchmark_path / nb201.default_benchmark_path()).", ""]
+    L += ["Genotypes:", ""]
+    L += [f"- {r['method']} seed {r['seed']}: `{r['genotype']}`" for r in report["runs"] if r["space"] == space]
+    L.append("")
+  L += ["## Accuracy over search time", "", f"![accuracy over time]({report['plot']})", ""]
+  hw = rep["hardware"]
+  yes = "yes" if rep["same_protocol"] else (
+      "no (search differs in: " + (", ".join(rep["protocol_differences"]["search"]) or "-") +
+      "; retrain differs in: " + (", ".join(rep["protocol_differences"]["retrain"]) or "-") + ")")
+  L += ["## Reproducibility checklist", "",
+        f"- [x] Code version (git commit): `{rep['git_commit']}`",
+        "- [x] Library versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items()),
+        f"- [x] Hardware: backend {hw['backend']}, devices {', '.join(hw['devices'])}, {hw['cpu_count']} CPUs, "
+        f"{hw['platform']}",
+        f"- [x] Seeds: {', '.join(map(str, rep['seeds']))} (every method runs every seed)",
+        f"- [x] Total search time: {rep['total_search_seconds']:.1f} s = {rep['total_search_hours']:.4f} "
+        f"{report['device_kind']}-hours (search.search's elapsed time, which includes the first epoch's XLA "
+        "compilation)" +
+        (f"; total retrain time {rep['total_retrain_seconds']:.1f} s" if report["retrain"] else ""),
+        f"- [x] Same protocol for all methods: {yes} (checked on every run's config.json; only "
+        f"{', '.join(rep['varied_per_run'])} vary)",
+        f"- [x] Random-sampling baseline beside every result: yes",
+        "- [x] All hyperparameters: below (search config shared by every run" +
+        ("; retrain config shared by every retrain" if report["retrain"] else "") + ")", "",
+        "Search config:", "", "```json", json.dumps(rep["search_config"], indent=2, sort_keys=True), "```", ""]
+  if rep.get("retrain_config"):
+    L += ["Retrain config (genotype = each run's genotype.json, seed = the run's seed):", "", "```json",
+          json.dumps(rep["retrain_config"], indent=2, sort_keys=True), "```", ""]
+  return "\n".join(L)
+
+
+def write_report(report: Mapping[str, Any], workdir: str) -> None:
+  wd.write_json(os.path.join(workdir, "report.json"), report)
+  wd.atomic_write(os.path.join(workdir, "report.md"), report_markdown(report))

@@ -1,0 +1,221 @@
+"""The comparison runner: aggregation/collapse/NB201 baseline on synthetic summaries, the run loop with fake
+search/retrain functions (both spaces, retraining, protocol check), and the smoke comparison end to end on
+real Fashion-MNIST (search compile dominates: about a minute the first time, cached afterwards)."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from darts_jax import compare
+from darts_jax import genotypes
+from darts_jax import nb201
+from darts_jax import workdir as wd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+def _compare_config_module():
+  path = os.path.join(ROOT, "experiments", "configs", "fashion_compare.py")
+  spec = importlib.util.spec_from_file_location("fashion_compare", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(autouse=True)
+def _no_git(monkeypatch):
+  monkeypatch.setattr(compare, "_git_commit", lambda: "test-commit")
+
+
+def _skip_genotype(num_skip: int) -> str:
+  ops = ["skip_connect"] * num_skip + ["sep_conv_3x3"] * (8 - num_skip)
+  inputs = [0, 1, 0, 1, 0, 2, 1, 3]
+  normal = list(zip(ops, inputs))
+  g = genotypes.Genotype(normal=normal, normal_concat=[2, 3, 4, 5], reduce=[("max_pool_3x3", i) for i in inputs],
+                         reduce_concat=[2, 3, 4, 5])
+  return genotypes.to_text(g)
+
+
+def test_helpers_on_synthetic_summaries():
+  assert compare.mean_std([0.5, None, 0.7])["mean"] == pytest.approx(0.6)
+  assert compare.mean_std([0.5, None, 0.7])["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+  assert compare.mean_std([None]) == {"mean": None, "std": None, "n": 0}
+  assert compare.mean_std([3.0])["std"] == 0.0
+  assert compare.skip_share(_skip_genotype(6)) == pytest.approx(0.75)
+  assert compare.skip_share(genotypes.get_genotype("DARTS_V2")) == pytest.approx(0.25)
+  assert compare.skip_share("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|") is None
+
+  runs = []
+  for seed in range(3):
+    runs.append({"space": "darts", "method": "darts", "seed": seed,
+                 "search": {"val_acc": 0.8 + 0.01 * seed, "search_seconds": 3600.0, "supernet_params": 1000,
+                            "genotype": _skip_genotype(6 if seed < 2 else 4)},
+                 "retrain": {"test_acc": 0.9, "num_params": 500}})
+    runs.append({"space": "darts", "method": "random", "seed": seed,
+                 "search": {"val_acc": None, "search_seconds": 0.0, "supernet_params": None,
+                            "genotype": _skip_genotype(1)}})
+  tables = compare.aggregate(runs, device_kind="CPU")
+  darts_row, random_row = tables["darts"]
+  assert darts_row["method"] == "darts" and random_row["is_random_baseline"]
+  assert darts_row["seeds"] == [0, 1, 2]
+  assert darts_row["search_val_acc"]["mean"] == pytest.approx(0.81)
+  assert darts_row["search_hours_sum"] == pytest.approx(3.0)
+  assert darts_row["search_hours_mean"] == pytest.approx(1.0)
+  assert darts_row["skip_share"]["mean"] == pytest.approx((0.75 + 0.75 + 0.5) / 3)
+  assert darts_row["collapse"] and not random_row["collapse"]
+  assert darts_row["retrain_test_acc"]["mean"] == pytest.approx(0.9)
+  assert random_row["search_val_acc"]["mean"] is None and random_row["search_hours_sum"] == 0.0
+
+  # NB201: benchmark scores of the cells and the exact expected best-of-N of random sampling.
+  archs = nb201.enumerate_archs()[:4]
+  table = nb201.Benchmark(tuple(archs), {"cifar10": np.array([10.0, 20.0, 30.0, 40.0])},
+                          {a: i for i, a in enumerate(archs)})
+  nb_runs = [{"space": "nb201", "method": "gdas", "seed": s,
+              "search": {"val_acc": 0.5, "search_seconds": 10.0, "genotype": nb201.arch_to_string(archs[s])}}
+             for s in range(2)]
+  row = compare.aggregate(nb_runs, benchmark=table)["nb201"][0]
+  assert row["benchmark_test_acc"]["mean"] == pytest.approx(15.0)
+  assert "skip_share" not in row
+  base = compare.nb201_random_baseline(table.accuracies("cifar10"), [1, 2, 2])
+  assert set(base) == {"1", "2"}
+  assert base["1"] == pytest.approx(25.0)
+  # best of 2 draws with replacement from {10, 20, 30, 40}: sum a_i((i/4)^2 - ((i-1)/4)^2)
+  assert base["2"] == pytest.approx(sum(a * ((i / 4) ** 2 - ((i - 1) / 4) ** 2)
+                                        for i, a in enumerate([10, 20, 30, 40], 1)))
+
+  assert compare.protocol_differences([{"method": "a", "lr": 1, "seed": 0}, {"method": "b", "lr": 1, "seed": 1}],
+                                      compare.RUN_KEYS) == []
+  assert compare.protocol_differences([{"method": "a", "lr": 1}, {"method": "b", "lr": 2}],
+                                      compare.RUN_KEYS) == ["lr"]
+
+
+def test_git_commit_unknown_without_git(monkeypatch):
+  monkeypatch.undo()  # the real _git_commit, with subprocess failing as when git is missing
+
+  def boom(*a, **k):
+    raise FileNotFoundError("git")
+  monkeypatch.setattr(compare.subprocess, "run", boom)
+  assert compare._git_commit() == "unknown"  # pylint: disable=protected-access
+
+
+def _fake_search(config, workdir):
+  wd.prepare(workdir, config.to_dict(), ignore=("progress", "log_every"))
+  rng = np.random.default_rng(config.seed)
+  if config.space == "nb201":
+    text = nb201.arch_to_string(nb201.random_arch(rng))
+    wd.write_json(os.path.join(workdir, "genotype.json"), {"nb201": text})
+  else:
+    g = genotypes.random_genotype(rng)
+    text = genotypes.to_text(g)
+    wd.atomic_write(os.path.join(workdir, "genotype.json"), genotypes.to_json(g))
+  log = wd.MetricsLog(workdir, tensorboard=False)
+  for e in range(2):
+    log.write(e + 1, {"phase": "epoch", "epoch": e, "val_acc": 0.5 + 0.1 * e, "elapsed": 2.0 * (e + 1)})
+  log.close()
+  summary = {"method": config.method, "space": config.space, "seed": config.seed, "genotype": text,
+             "search_seconds": 4.0, "val_acc": 0.6, "supernet_params": 123}
+  wd.write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def _fake_retrain(config, workdir):
+  wd.prepare(workdir, config.to_dict())
+  genotypes.resolve_genotype(config.genotype)
+  summary = {"test_acc": 0.7 + 0.01 * config.seed, "num_params": 999, "train_seconds": 5.0}
+  wd.write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def test_run_loop_with_fake_search(tmp_path, monkeypatch):
+  from darts_jax import retrain as retrain_lib
+  from darts_jax import search as search_lib
+  calls = []
+  monkeypatch.setattr(search_lib, "search", lambda c, w: calls.append(("s", w)) or _fake_search(c, w))
+  monkeypatch.setattr(retrain_lib, "train_and_evaluate", lambda c, w: calls.append(("r", w)) or _fake_retrain(c, w))
+  archs = nb201.enumerate_archs()
+  bench = tmp_path / "nb201.csv"
+  with open(bench, "w") as f:
+    f.write("arch,cifar10_test_acc\n")
+    f.writelines(f"{nb201.arch_to_string(a)},{50 + 40 * i / len(archs):.4f}\n" for i, a in enumerate(archs))
+  c = _compare_config_module().get_config("smoke,retrain")
+  c.methods = ["darts", "gdas"]          # random is added
+  c.seeds = [0, 1, 2]
+  c.spaces = ["darts", "nb201"]
+  c.benchmark_path = str(bench)
+  work = str(tmp_path / "cmp")
+  report = compare.run_comparison(c, work)
+  assert report["methods"] == ["darts", "gdas", "random"]
+  # 2 searching methods × 3 seeds × 2 spaces, retrain only on darts (3 methods × 3 seeds)
+  assert sum(k == "s" for k, _ in calls) == 12 and sum(k == "r" for k, _ in calls) == 9
+  darts_rows = {r["method"]: r for r in report["tables"]["darts"]}
+  assert set(darts_rows) == {"darts", "gdas", "random"}
+  assert darts_rows["darts"]["retrain_test_acc"]["mean"] == pytest.approx(0.71)
+  nb_rows = {r["method"]: r for r in report["tables"]["nb201"]}
+  assert all(r["benchmark_test_acc"]["n"] == 3 for r in nb_rows.values())
+  base = report["nb201_random_baseline"]["expected_best_of_n"]
+  assert set(base) == {"1", "3", "10", "100"} and base["1"] < base["3"] < base["10"] < base["100"] < 90
+  assert report["reproducibility"]["same_protocol"] is True
+  assert report["reproducibility"]["git_commit"] == "test-commit"
+  md = open(os.path.join(work, "report.md")).read()
+  assert "Same protocol for all methods: yes" in md and "expected best-of-N" in md
+  assert "retrained test acc" in md
+  # random genotypes come from the run seed and are retrained from the written genotype.json
+  rdir = os.path.join(work, "runs", "darts", "random", "seed1")
+  g = genotypes.from_json(open(os.path.join(rdir, "search", "genotype.json")).read())
+  assert json.load(open(os.path.join(rdir, "retrain", "config.json")))["genotype"].endswith("genotype.json")
+  assert genotypes.to_text(g) == json.load(open(os.path.join(rdir, "search", "summary.json")))["genotype"]
+
+  calls.clear()
+  report = compare.run_comparison(c, work)
+  assert calls == [] and report["executed_this_call"] == []
+
+  # A run whose config was changed by hand is no longer the same protocol.
+  path = os.path.join(work, "runs", "darts", "gdas", "seed0", "search", "config.json")
+  cfg = json.load(open(path))
+  cfg["batch_size"] = 999
+  wd.write_json(path, cfg)
+  monkeypatch.setattr(compare, "_finished", lambda *a: json.load(open(os.path.join(a[0], "summary.json"))))
+  report = compare.run_comparison(c, work)
+  assert report["reproducibility"]["same_protocol"] is False
+  assert report["reproducibility"]["protocol_differences"]["search"] == ["batch_size"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST IDX files not available")
+def test_smoke_comparison_end_to_end(tmp_path):
+  c = _compare_config_module().get_config("smoke")
+  c.search.data_dir = os.path.dirname(FASHION)
+  work = str(tmp_path / "cmp")
+  report = compare.run_comparison(c, work)
+  for name in ("report.md", "report.json", "accuracy_over_time.png"):
+    assert os.path.getsize(os.path.join(work, name)) > 0, name
+  with open(os.path.join(work, "accuracy_over_time.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  loaded = json.load(open(os.path.join(work, "report.json")))
+  rows = {r["method"]: r for r in loaded["tables"]["darts"]}
+  assert set(rows) == {"darts", "random"}
+  assert rows["darts"]["seeds"] == [0, 1] and rows["random"]["seeds"] == [0, 1]
+  assert rows["darts"]["search_val_acc"]["n"] == 2 and rows["darts"]["search_hours_sum"] > 0
+  assert rows["random"]["search_hours_sum"] == 0 and rows["random"]["is_random_baseline"]
+  assert 0 <= rows["darts"]["skip_share"]["mean"] <= 1
+  assert loaded["reproducibility"]["seeds"] == [0, 1]
+  assert loaded["reproducibility"]["same_protocol"] is True
+  assert set(loaded["curves"]["darts"]) == {"darts"}
+  md = open(os.path.join(work, "report.md")).read()
+  assert "| darts |" in md and "| random (random-sampling baseline) |" in md
+  assert "Same protocol for all methods: yes" in md and "Seeds: 0, 1" in md
+  for seed in (0, 1):
+    genotypes.validate(genotypes.from_json(open(os.path.join(
+        work, "runs", "darts", "random", f"seed{seed}", "search", "genotype.json")).read()))
+  g0, g1 = (r["genotype"] for r in report["runs"] if r["method"] == "random")
+  assert g0 != g1
+
+  metrics = [os.path.join(work, "runs", "darts", "darts", f"seed{s}", "search", "metrics.jsonl") for s in (0, 1)]
+  lines = [len(open(p).readlines()) for p in metrics]
+  again = compare.run_comparison(c, work)
+  assert again["executed_this_call"] == []
+  assert [len(open(p).readlines()) for p in metrics] == lines
+  assert again["tables"]["darts"][0]["search_val_acc"] == report["tables"]["darts"][0]["search_val_acc"]
