@@ -115,14 +115,29 @@ def _shifted_sum(xp, w, stride, dilation, ho, wo):
   return out
 
 
+def _padded_input(x, k, stride, dilation, pad):
+  """The zero-padded input of a k×k depthwise convolution and its output size (ho, wo)."""
+  ho = _out_size(x.shape[1], k, stride, dilation, pad)
+  wo = _out_size(x.shape[2], k, stride, dilation, pad)
+  return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))), ho, wo
+
+
+def _input_grad_operand(g, x_shape, k, stride, dilation, pad):
+  """The output gradient dilated by the stride and padded so that a stride-1 depthwise convolution of it with
+  the flipped kernel is the input gradient."""
+  _, h, wd, _ = x_shape
+  ho, wo = g.shape[1], g.shape[2]
+  lo = dilation * (k - 1) - pad
+  return lax.pad(g, jnp.zeros((), g.dtype),
+                 ((0, 0, 0), (lo, h + pad - stride * (ho - 1) - 1, stride - 1),
+                  (lo, wd + pad - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def depthwise_conv_shift(x, w, stride, dilation, pad):
   """Depthwise convolution (`w`: k×k×C) as k² shifted multiply-adds, with a VJP that is again a shifted
   depthwise convolution, so XLA fuses forward and backward into a few loops."""
-  k = w.shape[0]
-  ho = _out_size(x.shape[1], k, stride, dilation, pad)
-  wo = _out_size(x.shape[2], k, stride, dilation, pad)
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  xp, ho, wo = _padded_input(x, w.shape[0], stride, dilation, pad)
   return _shifted_sum(xp, w, stride, dilation, ho, wo)
 
 
@@ -133,15 +148,10 @@ def _dw_fwd(x, w, stride, dilation, pad):
 def _dw_bwd(stride, dilation, pad, res, g):
   x, w = res
   k = w.shape[0]
-  n, h, wd, c = x.shape
-  ho, wo = g.shape[1], g.shape[2]
-  lo = dilation * (k - 1) - pad
-  # Input gradient: correlate the stride-dilated output gradient with the flipped kernel.
-  gdp = lax.pad(g, jnp.zeros((), g.dtype),
-                ((0, 0, 0), (lo, h + pad - stride * (ho - 1) - 1, stride - 1),
-                 (lo, wd + pad - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
-  dx = depthwise_conv_shift(gdp, w[::-1, ::-1], 1, dilation, 0)
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  n, _, _, c = x.shape
+  dx = depthwise_conv_shift(_input_grad_operand(g, x.shape, k, stride, dilation, pad), w[::-1, ::-1], 1,
+                            dilation, 0)
+  xp, ho, wo = _padded_input(x, k, stride, dilation, pad)
   taps = []
   for i in range(k):
     for j in range(k):
@@ -180,10 +190,7 @@ def depthwise_conv_loop(x, w, stride, dilation, pad):
   """Depthwise convolution as a loop over the k² taps: one small loop body in the program instead of k²
   unrolled multiply-adds, so a supernet with hundreds of depthwise convolutions compiles several times faster
   (the backward pass is again a loop)."""
-  k = w.shape[0]
-  ho = _out_size(x.shape[1], k, stride, dilation, pad)
-  wo = _out_size(x.shape[2], k, stride, dilation, pad)
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  xp, ho, wo = _padded_input(x, w.shape[0], stride, dilation, pad)
   return _looped_sum(xp, w, stride, dilation, ho, wo)
 
 
@@ -194,14 +201,10 @@ def _dwl_fwd(x, w, stride, dilation, pad):
 def _dwl_bwd(stride, dilation, pad, res, g):
   x, w = res
   k = w.shape[0]
-  n, h, wd, c = x.shape
-  ho, wo = g.shape[1], g.shape[2]
-  lo = dilation * (k - 1) - pad
-  gdp = lax.pad(g, jnp.zeros((), g.dtype),
-                ((0, 0, 0), (lo, h + pad - stride * (ho - 1) - 1, stride - 1),
-                 (lo, wd + pad - stride * (wo - 1) - 1, stride - 1), (0, 0, 0)))
-  dx = depthwise_conv_loop(gdp, w[::-1, ::-1], 1, dilation, 0)
-  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  c = x.shape[-1]
+  dx = depthwise_conv_loop(_input_grad_operand(g, x.shape, k, stride, dilation, pad), w[::-1, ::-1], 1,
+                           dilation, 0)
+  xp, ho, wo = _padded_input(x, k, stride, dilation, pad)
 
   def body(t, dw):
     tap = jnp.einsum("nhwc,nhwc->c", _tap_slice(xp, t, k, stride, dilation, ho, wo), g)
