@@ -3,7 +3,7 @@
   python benchmarks/search_step.py                       # the issue's configuration, all modes
   python benchmarks/search_step.py --C=8 --layers=5 --batch=32 --image=28 --in_channels=1 --modes=first_order
 
-XLA flags are read from the environment as usual (e.g. XLA_FLAGS=--xla_backend_optimization_level=0), so
+XLA flags are read from the environment as usual (plus `darts_jax.xla_setup`'s workaround) (e.g. XLA_FLAGS=--xla_backend_optimization_level=0), so
 layouts and flags can be compared with the same script. Prints one Markdown table row per mode.
 """
 import os
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from darts_jax import bilevel
 from darts_jax import supernet
+from darts_jax import xla_setup
 
 _C = flags.DEFINE_integer("C", 16, "initial channels")
 _LAYERS = flags.DEFINE_integer("layers", 8, "cells")
@@ -59,6 +60,7 @@ def run_mode(mode: str):
 
 def main(argv):
   del argv
+  xla_setup.configure()
   print(f"C={_C.value} layers={_LAYERS.value} batch={_BATCH.value} {_IMAGE.value}x{_IMAGE.value}x{_IN.value} "
         f"dw_impl={_DW.value} backend={jax.default_backend()} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print("| mode | trace s | compile s | s/step (median) | peak RSS GB |")

@@ -6,6 +6,7 @@ import sys
 from typing import Callable
 
 from darts_jax import workdir as wd
+from darts_jax import xla_setup
 
 # Errors a user can fix (bad config/flags, data, genotype, workdir) or must know about (divergence).
 _USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, wd.Diverged)
@@ -13,6 +14,7 @@ _USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, wd.
 
 def run(fn: Callable[[], object]) -> int:
   """Runs `fn`; a user-facing error becomes one line on stderr and exit status 1 (2 for divergence)."""
+  xla_setup.configure()
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
   try:

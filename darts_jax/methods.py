@@ -16,7 +16,8 @@ A method is a `Method` (a NamedTuple of pure functions and settings):
   strengths that `derive` ranks (for logs, plots, entropies). Rows sum to 1 except for FairDARTS (independent
   sigmoids) and PC-DARTS (softmax times the edge's normalized weight).
 * ``update_alphas``: False for methods that never step α (pass it to `bilevel.make_search_step`).
-* ``supernet_kwargs``: `supernet.SupernetConfig` fields the method needs (`supernet_config` applies them).
+* ``supernet_kwargs``: supernet config fields the method needs (`supernet.SupernetConfig` via
+  `supernet_config`, `nb201.NB201Config` in `darts_jax.search`).
 * ``hparams``: the paper's `bilevel.SearchHParams` overrides (`Method.search_hparams` applies them).
 * ``warmup_epochs``: epochs at the start that the paper trains weights only (run them with
   ``update_alphas=False``).
@@ -264,7 +265,6 @@ def pcdarts(partial_channels: int = 4) -> Method:
   Xu et al. PC-DARTS: Partial Channel Connections for Memory-Efficient Architecture Search. ICLR 2020.
   Defaults from github.com/yuhuixu1993/PC-DARTS train_search.py: K=4, weight lr 0.1 -> 0.001, α lr 6e-4,
   50 epochs, α frozen for the first 15 (`warmup_epochs`); batch size 256 is the data pipeline's business.
-  The NB201 supernet has no partial channels: there only the edge normalization applies.
   """
   def init_alphas(key, space):
     k_op, k_edge = jax.random.split(key)

@@ -209,19 +209,23 @@ def random_search_curve(accuracies, ns: Iterable[int]) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class NB201Config:
-  """NB201 macro network: C channels in stage 1, N cells per stage."""
+  """NB201 macro network: C channels in stage 1, N cells per stage. `partial_channels` (K of PC-DARTS) is
+  for the search network only: 1/K of each state's channels go through the mixed ops."""
   C: int = 16
   N: int = 5
   num_classes: int = 10
   in_channels: int = 3
   dw_impl: str = "auto"
+  partial_channels: int = 1
 
   def __post_init__(self):
     for name in ("C", "N", "num_classes", "in_channels"):
       if getattr(self, name) < 1:
         raise ValueError(f"NB201Config.{name}={getattr(self, name)} must be at least 1")
-    if self.dw_impl not in ("auto", "xla", "shift"):
-      raise ValueError(f"NB201Config.dw_impl={self.dw_impl!r}; use 'auto', 'xla' or 'shift'")
+    if self.dw_impl not in ("auto", "xla", "shift", "loop"):
+      raise ValueError(f"NB201Config.dw_impl={self.dw_impl!r}; use 'auto', 'xla', 'shift' or 'loop'")
+    if self.partial_channels < 1 or self.C % self.partial_channels:
+      raise ValueError(f"NB201Config.C={self.C} must be divisible by partial_channels={self.partial_channels}")
 
   @property
   def layers(self) -> Tuple[Tuple[int, bool], ...]:
@@ -298,7 +302,7 @@ def _macro_apply(params, stats, x, cfg: NB201Config, ctx: ops.Ctx, cell_apply):
 
 def init_supernet(key, cfg: NB201Config) -> Params:
   """Weights of the NB201 search network (α excluded)."""
-  cell_init = lambda k, c: (supernet.mixed_cell_init(k, NB201_SPACE, c, False), {})
+  cell_init = lambda k, c: (supernet.mixed_cell_init(k, NB201_SPACE, c, False, cfg.partial_channels), {})
   return _macro_init(key, cfg, cell_init, track=False)[0]
 
 
@@ -318,7 +322,8 @@ def apply_supernet(params: Params, x: jax.Array, arch_weights: Params, cfg: NB20
   ctx = ctx._replace(train=True, dw_impl=cfg.dw_impl if ctx.dw_impl == "auto" else ctx.dw_impl)
 
   def cell_apply(p, st, h):
-    return supernet.mixed_cell_apply(p, [h], w, NB201_SPACE, False, ctx, edge_scale=edge)[-1], st
+    return supernet.mixed_cell_apply(p, [h], w, NB201_SPACE, False, ctx, cfg.partial_channels,
+                                     edge_scale=edge)[-1], st
 
   return _macro_apply(params, {}, x, cfg, ctx, cell_apply)[0]
 

@@ -49,7 +49,8 @@ def build_model(config, method: methods_lib.Method, num_classes: int, image_shap
   key = jax.random.PRNGKey(config.seed)
   h, w, c = image_shape
   if space.name == "nb201":
-    cfg = nb201.NB201Config(C=config.model.C, N=config.model.N, num_classes=num_classes, in_channels=c)
+    cfg = nb201.NB201Config(**{**method.supernet_kwargs, "C": config.model.C, "N": config.model.N,
+                               "num_classes": num_classes, "in_channels": c})
     nb201.check_input(cfg, (1, h, w, c))
     init = lambda k: nb201.init_supernet(k, cfg)
     apply = lambda p, x, a: nb201.apply_supernet(p, x, a, cfg)

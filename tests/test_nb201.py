@@ -286,6 +286,20 @@ def test_one_hot_supernet_equals_final_network(tiny_supernet):
   assert not np.allclose(other, logits, atol=1e-3)
 
 
+def test_partial_channel_supernet():
+  cfg = B.NB201Config(C=4, N=1, num_classes=10, partial_channels=2)
+  params = B.init_supernet(jax.random.PRNGKey(0), cfg)
+  full = B.init_supernet(jax.random.PRNGKey(0), TINY)
+  conv = lambda p: p["layers"][0]["waves"][0]["nor_conv_3x3"]["conv"]
+  assert conv(params).shape[-2:] == (2, 2) and conv(full).shape[-2:] == (4, 4)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+  w = jax.nn.softmax(B.init_alphas(jax.random.PRNGKey(2))["normal"])
+  logits = jax.jit(lambda p, w: B.apply_supernet(p, x, {"normal": w}, cfg))(params, w)
+  assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
+  with pytest.raises(ValueError, match="divisible by partial_channels"):
+    B.NB201Config(C=6, partial_channels=4)
+
+
 def test_none_into_last_node_zeroes_cell():
   cell = supernet.mixed_cell_init(jax.random.PRNGKey(0), NB201_SPACE, 4, False)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 4))
