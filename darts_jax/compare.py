@@ -57,13 +57,22 @@ def mean_std(values: Iterable[Any]) -> Dict[str, Any]:
 
 
 def skip_share(genotype: Any) -> Optional[float]:
-  """The share of ``skip_connect`` edges in the normal cell of a DARTS genotype (text, dict or Genotype)."""
+  """The share of ``skip_connect`` edges in the normal cell of a DARTS genotype (text, dict or Genotype), or
+  among the 6 edges of a NAS-Bench-201 cell (its ``|op~i|+...`` string or ``{"nb201": string}``)."""
   if genotype is None:
     return None
+  if isinstance(genotype, Mapping) and "nb201" in genotype:
+    genotype = genotype["nb201"]
+  if isinstance(genotype, str) and genotype.strip().startswith("|"):
+    try:
+      ops = nb201.parse_arch(genotype)
+    except ValueError:
+      return None
+    return sum(op == "skip_connect" for op in ops) / len(ops)
   if isinstance(genotype, str):
     try:
       genotype = genotypes.parse(genotype)
-    except Exception:  # pylint: disable=broad-except  (an NB201 string or anything else: not a DARTS cell)
+    except Exception:  # pylint: disable=broad-except  (anything else: not a cell)
       return None
   elif isinstance(genotype, Mapping):
     genotype = genotypes.from_dict(genotype)
@@ -117,12 +126,12 @@ def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_datas
           except (ValueError, KeyError, TypeError):
             accs.append(None)
       row["benchmark_test_acc"] = mean_std(accs) if benchmark is not None else None
+      row["benchmark_test_accs"] = accs if benchmark is not None else None
       row["benchmark_dataset"] = benchmark_dataset if benchmark is not None else None
-    else:
-      shares = [skip_share(s.get("genotype")) for s in searches]
-      row["skip_share"] = mean_std(shares)
-      row["skip_shares"] = shares
-      row["collapse"] = bool(row["skip_share"]["mean"] is not None and row["skip_share"]["mean"] >= COLLAPSE_SHARE)
+    shares = [skip_share(s.get("genotype")) for s in searches]
+    row["skip_share"] = mean_std(shares)
+    row["skip_shares"] = shares
+    row["collapse"] = bool(row["skip_share"]["mean"] is not None and row["skip_share"]["mean"] >= COLLAPSE_SHARE)
     out.setdefault(space, []).append(row)
   return out
 
@@ -397,7 +406,7 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
     cols += ["retrained test acc (%)", "retrained params"]
   cols += ["supernet params", f"search {h} (sum)", f"search {h} (mean)"]
   if space == "nb201":
-    cols += ["NB201 benchmark test acc (%)"]
+    cols += ["NB201 benchmark test acc (%)", "skip_connect share"]
   else:
     cols += ["normal-cell skip_connect share"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -409,9 +418,8 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
     cells += [_fmt(r["supernet_params"], 1, 0), f"{r['search_hours_sum']:.4f}", f"{r['search_hours_mean']:.4f}"]
     if space == "nb201":
       cells += [_fmt(r.get("benchmark_test_acc"))]
-    else:
-      share = _fmt(r["skip_share"], 1, 2)
-      cells += [share + (" ⚠ collapse" if r["collapse"] else "")]
+    share = _fmt(r["skip_share"], 1, 2)
+    cells += [share + (" ⚠ collapse" if r["collapse"] else "")]
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 
@@ -428,12 +436,12 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     L += [f"## Space `{space}`", ""]
     L += _table_md(space, rows, report["retrain"], report["device_kind"])
     L.append("")
-    if space != "nb201":
-      flagged = [r["method"] for r in rows if r.get("collapse")]
-      L += [f"Collapse check (DARTS' failure mode: cells dominated by `skip_connect`): share of `skip_connect` "
-            f"among the normal-cell edges of the final genotypes, flagged at >= {COLLAPSE_SHARE:.0%}. "
-            f"Flagged: {', '.join(flagged) if flagged else 'none'}. A uniformly random genotype has 1/7 ≈ 0.14.",
-            ""]
+    flagged = [r["method"] for r in rows if r.get("collapse")]
+    where, chance = (("the 6 edges of the discovered cells", "1/5 = 0.20") if space == "nb201" else
+                     ("the normal-cell edges of the final genotypes", "1/7 ≈ 0.14"))
+    L += [f"Collapse check (DARTS' failure mode: cells dominated by `skip_connect`): share of `skip_connect` "
+          f"among {where}, flagged at >= {COLLAPSE_SHARE:.0%}. Flagged: {', '.join(flagged) if flagged else 'none'}"
+          f". A uniformly random cell has {chance}.", ""]
     if space == "nb201":
       b = report.get("nb201_random_baseline")
       if b:

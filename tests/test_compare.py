@@ -15,6 +15,7 @@ from darts_jax import workdir as wd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+ALL_SKIP_NB201 = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
 
 
 def _compare_config_module():
@@ -46,7 +47,10 @@ def test_helpers_on_synthetic_summaries():
   assert compare.mean_std([3.0])["std"] == 0.0
   assert compare.skip_share(_skip_genotype(6)) == pytest.approx(0.75)
   assert compare.skip_share(genotypes.get_genotype("DARTS_V2")) == pytest.approx(0.25)
-  assert compare.skip_share("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|") is None
+  assert compare.skip_share("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|") == 0.0
+  assert compare.skip_share({"nb201": ALL_SKIP_NB201}) == 1.0
+  assert compare.skip_share("|skip_connect~0|+|none~0|none~1|+|none~0|none~1|none~2|") == pytest.approx(1 / 6)
+  assert compare.skip_share("not a cell") is None
 
   runs = []
   for seed in range(3):
@@ -78,7 +82,11 @@ def test_helpers_on_synthetic_summaries():
              for s in range(2)]
   row = compare.aggregate(nb_runs, benchmark=table)["nb201"][0]
   assert row["benchmark_test_acc"]["mean"] == pytest.approx(15.0)
-  assert "skip_share" not in row
+  collapsed = compare.aggregate([{"space": "nb201", "method": "darts", "seed": 0,
+                                  "search": {"genotype": ALL_SKIP_NB201}}])["nb201"][0]
+  assert collapsed["collapse"] and collapsed["skip_share"]["mean"] == 1.0
+  expected = [compare.skip_share(nb201.arch_to_string(archs[s])) for s in range(2)]
+  assert row["skip_shares"] == expected and not row["collapse"]
   base = compare.nb201_random_baseline(table.accuracies("cifar10"), [1, 2, 2])
   assert set(base) == {"1", "2"}
   assert base["1"] == pytest.approx(25.0)
@@ -186,7 +194,7 @@ def test_run_loop_with_fake_search(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST IDX files not available")
 def test_smoke_comparison_end_to_end(tmp_path):
-  c = _compare_config_module().get_config("smoke")
+  c = _compare_config_module().get_config("smoke,darts")
   c.search.data_dir = os.path.dirname(FASHION)
   work = str(tmp_path / "cmp")
   report = compare.run_comparison(c, work)

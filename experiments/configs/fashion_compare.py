@@ -1,26 +1,29 @@
 """DARTS (1st and exact 2nd order), GDAS, PC-DARTS, DrNAS and the random baseline on Fashion-MNIST, 3 seeds.
 
+  JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache \
   python experiments/compare.py --config=experiments/configs/fashion_compare.py --workdir=/tmp/fashion_compare
-  python experiments/compare.py --config=experiments/configs/fashion_compare.py:retrain --workdir=/tmp/fashion_compare
+  python experiments/compare.py --config=experiments/configs/fashion_compare.py:darts --workdir=/tmp/cmp_darts
   python experiments/compare.py --config=experiments/configs/fashion_compare.py:smoke --workdir=/tmp/cmp_smoke
 
-Every method searches the DARTS space with the same protocol: `fashion_search`'s config with a small budget
-for a 2-core CPU: a 5-cell, C=8 supernet on 4,000 training images (2,000 for the weights, 2,000 for α),
-28×28×1, batch 64, 5 epochs of 31 steps, 1,000 validation images scored per epoch, one warm-up epoch (weights
-only) for every method. The shared warm-up replaces the papers' own (PC-DARTS 15 of 50 epochs, DrNAS 10 of 50):
-with only 5 epochs those defaults would never update α. Each method keeps its paper's optimizer settings
-(`darts_jax.methods`). The budget is far below the papers' (50 epochs on CIFAR-10): it compares the methods'
-behaviour under a small, identical budget, not their published accuracies. Wall time was not measured here;
-expect the exact second-order DARTS runs to cost about three times a first-order run — time one search with
-``experiments/search.py`` first and scale by 5 methods × 3 seeds (the random baseline searches nothing).
+Default (the README's measured comparison): every method searches the NAS-Bench-201 space with the same
+protocol, sized for a 2-core CPU: the NB201 supernet with C=8 and N=1 cell per stage (channels 8/16/32) on
+2,560 training images of Fashion-MNIST (1,280 for the weights, 1,280 for α), 28×28×1, batch 64, 6 epochs of
+20 steps, the first epoch weights only for every method (a shared warm-up replacing the papers' own, e.g.
+PC-DARTS 15 of 50 epochs, which would leave α untouched at this budget), 512 validation images scored per
+epoch. Each method keeps its paper's optimizer settings (`darts_jax.methods`). Why NB201: every discovered
+cell is scored by the real NATS-Bench table (CIFAR-10 test accuracy after 200 epochs) without retraining, the
+random baseline's expected best-of-N is exact, and one NB201 step costs about a tenth of a DARTS-space step
+on this CPU. The budget is three orders of magnitude below the papers': the table compares the methods'
+behaviour under one small, identical budget, not their published accuracies. Expected: the README's
+"Search-method comparison" (wall time included; the compile cache lets seeds 1 and 2 reuse seed 0's programs).
 
-Outputs in the workdir: ``runs/darts/<method>/seed<k>/search/`` (each a `darts_jax.search` work directory),
-``report.md`` / ``report.json`` (per method: supernet val accuracy mean ± std, search CPU-hours, the share of
-``skip_connect`` in the normal cells, the random baseline's row, a reproducibility checklist) and
-``accuracy_over_time.png``. ``:retrain`` also retrains every genotype (incl. the random ones) with
-`fashion_retrain`'s protocol (about an hour each on 2 CPU cores) and adds the test accuracies. ``:smoke``
-(combinable: ``:smoke,retrain``) is darts + random × 2 seeds with `fashion_search`'s smoke settings, about
-4 minutes on 2 busy CPU cores (measured; mostly XLA compilation). Re-running a command skips finished runs.
+``:darts`` runs the same methods in the DARTS space (`fashion_search`'s 5-cell C=8 supernet, 4,000 images, 5
+epochs of 31 steps): about 7 s per first-order step here, so hours; not measured. ``:retrain`` (DARTS space
+only) also retrains every genotype with `fashion_retrain`'s protocol (about an hour each on 2 CPU cores).
+``:smoke`` (combinable, e.g. ``:smoke,darts``) is darts + random × 2 seeds with `fashion_search`'s smoke
+settings, a few minutes (mostly XLA compilation). Re-running a command skips finished runs and rewrites the
+report: ``runs/<space>/<method>/seed<k>/search/`` (each a `darts_jax.search` work directory), ``report.md`` /
+``report.json`` and ``accuracy_over_time.png``.
 """
 import importlib.util
 import os
@@ -43,24 +46,37 @@ fashion_retrain = _sibling("fashion_retrain")
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   args = {a.strip() for a in arg.split(",") if a.strip()}
-  unknown = args - {"smoke", "retrain"}
+  unknown = args - {"smoke", "retrain", "darts"}
   if unknown:
-    raise ValueError(f"unknown config argument(s) {', '.join(sorted(unknown))}; use 'smoke' and/or 'retrain'")
+    raise ValueError(f"unknown config argument(s) {', '.join(sorted(unknown))}; use 'darts', 'smoke' and/or "
+                     "'retrain'")
   smoke = "smoke" in args
+  darts_space = "darts" in args or "retrain" in args
   c = ml_collections.ConfigDict()
   c.methods = ["darts", "darts_2nd", "gdas", "pcdarts", "drnas", "random"]
   c.seeds = [0, 1, 2]
-  c.spaces = ["darts"]
+  c.spaces = ["darts" if darts_space else "nb201"]
   c.search = fashion_search.get_config("smoke" if smoke else "")
-  if not smoke:
+  c.search.space = c.spaces[0]
+  if smoke:
+    c.search.warmup_epochs = 0
+    c.search.progress = False
+    c.search.tensorboard = False
+    if not darts_space:
+      c.search.model.N = 1
+  elif darts_space:
     c.search.subset = 4_000
     c.search.epochs = 5
     c.search.eval_examples = 1_000
     c.search.warmup_epochs = 1
   else:
-    c.search.warmup_epochs = 0
+    c.search.model.C = 8
+    c.search.model.N = 1
+    c.search.subset = 2_560
+    c.search.epochs = 6
+    c.search.eval_examples = 512
+    c.search.warmup_epochs = 1
     c.search.progress = False
-    c.search.tensorboard = False
   c.retrain = "retrain" in args
   c.retrain_config = fashion_retrain.get_config("smoke" if smoke else "")
   if smoke:
