@@ -36,7 +36,8 @@ def search_and_report(config, workdir: str) -> dict:
   summary = search.search(config, workdir)
   print(f"genotype: {summary['genotype']}")
   print(f"search time: {summary['search_seconds']:.1f} s; supernet val accuracy: {summary['val_acc']}")
-  names = [n for n in ("genotype.json", "genotype.txt", "cells_normal.png", "cells_reduce.png", "alphas.png")
+  names = [n for n in ("genotype.json", "genotype.txt", "cells_normal.png", "cells_reduce.png", "cell.png",
+                        "alphas.png")
            if os.path.exists(os.path.join(workdir, n))]
   print(f"exports in {workdir}: {', '.join(names)}")
   return summary

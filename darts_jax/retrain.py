@@ -212,11 +212,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     ckpt.close()
     with open(summary_path) as f:
       return json.load(f)
-  extra = {"elapsed": np.zeros((), np.float64)}
-  if start:
-    restored = ckpt.restore({"state": state, "extra": extra}, start)
-    state, extra = TrainState(*restored["state"]), restored["extra"]
-  elapsed = float(extra["elapsed"])
+  state, start, elapsed = ckpt.restore_or_init(state, rebuild=lambda s: TrainState(*s))
   log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True))
 
   step_fn = make_train_step(net_cfg, tx, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
@@ -252,13 +248,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       epoch_steps += 1
       end_of_epoch = step % steps_per_epoch == 0
       if step % config.log_every == 0 or end_of_epoch:
-        fetched = jax.device_get(pending)
+        fetched = wd.fetch_finite(pending, step, last_good, ckpt.directory, "gradients at retrain",
+                                  "lower the learning rate")
         pending = []
-        for i, m in enumerate(fetched):
-          if not bool(m["finite"]):
-            bad = step - len(fetched) + i + 1
-            raise wd.Diverged(f"non-finite loss or gradients at retrain step {bad}; the last good checkpoint "
-                              f"(step {last_good}) is kept in {ckpt.directory}; lower the learning rate")
+        for m in fetched:
           sums["loss"] += float(m["loss"])
           sums["acc"] += float(m["acc"])
           sums["n"] += 1
@@ -284,7 +277,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
           if progress is not None:
             progress.set_postfix(test_acc=f"{test_acc:.4f}", refresh=False)
         log.write(step, record)
-        ckpt.save(step, {"state": state, "extra": {"elapsed": np.asarray(elapsed, np.float64)}})
+        ckpt.save_with_elapsed(step, state, elapsed)
         last_good = step
         sums = {"loss": 0.0, "acc": 0.0, "n": 0}
         t_epoch = time.perf_counter()

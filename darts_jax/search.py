@@ -120,13 +120,8 @@ def search(config, workdir: str) -> Dict[str, Any]:
   k_w, k_a, k_state, k_derive = jax.random.split(key, 4)
   state = bilevel.init_state(model.init(k_w), method.init_alphas(k_a, space), hp, k_state)
   ckpt = wd.Checkpoints(workdir)
-  extra = {"elapsed": np.zeros((), np.float64)}
-  start = ckpt.latest_step() or 0
-  if start:
-    restored = ckpt.restore({"state": state, "extra": extra}, start)
-    state, extra = restored["state"], restored["extra"]
+  state, start, elapsed = ckpt.restore_or_init(state)
   log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True))
-  elapsed = float(extra["elapsed"])
 
   if method.update_alphas and warmup_steps < total_steps:
     step_fn = bilevel.make_search_step(problem, hp, update_alphas=True)
@@ -165,13 +160,9 @@ def search(config, workdir: str) -> Dict[str, Any]:
       epoch_steps += 1
       end_of_epoch = step % steps_per_epoch == 0
       if step % config.log_every == 0 or end_of_epoch:
-        fetched = jax.device_get(pending)
+        fetched = wd.fetch_finite(pending, step, last_good, ckpt.directory, "parameters at search",
+                                  "lower the learning rates")
         pending = []
-        for i, m in enumerate(fetched):
-          if not bool(m["finite"]):
-            bad = step - len(fetched) + i + 1
-            raise wd.Diverged(f"non-finite loss or parameters at search step {bad}; the last good checkpoint "
-                              f"(step {last_good}) is kept in {ckpt.directory}; lower the learning rates")
         m = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
         log.write(step, {"phase": "search", "epoch": (step - 1) // steps_per_epoch, **m})
       if progress is not None:
@@ -188,15 +179,17 @@ def search(config, workdir: str) -> Dict[str, Any]:
                          "alpha_entropy": _entropy(opw), "genotype": arch_text(arch),
                          "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
                          "seconds_per_step": seconds / max(epoch_steps, 1), "elapsed": elapsed})
-        ckpt.save(step, {"state": state, "extra": {"elapsed": np.asarray(elapsed, np.float64)}})
+        ckpt.save_with_elapsed(step, state, elapsed)
         last_good = step
         t_epoch = time.perf_counter()
         epoch_steps = 0
       del t0
   finally:
+    batches.close()
     if progress is not None:
       progress.close()
     log.close()
+    ckpt.close()
 
   return export(config, workdir, method, model, state, train, mean, std, val_eval_idx, eval_fn, elapsed,
                 k_derive)
@@ -238,7 +231,7 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
     visualize.plot_genotype(arch, os.path.join(workdir, "cells"))
   else:
     wd.write_json(os.path.join(workdir, "genotype.json"), {"nb201": text})
-    visualize.plot_nb201(text, os.path.join(workdir, "cells")) if hasattr(visualize, "plot_nb201") else None
+    visualize.plot_nb201(text, os.path.join(workdir, "cell"))
   records = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r.get("phase") == "epoch"]
   if records:
     history = {k: [r["op_weights"][k] for r in records] for k in records[-1]["op_weights"]}

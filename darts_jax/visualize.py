@@ -32,6 +32,8 @@ OP_COLORS = {
     "dil_conv_5x5": "#d6339a",
     "sep_conv_7x7": "#8c564b",
     "conv_7x1_1x7": "#7f7f00",
+    "nor_conv_1x1": "#9467bd",
+    "nor_conv_3x3": "#d62728",
 }
 _FALLBACK_COLORS = ("#37474f", "#827717", "#4e342e", "#283593", "#00695c", "#bf360c")
 
@@ -211,7 +213,7 @@ def _plan_cell(ops: Sequence[tuple[str, int]], concat: Sequence[int]) -> _CellPl
   return _CellPlan(boxes, arrows, (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])))
 
 
-def _draw_cell(ax: Any, plan: _CellPlan, title: str) -> None:
+def _draw_cell(ax: Any, plan: _CellPlan, title: str, node_text: Any = None, node_face: Any = None) -> None:
   from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
   from matplotlib.path import Path as MplPath
 
@@ -223,8 +225,9 @@ def _draw_cell(ax: Any, plan: _CellPlan, title: str) -> None:
       ax.text(*label_pos, op, fontsize=_LABEL_FONT, color=color, ha="center", va="center", zorder=4,
               bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
   for k, box in plan.boxes.items():
-    face = _OUT_COLOR if k == -1 else _IN_COLOR if k < 2 else _NODE_COLOR
-    text = r"$c_{k}$" if k == -1 else _state_label(k)
+    face = (node_face(k) if node_face else
+            _OUT_COLOR if k == -1 else _IN_COLOR if k < 2 else _NODE_COLOR)
+    text = node_text(k) if node_text else r"$c_{k}$" if k == -1 else _state_label(k)
     ax.add_patch(FancyBboxPatch((box.x - box.hw, box.y - box.hh), 2 * box.hw, 2 * box.hh,
                                 boxstyle="round,pad=0.0,rounding_size=0.1", facecolor=face,
                                 edgecolor="#424242", linewidth=1.0, zorder=3))
@@ -263,6 +266,38 @@ def plot_genotype(genotype: Genotype, path_prefix: str | os.PathLike) -> list[st
   prefix = str(path_prefix)
   return (plot_cell(genotype, "normal", f"{prefix}_normal")
           + plot_cell(genotype, "reduce", f"{prefix}_reduce"))
+
+
+def plot_nb201(arch: Any, path_without_ext: str | os.PathLike) -> list[str]:
+  """Draws a NAS-Bench-201 cell (an arch string like ``|nor_conv_3x3~0|+|...|`` or a tuple of 6 ops in the
+  space's edge order) to ``<path>.png`` and ``<path>.svg``: node 0 is the cell input, node 3 its output, and
+  every edge i -> j carries its op (``none`` edges are drawn grey). Returns the written paths."""
+  from matplotlib.figure import Figure
+  from darts_jax import nb201  # pylint: disable=g-import-not-at-top
+
+  ops = nb201.parse_arch(arch) if isinstance(arch, str) else tuple(arch)
+  if len(ops) != len(nb201.NB201_SPACE.edges):
+    raise ValueError(f"an NB201 cell has {len(nb201.NB201_SPACE.edges)} edges, got {len(ops)} ops")
+  boxes = {k: _Box(_DX * k, (1.5 - k) * _DY, _NODE_W / 2, _NODE_H / 2) for k in range(4)}
+  xs, ys = [b.x for b in boxes.values()], [b.y for b in boxes.values()]
+  router = _Router(boxes, (min(xs) - 0.6, max(xs) + 0.6, min(ys) - 1.0, max(ys) + 1.0))
+  edges = sorted(((e.src, e.dst, op) for e, op in zip(nb201.NB201_SPACE.edges, ops)),
+                 key=lambda e: e[1] - e[0])
+  arrows = []
+  for src, dst, op in edges:
+    ctrl, label_pos = router.route(src, dst, op)
+    arrows.append((ctrl, _op_color(op), op, label_pos))
+  pts = np.concatenate(router.curves + [np.array([[b.x - b.hw, b.y - b.hh], [b.x + b.hw, b.y + b.hh]])
+                                        for b in list(boxes.values()) + router.labels])
+  lo, hi = pts.min(axis=0) - 0.25, pts.max(axis=0) + 0.25
+  plan = _CellPlan(boxes, arrows, (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])))
+  x0, x1, y0, y1 = plan.bounds
+  title_h = 0.3
+  fig = Figure(figsize=((x1 - x0) * _INCH, (y1 - y0) * _INCH + title_h))
+  ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - title_h / ((y1 - y0) * _INCH + title_h)))
+  _draw_cell(ax, plan, "NAS-Bench-201 cell", node_text=lambda k: {0: "in", 3: "out"}.get(k, str(k)),
+             node_face=lambda k: _IN_COLOR if k == 0 else _OUT_COLOR if k == 3 else _NODE_COLOR)
+  return _save(fig, path_without_ext)
 
 
 def _darts_steps(num_edges: int) -> int | None:

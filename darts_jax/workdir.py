@@ -16,7 +16,7 @@ import json
 import math
 import os
 import tempfile
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -155,8 +155,35 @@ class Checkpoints:
     step = self.latest_step() if step is None else step
     return self._manager.restore(step, args=self._ocp.args.StandardRestore(target))
 
+  def restore_or_init(self, state: Any, rebuild: Callable[[Any], Any] = lambda s: s) -> Tuple[Any, int, float]:
+    """(state, step, elapsed seconds) of the newest checkpoint, else (`state`, 0, 0.0). `rebuild` turns the
+    restored state back into its type (a NamedTuple comes back as a tuple)."""
+    start = self.latest_step() or 0
+    if not start:
+      return state, 0, 0.0
+    extra = {"elapsed": np.zeros((), np.float64)}
+    restored = self.restore({"state": state, "extra": extra}, start)
+    return rebuild(restored["state"]), start, float(restored["extra"]["elapsed"])
+
+  def save_with_elapsed(self, step: int, state: Any, elapsed: float) -> None:
+    """Saves `state` and the run's elapsed seconds (read back by `restore_or_init`)."""
+    self.save(step, {"state": state, "extra": {"elapsed": np.asarray(elapsed, np.float64)}})
+
   def close(self) -> None:
     self._manager.close()
+
+
+def fetch_finite(pending: Sequence[Mapping[str, Any]], step: int, last_good: int, directory: str,
+                 phase: str, advice: str) -> list:
+  """The per-step metrics `pending` (device values; the last one is of `step`) on the host. Raises `Diverged`
+  naming the first step whose ``finite`` flag is false and the last good checkpoint, which stays in place."""
+  fetched = jax.device_get(list(pending))
+  for i, m in enumerate(fetched):
+    if not bool(m["finite"]):
+      bad = step - len(fetched) + i + 1
+      raise Diverged(f"non-finite loss or {phase} step {bad}; the last good checkpoint (step {last_good}) "
+                     f"is kept in {directory}; {advice}")
+  return fetched
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -79,3 +79,15 @@ def test_plot_alpha_history_other_shapes_and_errors(tmp_path):
     V.plot_alpha_history([np.zeros((14, 7))], DARTS_PRIMITIVES, tmp_path / "bad")
   with pytest.raises(ValueError, match="expected a non-empty list"):
     V.plot_alpha_history([], DARTS_PRIMITIVES, tmp_path / "bad")
+
+
+def test_plot_nb201_cell(tmp_path):
+  arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|"
+  paths = V.plot_nb201(arch, tmp_path / "cell")
+  _check_files(paths, [tmp_path / "cell.png", tmp_path / "cell.svg"])
+  svg = Path(paths[1]).read_text()
+  for op in ("nor_conv_3x3", "avg_pool_3x3", "skip_connect", "nor_conv_1x1", "none"):
+    assert op in svg
+  assert "sep_conv_3x3" not in svg
+  with pytest.raises(ValueError, match="6 edges"):
+    V.plot_nb201(("none",) * 5, tmp_path / "bad")
