@@ -125,6 +125,13 @@ def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_datas
             accs.append(benchmark.query(s["genotype"], benchmark_dataset))
           except (ValueError, KeyError, TypeError):
             accs.append(None)
+      params = []
+      for s in searches:
+        try:
+          params.append(nb201.network_param_count(s["genotype"]))
+        except (ValueError, KeyError, TypeError):
+          params.append(None)
+      row["network_params"] = mean_std(params)
       row["benchmark_test_acc"] = mean_std(accs) if benchmark is not None else None
       row["benchmark_test_accs"] = accs if benchmark is not None else None
       row["benchmark_dataset"] = benchmark_dataset if benchmark is not None else None
@@ -406,7 +413,7 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
     cols += ["retrained test acc (%)", "retrained params"]
   cols += ["supernet params", f"search {h} (sum)", f"search {h} (mean)"]
   if space == "nb201":
-    cols += ["NB201 benchmark test acc (%)", "skip_connect share"]
+    cols += ["network params (C=16, N=5)", "NB201 benchmark test acc (%)", "skip_connect share"]
   else:
     cols += ["normal-cell skip_connect share"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -417,7 +424,7 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
       cells += [_fmt(r["retrain_test_acc"], 100), _fmt(r["retrain_params"], 1, 0)]
     cells += [_fmt(r["supernet_params"], 1, 0), f"{r['search_hours_sum']:.4f}", f"{r['search_hours_mean']:.4f}"]
     if space == "nb201":
-      cells += [_fmt(r.get("benchmark_test_acc"))]
+      cells += [_fmt(r.get("network_params"), 1, 0), _fmt(r.get("benchmark_test_acc"))]
     share = _fmt(r["skip_share"], 1, 2)
     cells += [share + (" ⚠ collapse" if r["collapse"] else "")]
     lines.append("| " + " | ".join(cells) + " |")

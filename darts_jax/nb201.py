@@ -408,3 +408,11 @@ def network_from_supernet(supernet_params: Params, arch: ArchLike, cfg: NB201Con
 
 def count_params(params: Params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def network_param_count(arch: ArchLike, cfg: NB201Config = NB201Config()) -> int:
+  """Parameters of the final NB201 network of `arch` (default: the benchmark's C=16, N=5, 10 classes),
+  from shapes alone (nothing is initialized)."""
+  shapes = jax.eval_shape(lambda k: init_network(k, arch, cfg)[0], jax.random.PRNGKey(0))
+  return count_params(shapes)
+

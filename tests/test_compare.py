@@ -82,6 +82,8 @@ def test_helpers_on_synthetic_summaries():
              for s in range(2)]
   row = compare.aggregate(nb_runs, benchmark=table)["nb201"][0]
   assert row["benchmark_test_acc"]["mean"] == pytest.approx(15.0)
+  counts = [nb201.network_param_count(archs[s]) for s in range(2)]
+  assert row["network_params"]["mean"] == pytest.approx(np.mean(counts))
   collapsed = compare.aggregate([{"space": "nb201", "method": "darts", "seed": 0,
                                   "search": {"genotype": ALL_SKIP_NB201}}])["nb201"][0]
   assert collapsed["collapse"] and collapsed["skip_share"]["mean"] == 1.0
