@@ -80,6 +80,13 @@ def skip_share(genotype: Any) -> Optional[float]:
   return sum(op == "skip_connect" for op in ops) / len(ops) if ops else None
 
 
+def _nb201_disconnected(arch: Any) -> bool:
+  try:
+    return not nb201.is_connected(arch)
+  except (ValueError, KeyError, TypeError):
+    return False
+
+
 def nb201_random_baseline(accuracies, ns: Iterable[int]) -> Dict[str, float]:
   """{str(n): exact expected best-of-n accuracy of uniform random sampling} from a benchmark column."""
   return {str(int(n)): nb201.expected_best_of_n(accuracies, int(n)) for n in sorted(set(int(n) for n in ns))}
@@ -132,6 +139,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_datas
         except (ValueError, KeyError, TypeError):
           params.append(None)
       row["network_params"] = mean_std(params)
+      row["disconnected"] = sum(1 for s in searches if _nb201_disconnected(s.get("genotype")))
       row["benchmark_test_acc"] = mean_std(accs) if benchmark is not None else None
       row["benchmark_test_accs"] = accs if benchmark is not None else None
       row["benchmark_dataset"] = benchmark_dataset if benchmark is not None else None
@@ -413,7 +421,8 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
     cols += ["retrained test acc (%)", "retrained params"]
   cols += ["supernet params", f"search {h} (sum)", f"search {h} (mean)"]
   if space == "nb201":
-    cols += ["network params (C=16, N=5)", "NB201 benchmark test acc (%)", "skip_connect share"]
+    cols += ["network params (C=16, N=5)", "NB201 benchmark test acc (%)", "disconnected cells",
+             "skip_connect share"]
   else:
     cols += ["normal-cell skip_connect share"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -424,7 +433,8 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
       cells += [_fmt(r["retrain_test_acc"], 100), _fmt(r["retrain_params"], 1, 0)]
     cells += [_fmt(r["supernet_params"], 1, 0), f"{r['search_hours_sum']:.4f}", f"{r['search_hours_mean']:.4f}"]
     if space == "nb201":
-      cells += [_fmt(r.get("network_params"), 1, 0), _fmt(r.get("benchmark_test_acc"))]
+      cells += [_fmt(r.get("network_params"), 1, 0), _fmt(r.get("benchmark_test_acc")),
+                f"{r.get('disconnected', 0)}/{r['num_runs']}"]
     share = _fmt(r["skip_share"], 1, 2)
     cells += [share + (" ⚠ collapse" if r["collapse"] else "")]
     lines.append("| " + " | ".join(cells) + " |")
@@ -449,6 +459,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     L += [f"Collapse check (DARTS' failure mode: cells dominated by `skip_connect`): share of `skip_connect` "
           f"among {where}, flagged at >= {COLLAPSE_SHARE:.0%}. Flagged: {', '.join(flagged) if flagged else 'none'}"
           f". A uniformly random cell has {chance}.", ""]
+    if space == "nb201":
+      L += ["Disconnected cells: `none` edges cut every path from the cell's input to its output, so the cell "
+            "outputs zeros (every such cell of the table scores 10%, chance level).", ""]
     if space == "nb201":
       b = report.get("nb201_random_baseline")
       if b:

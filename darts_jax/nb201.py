@@ -106,6 +106,17 @@ def arch_from_alphas(alphas) -> Arch:
   return tuple(NB201_PRIMITIVES[i] for i in np.argmax(a, axis=-1))
 
 
+def is_connected(arch: ArchLike) -> bool:
+  """Whether some path of non-``none`` edges leads from the cell input (node 0) to its output (node 3). A
+  disconnected cell outputs zeros whatever its input: the network then cannot beat chance."""
+  ops_ = as_arch(arch)
+  reach = {0}
+  for e, op in zip(NB201_SPACE.edges, ops_):   # edges are ordered by destination, sources come first
+    if op != "none" and e.src in reach:
+      reach.add(e.dst)
+  return NB201_SPACE.num_inputs + NB201_SPACE.num_nodes - 1 in reach
+
+
 def random_arch(rng: Union[np.random.Generator, int, None] = None) -> Arch:
   rng = np.random.default_rng(rng)
   return tuple(NB201_PRIMITIVES[i] for i in rng.integers(0, len(NB201_PRIMITIVES), NUM_EDGES))

@@ -86,7 +86,10 @@ def test_helpers_on_synthetic_summaries():
   assert row["network_params"]["mean"] == pytest.approx(np.mean(counts))
   collapsed = compare.aggregate([{"space": "nb201", "method": "darts", "seed": 0,
                                   "search": {"genotype": ALL_SKIP_NB201}}])["nb201"][0]
-  assert collapsed["collapse"] and collapsed["skip_share"]["mean"] == 1.0
+  assert collapsed["collapse"] and collapsed["skip_share"]["mean"] == 1.0 and collapsed["disconnected"] == 0
+  dead = "|none~0|+|none~0|nor_conv_3x3~1|+|none~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+  assert compare.aggregate([{"space": "nb201", "method": "darts", "seed": 0,
+                             "search": {"genotype": dead}}])["nb201"][0]["disconnected"] == 1
   expected = [compare.skip_share(nb201.arch_to_string(archs[s])) for s in range(2)]
   assert row["skip_shares"] == expected and not row["collapse"]
   base = compare.nb201_random_baseline(table.accuracies("cifar10"), [1, 2, 2])

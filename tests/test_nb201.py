@@ -310,3 +310,15 @@ def test_none_into_last_node_zeroes_cell():
       cell, x, weights)
   assert float(jnp.abs(nodes[1]).max()) > 0
   assert float(jnp.abs(nodes[-1]).max()) == 0.0
+
+
+def test_disconnected_cells_are_exactly_the_chance_level_cells_of_the_table():
+  bench = B.load_benchmark(_benchmark_file())
+  acc = bench.accuracies("cifar10")
+  connected = np.array([B.is_connected(a) for a in bench.archs])
+  assert (~connected).sum() > 0
+  np.testing.assert_allclose(acc[~connected], 10.0)
+  assert acc[connected].min() > 40.0
+  assert not B.is_connected("|none~0|+|none~0|nor_conv_3x3~1|+|none~0|nor_conv_3x3~1|nor_conv_3x3~2|")
+  assert B.is_connected(EXAMPLE) and B.is_connected(ALL_SKIP)
+
