@@ -13,7 +13,11 @@ macro weights in either network.
 The search supernet evaluates every cell with `supernet.mixed_cell_apply` and one α shared by all cells (as
 in NB201's DARTS baseline); its cell BatchNorms are non-affine and use batch statistics. Note that the
 search primitives of `darts_jax.ops` follow DARTS' `MixedOp` and put a non-affine BatchNorm after pooling,
-which NB201's search cell does not do.
+which NB201's search cell does not do. `NB201Config.partial_channels` gives the search network PC-DARTS'
+partial channel connections, as in the DARTS space.
+
+`is_connected` tells whether `none` edges cut the cell's input from its output (such cells score chance level
+in the table); `network_param_count` is a cell's final-network size without initializing it.
 """
 from __future__ import annotations
 
