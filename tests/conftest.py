@@ -17,8 +17,9 @@ xla_setup.configure()
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("DARTS_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "darts_jax_jit")))
+_CACHE = os.environ.get("DARTS_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "darts_jax_jit"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)   # for the entry points run as subprocesses
+jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
