@@ -419,3 +419,41 @@ def test_method_on_tiny_supernet(name):
   alphas0, state, metrics = _run(m, apply_fn, supernet.init(KEY, cfg), DARTS_SPACE, batch_size=2)
   _check_run(m, alphas0, state, metrics)
   genotypes.validate(m.derive(state.alphas, DARTS_SPACE, key=KEY), DARTS_SPACE.primitives, steps=4)
+
+
+@pytest.mark.parametrize("name", ["darts", "gdas", "pcdarts", "drnas", "fairdarts", "beta_darts",
+                                  "darts_minus", "rsws"])
+def test_compile_once_step_equals_fused_step(name):
+  """`bilevel.SharedPassStep` (one compiled network gradient for both passes) gives the fused step's numbers
+  for every method it supports: random op weights (GDAS, DrNAS, RS-WS), regularizers (FairDARTS, β-DARTS),
+  edge factors (PC-DARTS), α-independent extras (DARTS-)."""
+  m = M.get_method(name)
+  hp = m.search_hparams(epochs=2, steps_per_epoch=2)
+  problem = m.problem(_toy_apply, DARTS_SPACE, hp)
+  assert bilevel.supports_compile_once(problem, hp)
+  fused = bilevel.make_search_step(problem, hp, m.update_alphas, donate=False)
+  shared = bilevel.make_search_step(problem, hp, m.update_alphas, compile_once=True)
+  warm_f = bilevel.make_search_step(problem, hp, False, donate=False)
+  warm_s = bilevel.make_search_step(problem, hp, False, compile_once=True)
+  init = lambda: bilevel.init_state(_toy_init(KEY), m.init_alphas(KEY, DARTS_SPACE), hp, jax.random.PRNGKey(1))
+  a, b = init(), init()
+  for i, (fa, fb) in enumerate([(warm_f, warm_s), (fused, shared), (fused, shared)]):
+    tb, vb = _batch(jax.random.PRNGKey(10 + i)), _batch(jax.random.PRNGKey(20 + i))
+    a, ma = fa(a, tb, vb)
+    b, mb = fb(b, tb, vb)
+    assert set(ma) == set(mb)
+    for k in ma:
+      np.testing.assert_allclose(ma[k], mb[k], rtol=2e-5, atol=1e-6, err_msg=f"{name} step {i} {k}")
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6, err_msg=name)
+  assert m.update_alphas == (not np.allclose(a.alphas["normal"], init().alphas["normal"]))
+
+
+def test_compile_once_refuses_second_order_and_weight_pass_hooks():
+  for name, hp in (("darts", bilevel.SearchHParams(hypergradient="second_order_exact")),
+                   ("sdarts_rs", bilevel.SearchHParams())):
+    m = M.get_method(name)
+    problem = m.problem(_toy_apply, DARTS_SPACE, hp)
+    assert not bilevel.supports_compile_once(problem, hp)
+    with pytest.raises(ValueError, match="compile_once needs"):
+      bilevel.make_search_step(problem, hp, compile_once=True)
