@@ -2,6 +2,7 @@
 
   python benchmarks/search_step.py                       # the issue's configuration, all modes
   python benchmarks/search_step.py --C=8 --layers=5 --batch=32 --image=28 --in_channels=1 --modes=first_order
+  python benchmarks/search_step.py --modes=first_order --compile_once   # bilevel.SharedPassStep
 
 XLA flags are read from the environment as usual (plus `darts_jax.xla_setup`'s workaround) (e.g. XLA_FLAGS=--xla_backend_optimization_level=0), so
 layouts and flags can be compared with the same script. Prints one Markdown table row per mode.
@@ -27,7 +28,8 @@ _IMAGE = flags.DEFINE_integer("image", 32, "image side")
 _IN = flags.DEFINE_integer("in_channels", 3, "image channels")
 _MODES = flags.DEFINE_list("modes", list(bilevel.HYPERGRADIENTS), "hypergradient modes")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps after the first")
-_DW = flags.DEFINE_string("dw_impl", "auto", "depthwise implementation: auto, shift or xla")
+_DW = flags.DEFINE_string("dw_impl", "auto", "depthwise implementation: auto, shift, loop or xla")
+_ONCE = flags.DEFINE_bool("compile_once", False, "first order as bilevel.SharedPassStep (one network program)")
 
 
 def _peak_rss_gb() -> float:
@@ -43,31 +45,43 @@ def run_mode(mode: str):
   state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   shape = (_BATCH.value, _IMAGE.value, _IMAGE.value, _IN.value)
   batch = {"image": jax.random.normal(key, shape), "label": jnp.arange(_BATCH.value) % 10}
-  step = bilevel.make_search_step(problem, hp)
+  once = _ONCE.value and mode == "first_order"
+  step = bilevel.make_search_step(problem, hp, compile_once=once)
   t0 = time.perf_counter()
-  lowered = step.lower(state, batch, batch)
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  t2 = time.perf_counter()
+  if once:   # several small programs and one big one: time the first call, less one step, as trace+compile
+    state, metrics = step(state, batch, batch)
+    jax.block_until_ready(metrics)
+    compiled, first = step, time.perf_counter() - t0
+  else:
+    lowered = step.lower(state, batch, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
   times = []
   for _ in range(_STEPS.value + 1):
     s = time.perf_counter()
     state, metrics = compiled(state, batch, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - s)
-  return t1 - t0, t2 - t1, statistics.median(times[1:]), _peak_rss_gb()
+  med = statistics.median(times[1:])
+  if once:
+    return None, first - med, med, _peak_rss_gb()
+  return t1 - t0, t2 - t1, med, _peak_rss_gb()
 
 
 def main(argv):
   del argv
   xla_setup.configure()
   print(f"C={_C.value} layers={_LAYERS.value} batch={_BATCH.value} {_IMAGE.value}x{_IMAGE.value}x{_IN.value} "
-        f"dw_impl={_DW.value} backend={jax.default_backend()} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+        f"dw_impl={_DW.value} compile_once={_ONCE.value} backend={jax.default_backend()} "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print("| mode | trace s | compile s | s/step (median) | peak RSS GB |")
   print("|---|---|---|---|---|")
   for mode in _MODES.value:
     tr, co, st, mem = run_mode(mode)
-    print(f"| {mode} | {tr:.1f} | {co:.1f} | {st:.3f} | {mem:.2f} |", flush=True)
+    label = f"{mode} (compile_once)" if tr is None else mode
+    trace = "(in compile)" if tr is None else f"{tr:.1f}"
+    print(f"| {label} | {trace} | {co:.1f} | {st:.3f} | {mem:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -156,13 +155,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_datas
 
 
 def _git_commit() -> str:
-  try:
-    res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                         capture_output=True, text=True, timeout=10, check=False)
-  except (OSError, subprocess.SubprocessError):
-    return "unknown"
-  out = res.stdout.strip()
-  return out if res.returncode == 0 and out else "unknown"
+  return wd.code_version()
 
 
 def _versions() -> Dict[str, str]:
@@ -244,7 +237,7 @@ def random_search_run(config, run_dir: str) -> Dict[str, Any]:
   summary = {"method": RANDOM, "space": space.name, "dataset": config.dataset, "seed": config.seed,
              "genotype": text, "search_seconds": 0.0, "val_acc": None, "supernet_params": None, "steps": 0,
              "note": "random-sampling baseline: no search, a uniformly random architecture from the seed",
-             "versions": _versions()}
+             "versions": _versions(), "code_version": wd.code_version()}
   wd.write_json(os.path.join(run_dir, "summary.json"), summary)
   return summary
 
@@ -385,6 +378,7 @@ def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], method
   rdiff = protocol_differences(retrain_cfgs, RETRAIN_RUN_KEYS, retrain_lib.RESUMABLE_KEYS)
   same = not diff and not rdiff
   total_search = sum(float(r["search"].get("search_seconds") or 0.0) for r in runs)
+  run_commits = sorted({str(r["search"].get("code_version") or "not recorded") for r in runs})
   total_retrain = sum(float(r["retrain"].get("train_seconds") or 0.0) for r in runs if r.get("retrain"))
 
   curves = _curves(runs)
@@ -403,7 +397,8 @@ def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], method
                 "num_params": (r.get("retrain") or {}).get("num_params")} for r in runs],
       "curves": curves, "plot": os.path.basename(plot_path),
       "reproducibility": {
-          "git_commit": _git_commit(), "versions": _versions(), "hardware": hardware, "seeds": list(seeds),
+          "git_commit": _git_commit(), "run_commits": run_commits, "versions": _versions(), "hardware": hardware,
+          "seeds": list(seeds),
           "search_config": config.search.to_dict(),
           "retrain_config": config.retrain_config.to_dict() if config.get("retrain") else None,
           "total_search_seconds": total_search, "total_search_hours": total_search / 3600.0,
@@ -481,7 +476,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
       "no (search differs in: " + (", ".join(rep["protocol_differences"]["search"]) or "-") +
       "; retrain differs in: " + (", ".join(rep["protocol_differences"]["retrain"]) or "-") + ")")
   L += ["## Reproducibility checklist", "",
-        f"- [x] Code version (git commit): `{rep['git_commit']}`",
+        f"- [x] Code version (git commit): runs {', '.join(f'`{c}`' for c in rep.get('run_commits', []))}; "
+        f"report written by `{rep['git_commit']}`",
         "- [x] Library versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items()),
         f"- [x] Hardware: backend {hw['backend']}, devices {', '.join(hw['devices'])}, {hw['cpu_count']} CPUs, "
         f"{hw['platform']}",

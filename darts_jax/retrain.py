@@ -306,6 +306,7 @@ def export(config, workdir, genotype, num_params, steps, elapsed, last, train_ex
              "genotype_spec": str(config.genotype), "seed": config.seed,
              "test_acc": last["test_acc"], "test_loss": last["test_loss"], "num_params": num_params,
              "train_seconds": elapsed, "epochs": config.epochs, "steps": steps,
-             "train_examples": train_examples, "test_examples": test_examples, "versions": _versions()}
+             "train_examples": train_examples, "test_examples": test_examples, "versions": _versions(),
+             "code_version": wd.code_version()}
   wd.write_json(os.path.join(workdir, "summary.json"), summary)
   return json.loads(json.dumps(wd._jsonable(summary)))  # pylint: disable=protected-access

@@ -239,7 +239,8 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
   summary = {"method": config.method, "space": space.name, "dataset": config.dataset, "seed": config.seed,
              "genotype": text, "search_seconds": elapsed,
              "val_acc": records[-1]["val_acc"] if records else None,
-             "supernet_params": model.num_params, "steps": int(state.step), "versions": _versions()}
+             "supernet_params": model.num_params, "steps": int(state.step), "versions": _versions(),
+             "code_version": wd.code_version()}
   wd.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 

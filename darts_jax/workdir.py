@@ -188,3 +188,22 @@ def fetch_finite(pending: Sequence[Mapping[str, Any]], step: int, last_good: int
 
 def write_json(path: str, obj: Any) -> None:
   atomic_write(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def code_version() -> str:
+  """The git commit of the darts_jax checkout running this code, with ``+dirty`` if its tracked files have
+  uncommitted changes; "unknown" outside a git checkout."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10,
+                          check=False)
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                            capture_output=True, text=True, timeout=10, check=False)
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+  commit = head.stdout.strip()
+  if head.returncode != 0 or not commit:
+    return "unknown"
+  return commit + ("+dirty" if status.returncode == 0 and status.stdout.strip() else "")
+

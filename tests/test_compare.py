@@ -110,8 +110,21 @@ def test_git_commit_unknown_without_git(monkeypatch):
 
   def boom(*a, **k):
     raise FileNotFoundError("git")
-  monkeypatch.setattr(compare.subprocess, "run", boom)
+  import subprocess  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(subprocess, "run", boom)
   assert compare._git_commit() == "unknown"  # pylint: disable=protected-access
+
+
+def test_code_version_marks_uncommitted_changes(tmp_path, monkeypatch):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  outputs = {"rev-parse": "abc123\n", "status": ""}
+
+  def fake(cmd, **kwargs):
+    return subprocess.CompletedProcess(cmd, 0, outputs["rev-parse" if "rev-parse" in cmd else "status"], "")
+  monkeypatch.setattr(subprocess, "run", fake)
+  assert wd.code_version() == "abc123"
+  outputs["status"] = " M darts_jax/search.py\n"
+  assert wd.code_version() == "abc123+dirty"
 
 
 def _fake_search(config, workdir):
