@@ -58,25 +58,8 @@ def mean_std(values: Iterable[Any]) -> Dict[str, Any]:
 def skip_share(genotype: Any) -> Optional[float]:
   """The share of ``skip_connect`` edges in the normal cell of a DARTS genotype (text, dict or Genotype), or
   among the 6 edges of a NAS-Bench-201 cell (its ``|op~i|+...`` string or ``{"nb201": string}``)."""
-  if genotype is None:
-    return None
-  if isinstance(genotype, Mapping) and "nb201" in genotype:
-    genotype = genotype["nb201"]
-  if isinstance(genotype, str) and genotype.strip().startswith("|"):
-    try:
-      ops = nb201.parse_arch(genotype)
-    except ValueError:
-      return None
-    return sum(op == "skip_connect" for op in ops) / len(ops)
-  if isinstance(genotype, str):
-    try:
-      genotype = genotypes.parse(genotype)
-    except Exception:  # pylint: disable=broad-except  (anything else: not a cell)
-      return None
-  elif isinstance(genotype, Mapping):
-    genotype = genotypes.from_dict(genotype)
-  ops = [op for op, _ in genotype.normal]
-  return sum(op == "skip_connect" for op in ops) / len(ops) if ops else None
+  ops_ = cell_ops(genotype)
+  return sum(op == "skip_connect" for op in ops_) / len(ops_) if ops_ else None
 
 
 def _nb201_disconnected(arch: Any) -> bool:
@@ -84,6 +67,33 @@ def _nb201_disconnected(arch: Any) -> bool:
     return not nb201.is_connected(arch)
   except (ValueError, KeyError, TypeError):
     return False
+
+
+PARAMETER_FREE = frozenset({"none", "skip_connect", "avg_pool_3x3", "max_pool_3x3"})
+
+
+def cell_ops(genotype: Any) -> Optional[List[str]]:
+  """The ops of an NB201 cell, or of the normal cell of a DARTS genotype (text, dict or Genotype)."""
+  if genotype is None:
+    return None
+  if isinstance(genotype, Mapping) and "nb201" in genotype:
+    genotype = genotype["nb201"]
+  try:
+    if isinstance(genotype, str) and genotype.strip().startswith("|"):
+      return list(nb201.parse_arch(genotype))
+    if isinstance(genotype, str):
+      genotype = genotypes.parse(genotype)
+    elif isinstance(genotype, Mapping):
+      genotype = genotypes.from_dict(genotype)
+  except Exception:  # pylint: disable=broad-except  (anything else: not a cell)
+    return None
+  return [op for op, _ in genotype.normal]
+
+
+def parameter_free(genotype: Any) -> Optional[bool]:
+  """Whether the (normal) cell has no op with weights: the collapse of GDAS/DARTS to pooling and identity."""
+  ops_ = cell_ops(genotype)
+  return None if not ops_ else all(op in PARAMETER_FREE for op in ops_)
 
 
 def nb201_random_baseline(accuracies, ns: Iterable[int]) -> Dict[str, float]:
@@ -145,7 +155,9 @@ def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_datas
     shares = [skip_share(s.get("genotype")) for s in searches]
     row["skip_share"] = mean_std(shares)
     row["skip_shares"] = shares
-    row["collapse"] = bool(row["skip_share"]["mean"] is not None and row["skip_share"]["mean"] >= COLLAPSE_SHARE)
+    row["parameter_free"] = sum(1 for s in searches if parameter_free(s.get("genotype")))
+    row["collapse"] = bool((row["skip_share"]["mean"] is not None and row["skip_share"]["mean"] >= COLLAPSE_SHARE)
+                           or 2 * row["parameter_free"] > len(rs))
     out.setdefault(space, []).append(row)
   return out
 
@@ -417,9 +429,9 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
   cols += ["supernet params", f"search {h} (sum)", f"search {h} (mean)"]
   if space == "nb201":
     cols += ["network params (C=16, N=5)", "NB201 benchmark test acc (%)", "disconnected cells",
-             "skip_connect share"]
+             "parameter-free cells", "skip_connect share"]
   else:
-    cols += ["normal-cell skip_connect share"]
+    cols += ["parameter-free normal cells", "normal-cell skip_connect share"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:
     name = r["method"] + (" (random-sampling baseline)" if r["is_random_baseline"] else "")
@@ -431,7 +443,7 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
       cells += [_fmt(r.get("network_params"), 1, 0), _fmt(r.get("benchmark_test_acc")),
                 f"{r.get('disconnected', 0)}/{r['num_runs']}"]
     share = _fmt(r["skip_share"], 1, 2)
-    cells += [share + (" ⚠ collapse" if r["collapse"] else "")]
+    cells += [f"{r['parameter_free']}/{r['num_runs']}", share + (" ⚠ collapse" if r["collapse"] else "")]
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 
@@ -451,9 +463,11 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     flagged = [r["method"] for r in rows if r.get("collapse")]
     where, chance = (("the 6 edges of the discovered cells", "1/5 = 0.20") if space == "nb201" else
                      ("the normal-cell edges of the final genotypes", "1/7 ≈ 0.14"))
-    L += [f"Collapse check (DARTS' failure mode: cells dominated by `skip_connect`): share of `skip_connect` "
-          f"among {where}, flagged at >= {COLLAPSE_SHARE:.0%}. Flagged: {', '.join(flagged) if flagged else 'none'}"
-          f". A uniformly random cell has {chance}.", ""]
+    L += [f"Collapse check (DARTS' failure mode: cells dominated by parameter-free ops): flagged when the share "
+          f"of `skip_connect` among {where} is >= {COLLAPSE_SHARE:.0%} on average, or when most seeds found a "
+          f"cell with no op that has weights (only {', '.join(f'`{o}`' for o in sorted(PARAMETER_FREE))}). "
+          f"Flagged: {', '.join(flagged) if flagged else 'none'}. A uniformly random cell has a skip_connect "
+          f"share of {chance}.", ""]
     if space == "nb201":
       L += ["Disconnected cells: `none` edges cut every path from the cell's input to its output, so the cell "
             "outputs zeros (every such cell of the table scores 10%, chance level).", ""]

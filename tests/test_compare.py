@@ -15,6 +15,7 @@ from darts_jax import workdir as wd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+EXAMPLE_NB201 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 ALL_SKIP_NB201 = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
 
 
@@ -51,6 +52,10 @@ def test_helpers_on_synthetic_summaries():
   assert compare.skip_share({"nb201": ALL_SKIP_NB201}) == 1.0
   assert compare.skip_share("|skip_connect~0|+|none~0|none~1|+|none~0|none~1|none~2|") == pytest.approx(1 / 6)
   assert compare.skip_share("not a cell") is None
+  assert compare.parameter_free("|avg_pool_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|avg_pool_3x3~0|none~1|none~2|")
+  assert not compare.parameter_free(EXAMPLE_NB201)
+  assert compare.parameter_free(_skip_genotype(8)) and not compare.parameter_free(_skip_genotype(7))
+  assert compare.parameter_free("not a cell") is None
 
   runs = []
   for seed in range(3):
@@ -87,11 +92,16 @@ def test_helpers_on_synthetic_summaries():
   collapsed = compare.aggregate([{"space": "nb201", "method": "darts", "seed": 0,
                                   "search": {"genotype": ALL_SKIP_NB201}}])["nb201"][0]
   assert collapsed["collapse"] and collapsed["skip_share"]["mean"] == 1.0 and collapsed["disconnected"] == 0
+  pools = "|avg_pool_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|avg_pool_3x3~0|avg_pool_3x3~1|skip_connect~2|"
+  pooled = compare.aggregate([{"space": "nb201", "method": "gdas", "seed": s, "search": {"genotype": g}}
+                              for s, g in enumerate([pools, pools, EXAMPLE_NB201])])["nb201"][0]
+  assert pooled["parameter_free"] == 2 and pooled["collapse"] and pooled["skip_share"]["mean"] < 0.5
   dead = "|none~0|+|none~0|nor_conv_3x3~1|+|none~0|nor_conv_3x3~1|nor_conv_3x3~2|"
   assert compare.aggregate([{"space": "nb201", "method": "darts", "seed": 0,
                              "search": {"genotype": dead}}])["nb201"][0]["disconnected"] == 1
   expected = [compare.skip_share(nb201.arch_to_string(archs[s])) for s in range(2)]
-  assert row["skip_shares"] == expected and not row["collapse"]
+  free = sum(bool(compare.parameter_free(nb201.arch_to_string(archs[s]))) for s in range(2))
+  assert row["skip_shares"] == expected and row["parameter_free"] == free and row["collapse"] == (free == 2)
   base = compare.nb201_random_baseline(table.accuracies("cifar10"), [1, 2, 2])
   assert set(base) == {"1", "2"}
   assert base["1"] == pytest.approx(25.0)
