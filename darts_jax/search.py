@@ -123,11 +123,12 @@ def search(config, workdir: str) -> Dict[str, Any]:
   state, start, elapsed = ckpt.restore_or_init(state)
   log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True))
 
+  once = bool(config.get("compile_once", False)) and bilevel.supports_compile_once(problem, hp)
   if method.update_alphas and warmup_steps < total_steps:
-    step_fn = bilevel.make_search_step(problem, hp, update_alphas=True)
+    step_fn = bilevel.make_search_step(problem, hp, update_alphas=True, compile_once=once)
   else:
     step_fn = None
-  warm_fn = (bilevel.make_search_step(problem, hp, update_alphas=False)
+  warm_fn = (bilevel.make_search_step(problem, hp, update_alphas=False, compile_once=once)
              if (warmup_steps or not method.update_alphas) else None)
   eval_fn = bilevel.make_eval_step(problem)
 

@@ -35,6 +35,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = ml_collections.ConfigDict({"C": 16, "layers": 8, "N": 1})
   c.hparams = ml_collections.ConfigDict({"hypergradient": "first_order"})  # SearchHParams overrides
+  c.compile_once = False   # first order: one compiled network gradient for both passes (bilevel.SharedPassStep)
   c.num_candidates = 100
   c.log_every = 50
   c.progress = True

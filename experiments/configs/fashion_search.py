@@ -30,6 +30,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = ml_collections.ConfigDict({"C": 8, "layers": 5, "N": 1})
   c.hparams = ml_collections.ConfigDict()   # SearchHParams overrides, e.g. hypergradient
+  c.compile_once = False      # first order: one compiled network gradient for both passes (bilevel.SharedPassStep)
   c.num_candidates = 100      # RS-WS: sampled architectures ranked on the supernet
   c.log_every = 10
   c.progress = True
