@@ -4,7 +4,7 @@
   python benchmarks/search_step.py --C=8 --layers=5 --batch=32 --image=28 --in_channels=1 --modes=first_order
   python benchmarks/search_step.py --modes=first_order --compile_once   # bilevel.SharedPassStep
 
-XLA flags are read from the environment as usual (plus `darts_jax.xla_setup`'s workaround) (e.g. XLA_FLAGS=--xla_backend_optimization_level=0), so
+XLA flags are read from the environment as usual (e.g. XLA_FLAGS=--xla_backend_optimization_level=0), so
 layouts and flags can be compared with the same script. Prints one Markdown table row per mode.
 """
 import os
@@ -19,7 +19,6 @@ import jax.numpy as jnp
 
 from darts_jax import bilevel
 from darts_jax import supernet
-from darts_jax import xla_setup
 
 _C = flags.DEFINE_integer("C", 16, "initial channels")
 _LAYERS = flags.DEFINE_integer("layers", 8, "cells")
@@ -71,7 +70,6 @@ def run_mode(mode: str):
 
 def main(argv):
   del argv
-  xla_setup.configure()
   print(f"C={_C.value} layers={_LAYERS.value} batch={_BATCH.value} {_IMAGE.value}x{_IMAGE.value}x{_IN.value} "
         f"dw_impl={_DW.value} compile_once={_ONCE.value} backend={jax.default_backend()} "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")

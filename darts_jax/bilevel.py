@@ -341,5 +341,7 @@ def make_multi_seed_step(problem: SearchProblem, hp: SearchHParams, update_alpha
   """S searches as one jit-compiled program: `(states, train_batches, val_batches) -> (states, metrics)`
   with every argument stacked along a leading seed axis (each seed its own data order too). One compile
   serves all seeds; the results equal S separate runs of `make_search_step` up to float rounding."""
+  from darts_jax import xla_setup  # pylint: disable=g-import-not-at-top
   fn = jax.vmap(lambda state, tb, vb: search_step(problem, hp, state, tb, vb, update_alphas))
-  return jax.jit(fn, donate_argnums=(0,) if donate else ())
+  return jax.jit(fn, donate_argnums=(0,) if donate else (),
+                 compiler_options=xla_setup.cpu_compiler_options_without_ynn_reduce())

@@ -14,7 +14,6 @@ _USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, wd.
 
 def run(fn: Callable[[], object]) -> int:
   """Runs `fn`; a user-facing error becomes one line on stderr and exit status 1 (2 for divergence)."""
-  xla_setup.configure()
   xla_setup.enable_compilation_cache()
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO

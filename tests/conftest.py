@@ -10,10 +10,6 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from darts_jax import xla_setup  # pylint: disable=g-import-not-at-top
-
-xla_setup.configure()
-
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
