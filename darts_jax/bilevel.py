@@ -192,14 +192,20 @@ def search_step(problem: SearchProblem, hp: SearchHParams, state: SearchState, t
     metrics.update(val_loss=val_loss, val_acc=val_acc, alpha_grad_norm=optax.global_norm(g_a))
   (_, (loss, acc)), g_w = jax.value_and_grad(
       _weight_step_loss(problem, state.params, alphas, train_batch, k_w, state.step), has_aux=True)(state.params)
-  w_updates, w_opt = weight_optimizer(hp).update(g_w, state.w_opt, state.params)
-  params = optax.apply_updates(state.params, w_updates)
-  metrics.update(train_loss=loss, train_acc=acc, weight_grad_norm=optax.global_norm(g_w),
-                 lr=cosine_lr(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)(state.step))
-  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(params)) & jnp.isfinite(
-      optax.global_norm(alphas))
-  metrics["finite"] = finite
+  params, w_opt, more = _weight_update(hp, state.params, state.w_opt, alphas, g_w, loss, acc, state.step)
+  metrics.update(more)
   return SearchState(params, alphas, w_opt, a_opt, state.step + 1, rng), metrics
+
+
+def _weight_update(hp: SearchHParams, params, w_opt, alphas, g_w, loss, acc, step):
+  """The weight optimizer's step and the weight pass's metrics, incl. the ``finite`` flag of the new state."""
+  updates, w_opt = weight_optimizer(hp).update(g_w, w_opt, params)
+  params = optax.apply_updates(params, updates)
+  metrics = dict(train_loss=loss, train_acc=acc, weight_grad_norm=optax.global_norm(g_w),
+                 lr=cosine_lr(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)(step))
+  metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(params)) & jnp.isfinite(
+      optax.global_norm(alphas))
+  return params, w_opt, metrics
 
 
 def make_search_step(problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True,
@@ -279,12 +285,7 @@ class SharedPassStep:
 
     def weight_update(params, w_opt, alphas, a_opt, step, rng, g_p, loss, acc):
       rng, _, _ = keys(rng)
-      updates, w_opt = weight_optimizer(hp).update(g_p, w_opt, params)
-      params = optax.apply_updates(params, updates)
-      metrics = dict(train_loss=loss, train_acc=acc, weight_grad_norm=optax.global_norm(g_p),
-                     lr=cosine_lr(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)(step))
-      metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(params)) & jnp.isfinite(
-          optax.global_norm(alphas))
+      params, w_opt, metrics = _weight_update(hp, params, w_opt, alphas, g_p, loss, acc, step)
       return SearchState(params, alphas, w_opt, a_opt, step + 1, rng), metrics
 
     self._grads = jax.jit(grads)

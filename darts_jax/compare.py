@@ -240,12 +240,7 @@ def random_search_run(config, run_dir: str) -> Dict[str, Any]:
   method = methods_lib.get_method(RANDOM)
   k_derive = jax.random.split(jax.random.PRNGKey(config.seed), 4)[3]   # the key search.search derives with
   arch = method.derive(None, space, key=k_derive)
-  text = search_lib.arch_text(arch)
-  wd.atomic_write(os.path.join(run_dir, "genotype.txt"), text + "\n")
-  if isinstance(arch, genotypes.Genotype):
-    wd.atomic_write(os.path.join(run_dir, "genotype.json"), genotypes.to_json(arch, indent=2) + "\n")
-  else:
-    wd.write_json(os.path.join(run_dir, "genotype.json"), {"nb201": text})
+  text = search_lib.write_architecture(run_dir, arch)
   summary = {"method": RANDOM, "space": space.name, "dataset": config.dataset, "seed": config.seed,
              "genotype": text, "search_seconds": 0.0, "val_acc": None, "supernet_params": None, "steps": 0,
              "note": "random-sampling baseline: no search, a uniformly random architecture from the seed",

@@ -79,6 +79,18 @@ def arch_text(arch) -> str:
   return nb201.arch_to_string(arch)
 
 
+def write_architecture(workdir: str, arch) -> str:
+  """Writes ``genotype.txt`` and ``genotype.json`` (a DARTS genotype, or ``{"nb201": string}``) atomically;
+  returns the text form."""
+  text = arch_text(arch)
+  wd.atomic_write(os.path.join(workdir, "genotype.txt"), text + "\n")
+  if isinstance(arch, genotypes.Genotype):
+    wd.atomic_write(os.path.join(workdir, "genotype.json"), genotypes.to_json(arch, indent=2) + "\n")
+  else:
+    wd.write_json(os.path.join(workdir, "genotype.json"), {"nb201": text})
+  return text
+
+
 def _versions() -> Dict[str, str]:
   import flax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -154,7 +166,6 @@ def search(config, workdir: str) -> Dict[str, Any]:
     while step < total_steps:
       tb, vb = next(batches)
       fn = warm_fn if step < warmup_steps or step_fn is None else step_fn
-      t0 = time.perf_counter()
       state, metrics = fn(state, tb, vb)
       pending.append(metrics)
       step += 1
@@ -184,7 +195,6 @@ def search(config, workdir: str) -> Dict[str, Any]:
         last_good = step
         t_epoch = time.perf_counter()
         epoch_steps = 0
-      del t0
   finally:
     batches.close()
     if progress is not None:
@@ -224,14 +234,11 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
     arch, _ = method.select(key, space, score, config.get("num_candidates", 100))
   else:
     arch = method.derive(alphas, space, key=key)
-  text = arch_text(arch)
-  wd.atomic_write(os.path.join(workdir, "genotype.txt"), text + "\n")
+  text = write_architecture(workdir, arch)
   wd.write_json(os.path.join(workdir, "alphas.json"), {k: np.asarray(v).tolist() for k, v in alphas.items()})
   if isinstance(arch, genotypes.Genotype):
-    wd.atomic_write(os.path.join(workdir, "genotype.json"), genotypes.to_json(arch, indent=2) + "\n")
     visualize.plot_genotype(arch, os.path.join(workdir, "cells"))
   else:
-    wd.write_json(os.path.join(workdir, "genotype.json"), {"nb201": text})
     visualize.plot_nb201(text, os.path.join(workdir, "cell"))
   records = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r.get("phase") == "epoch"]
   if records:

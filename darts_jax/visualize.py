@@ -207,10 +207,15 @@ def _plan_cell(ops: Sequence[tuple[str, int]], concat: Sequence[int]) -> _CellPl
   for src, dst, op in sorted(outs, key=length) + sorted(edges, key=length):
     ctrl, label_pos = router.route(src, dst, op)
     arrows.append((ctrl, "#616161" if op is None else _op_color(op), op, label_pos))
+  return _CellPlan(boxes, arrows, _bounds(router, boxes))
+
+
+def _bounds(router: "_Router", boxes: dict[int, _Box]) -> tuple[float, float, float, float]:
+  """(x0, x1, y0, y1) around every routed curve, node box and label, with a margin."""
   pts = np.concatenate(router.curves + [np.array([[b.x - b.hw, b.y - b.hh], [b.x + b.hw, b.y + b.hh]])
                                         for b in list(boxes.values()) + router.labels])
   lo, hi = pts.min(axis=0) - 0.25, pts.max(axis=0) + 0.25
-  return _CellPlan(boxes, arrows, (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])))
+  return (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
 
 
 def _draw_cell(ax: Any, plan: _CellPlan, title: str, node_text: Any = None, node_face: Any = None) -> None:
@@ -240,25 +245,29 @@ def _draw_cell(ax: Any, plan: _CellPlan, title: str, node_text: Any = None, node
   ax.text(0.01, 1.0, title, transform=ax.transAxes, fontsize=10, ha="left", va="bottom")
 
 
+def _render(plan: _CellPlan, title: str, path_without_ext: str | os.PathLike, **draw_kwargs) -> list[str]:
+  """A figure sized to `plan` (drawing units at _INCH inches) with a title line, saved as PNG and SVG."""
+  from matplotlib.figure import Figure
+
+  x0, x1, y0, y1 = plan.bounds
+  title_h = 0.3
+  fig = Figure(figsize=((x1 - x0) * _INCH, (y1 - y0) * _INCH + title_h))
+  ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - title_h / ((y1 - y0) * _INCH + title_h)))
+  _draw_cell(ax, plan, title, **draw_kwargs)
+  return _save(fig, path_without_ext)
+
+
 def plot_cell(genotype: Genotype, which: str, path_without_ext: str | os.PathLike) -> list[str]:
   """Draws the `which` ('normal' or 'reduce') cell of `genotype` to ``<path>.png`` and ``<path>.svg``.
 
   Returns:
     The written paths.
   """
-  from matplotlib.figure import Figure
-
   if which not in ("normal", "reduce"):
     raise ValueError(f"which must be 'normal' or 'reduce', got {which!r}")
   g = canonical(genotype)
   ops, concat = (g.normal, g.normal_concat) if which == "normal" else (g.reduce, g.reduce_concat)
-  plan = _plan_cell(ops, concat)
-  x0, x1, y0, y1 = plan.bounds
-  title_h = 0.3
-  fig = Figure(figsize=((x1 - x0) * _INCH, (y1 - y0) * _INCH + title_h))
-  ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - title_h / ((y1 - y0) * _INCH + title_h)))
-  _draw_cell(ax, plan, f"{which} cell")
-  return _save(fig, path_without_ext)
+  return _render(_plan_cell(ops, concat), f"{which} cell", path_without_ext)
 
 
 def plot_genotype(genotype: Genotype, path_prefix: str | os.PathLike) -> list[str]:
@@ -272,7 +281,6 @@ def plot_nb201(arch: Any, path_without_ext: str | os.PathLike) -> list[str]:
   """Draws a NAS-Bench-201 cell (an arch string like ``|nor_conv_3x3~0|+|...|`` or a tuple of 6 ops in the
   space's edge order) to ``<path>.png`` and ``<path>.svg``: node 0 is the cell input, node 3 its output, and
   every edge i -> j carries its op (``none`` edges are drawn grey). Returns the written paths."""
-  from matplotlib.figure import Figure
   from darts_jax import nb201  # pylint: disable=g-import-not-at-top
 
   ops = nb201.parse_arch(arch) if isinstance(arch, str) else tuple(arch)
@@ -287,17 +295,10 @@ def plot_nb201(arch: Any, path_without_ext: str | os.PathLike) -> list[str]:
   for src, dst, op in edges:
     ctrl, label_pos = router.route(src, dst, op)
     arrows.append((ctrl, _op_color(op), op, label_pos))
-  pts = np.concatenate(router.curves + [np.array([[b.x - b.hw, b.y - b.hh], [b.x + b.hw, b.y + b.hh]])
-                                        for b in list(boxes.values()) + router.labels])
-  lo, hi = pts.min(axis=0) - 0.25, pts.max(axis=0) + 0.25
-  plan = _CellPlan(boxes, arrows, (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])))
-  x0, x1, y0, y1 = plan.bounds
-  title_h = 0.3
-  fig = Figure(figsize=((x1 - x0) * _INCH, (y1 - y0) * _INCH + title_h))
-  ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - title_h / ((y1 - y0) * _INCH + title_h)))
-  _draw_cell(ax, plan, "NAS-Bench-201 cell", node_text=lambda k: {0: "in", 3: "out"}.get(k, str(k)),
-             node_face=lambda k: _IN_COLOR if k == 0 else _OUT_COLOR if k == 3 else _NODE_COLOR)
-  return _save(fig, path_without_ext)
+  plan = _CellPlan(boxes, arrows, _bounds(router, boxes))
+  return _render(plan, "NAS-Bench-201 cell", path_without_ext,
+                 node_text=lambda k: {0: "in", 3: "out"}.get(k, str(k)),
+                 node_face=lambda k: _IN_COLOR if k == 0 else _OUT_COLOR if k == 3 else _NODE_COLOR)
 
 
 def _darts_steps(num_edges: int) -> int | None:

@@ -23,9 +23,8 @@ def cpu_compiler_options_without_ynn_reduce() -> Optional[Dict[str, str]]:
   return dict(YNN_DOTS_ONLY) if jax.default_backend() == "cpu" else None
 
 
-def default_cache_dir(environ=None) -> str:
-  environ = os.environ if environ is None else environ
-  base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+def default_cache_dir() -> str:
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return os.path.join(base, "darts_jax", "jit")
 
 
