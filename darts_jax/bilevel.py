@@ -1,8 +1,8 @@
 """Bilevel search steps: α on the validation batch, then the weights on the training batch.
 
 Everything is a pure function over an explicit `SearchState`; `make_search_step` returns one jitted step
-that donates the state and never leaves the device (or, with ``compile_once``, the same first-order step as
-one compiled network-gradient program used by both passes: about half the compile time). Hypergradient modes:
+that donates the state and never leaves the device (or, with ``compile_once``, the same step as one compiled
+network-gradient program called once per pass: less compile time and memory). Hypergradient modes:
 
 * ``first_order``: ∇α L_val(w, α).
 * ``second_order_exact``: the exact gradient of L_val(w′(α), α) through the unrolled weight step
@@ -212,9 +212,9 @@ def make_search_step(problem: SearchProblem, hp: SearchHParams, update_alphas: b
                      donate: bool = True, compile_once: bool = False):
   """The jitted step `(state, train_batch, val_batch) -> (state, metrics)`, state donated.
 
-  compile_once: run the step as `SharedPassStep` (first order only, same numbers up to float rounding): the
-    network's gradient is compiled once and serves both the α pass and the weight pass, which roughly halves
-    compile time at the price of computing weight gradients in the α pass too.
+  compile_once: run the step as `SharedPassStep` (same numbers up to float rounding): one compiled network
+    gradient serves every pass of the step (plus, for the exact second order, one Hessian-vector program),
+    which cuts compile time and peak memory at the price of computing weight gradients in the α passes too.
   """
   if compile_once:
     return SharedPassStep(problem, hp, update_alphas, donate)
@@ -223,9 +223,10 @@ def make_search_step(problem: SearchProblem, hp: SearchHParams, update_alphas: b
 
 
 def supports_compile_once(problem: SearchProblem, hp: SearchHParams) -> bool:
-  """Whether `make_search_step(..., compile_once=True)` can run this problem (first order, and the weight
-  pass takes its op weights from `arch_weights`)."""
-  return hp.hypergradient == "first_order" and problem.weight_arch_weights is None
+  """Whether `make_search_step(..., compile_once=True)` can run this problem (any hypergradient, as long as
+  the weight pass takes its op weights from `arch_weights`)."""
+  del hp
+  return problem.weight_arch_weights is None
 
 
 def _tree_vdot(a, b):
@@ -233,45 +234,73 @@ def _tree_vdot(a, b):
 
 
 class SharedPassStep:
-  """`search_step` (first order) as one compiled network-gradient program called twice, plus small programs.
+  """`search_step` as one compiled network-gradient program called once per pass, plus small programs.
 
-  The fused step holds two forward+backward passes of the supernet (α on the val batch, weights on the train
-  batch), so XLA compiles the network twice. Here `grads(params, op_weights, batch)` returns the loss and its
-  gradients with respect to both the weights and the op weights; the α pass uses the latter (chained back to
-  α through `problem.arch_weights` by a small program), the weight pass the former. Results equal
-  `search_step` up to float rounding (tested); the warm-up step (no α update) reuses the same program.
+  The fused step holds every forward+backward pass of the supernet in one program (two for first order, five
+  for the finite-difference second order), so XLA compiles the network that many times and may keep several
+  passes' activations alive at once. Here `grads(params, op_weights, batch)` returns the loss and its
+  gradients with respect to both the weights and the op weights, compiled once and called for every pass;
+  gradients with respect to op weights are chained back to α through `problem.arch_weights` by a small
+  program. The second-order hypergradients use
+  ∇α L_val(w′, α) − η·∇²_{α,w} L_train(w, α)·v with v = ∇w′ L_val(w′, α): `second_order_fd` estimates the
+  second term by finite differences of two more `grads` calls, `second_order_exact` computes it with one
+  Hessian-vector program (reverse over reverse through the training loss only), which is the exact gradient
+  through the unrolled step. Results equal `search_step` up to float rounding (tested); the warm-up step (no
+  α update) reuses the same program.
   """
 
   def __init__(self, problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True,
                donate: bool = True):
     if not supports_compile_once(problem, hp):
-      raise ValueError("compile_once needs the first-order hypergradient and a problem without "
-                       "weight_arch_weights; use the fused step (compile_once=False)")
+      raise ValueError("compile_once needs a problem without weight_arch_weights (e.g. SDARTS' perturbed "
+                       "weight pass); use the fused step (compile_once=False)")
     self.problem, self.hp, self.update_alphas = problem, hp, update_alphas
+    eta_at = cosine_lr(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)
 
     def grads(params, weights, batch):
       (loss, acc), (g_p, g_w) = jax.value_and_grad(
           lambda p, w: _forward(problem, p, w, batch), argnums=(0, 1), has_aux=True)(params, weights)
       return loss, acc, g_p, g_w
 
-    def keys(rng):
+    def hvp(params, weights, v, batch):
+      """∇ over the op weights of ∇w L(w, op weights)·v."""
+      def inner(w):
+        return _tree_vdot(jax.grad(lambda p: _forward(problem, p, w, batch)[0])(params), v)
+      return jax.grad(inner)(weights)
+
+    def keys(rng):   # the fused step's keys: α pass (val, unrolled train) and weight pass
       rng, k_arch, k_w = jax.random.split(rng, 3)
-      k_val, _ = jax.random.split(k_arch)
-      return rng, k_val, k_w
+      k_val, k_train = jax.random.split(k_arch)
+      return rng, k_val, k_train, k_w
 
-    def val_weights(alphas, rng, step):
-      _, k_val, _ = keys(rng)
-      return problem.arch_weights(alphas, k_val, step)
+    def arch_pass_weights(alphas, rng, step):
+      _, k_val, k_train, _ = keys(rng)
+      return problem.arch_weights(alphas, k_val, step), problem.arch_weights(alphas, k_train, step)
 
-    def alpha_update(alphas, a_opt, g_weights, rng, step):
-      _, k_val, k_w = keys(rng)
-      g_weights = jax.lax.stop_gradient(g_weights)
+    def unroll(params, w_opt, g_p, step):
+      eta = eta_at(step)
+      return jax.tree.map(lambda w, gw, mw: w - eta * (hp.w_momentum * mw + gw + hp.w_weight_decay * w),
+                          params, g_p, momentum_buffer(w_opt))
+
+    def fd_points(params, v):
+      r = hp.fd_r / optax.global_norm(v)
+      shifted = lambda sign: jax.tree.map(lambda w, d: w + sign * r * d, params, v)
+      return shifted(1.0), shifted(-1.0), r
+
+    def fd_difference(g_plus, g_minus, r):
+      return jax.tree.map(lambda p, m: (p - m) / (2 * r), g_plus, g_minus)
+
+    def alpha_update(alphas, a_opt, g_weights, h_weights, rng, step):
+      _, k_val, k_train, _ = keys(rng)
+      g_weights, h_weights = jax.lax.stop_gradient((g_weights, h_weights))
 
       def surrogate(a):   # its gradient is the chain rule through arch_weights, plus the regularizer's
         w = problem.arch_weights(a, k_val, step)
         out = _tree_vdot(g_weights, w)
         if problem.regularizer is not None:
           out = out + problem.regularizer(a, w, step)
+        if h_weights is not None:
+          out = out - eta_at(step) * _tree_vdot(h_weights, problem.arch_weights(a, k_train, step))
         return out
 
       g_a = jax.grad(surrogate)(alphas)
@@ -280,27 +309,46 @@ class SharedPassStep:
       return alphas, a_opt, optax.global_norm(g_a), train_weights(alphas, rng, step)
 
     def train_weights(alphas, rng, step):
-      _, _, k_w = keys(rng)
+      *_, k_w = keys(rng)
       return jax.lax.stop_gradient(problem.arch_weights(alphas, k_w, step))
 
     def weight_update(params, w_opt, alphas, a_opt, step, rng, g_p, loss, acc):
-      rng, _, _ = keys(rng)
+      rng, *_ = keys(rng)
       params, w_opt, metrics = _weight_update(hp, params, w_opt, alphas, g_p, loss, acc, step)
       return SearchState(params, alphas, w_opt, a_opt, step + 1, rng), metrics
 
     self._grads = jax.jit(grads)
-    self._val_weights = jax.jit(val_weights)
+    self._hvp = jax.jit(hvp)
+    self._arch_pass_weights = jax.jit(arch_pass_weights)
+    self._unroll = jax.jit(unroll)
+    self._fd_points = jax.jit(fd_points)
+    self._fd_difference = jax.jit(fd_difference)
     self._alpha_update = jax.jit(alpha_update)
     self._train_weights = jax.jit(train_weights)
     self._weight_update = jax.jit(weight_update, donate_argnums=(0, 1) if donate else ())
+
+  def _arch_pass(self, state: SearchState, train_batch, val_batch):
+    """(val loss, val accuracy, ∂L_val/∂op weights, the second-order term's op-weight factor or None)."""
+    w_val, w_tr = self._arch_pass_weights(state.alphas, state.rng, state.step)
+    if self.hp.hypergradient == "first_order":
+      val_loss, val_acc, _, g_w = self._grads(state.params, w_val, val_batch)
+      return val_loss, val_acc, g_w, None
+    _, _, g_p, _ = self._grads(state.params, w_tr, train_batch)
+    w2 = self._unroll(state.params, state.w_opt, g_p, state.step)
+    val_loss, val_acc, v, g_w = self._grads(w2, w_val, val_batch)
+    if self.hp.hypergradient == "second_order_exact":
+      return val_loss, val_acc, g_w, self._hvp(state.params, w_tr, v, train_batch)
+    w_plus, w_minus, r = self._fd_points(state.params, v)
+    g_plus = self._grads(w_plus, w_tr, train_batch)[3]
+    g_minus = self._grads(w_minus, w_tr, train_batch)[3]
+    return val_loss, val_acc, g_w, self._fd_difference(g_plus, g_minus, r)
 
   def __call__(self, state: SearchState, train_batch, val_batch) -> Tuple[SearchState, Dict[str, jax.Array]]:
     metrics = {}
     alphas, a_opt = state.alphas, state.a_opt
     if self.update_alphas:
-      w_val = self._val_weights(alphas, state.rng, state.step)
-      val_loss, val_acc, _, g_w = self._grads(state.params, w_val, val_batch)
-      alphas, a_opt, g_norm, w_train = self._alpha_update(alphas, a_opt, g_w, state.rng, state.step)
+      val_loss, val_acc, g_w, h_w = self._arch_pass(state, train_batch, val_batch)
+      alphas, a_opt, g_norm, w_train = self._alpha_update(alphas, a_opt, g_w, h_w, state.rng, state.step)
       metrics.update(val_loss=val_loss, val_acc=val_acc, alpha_grad_norm=g_norm)
     else:
       w_train = self._train_weights(alphas, state.rng, state.step)

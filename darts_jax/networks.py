@@ -85,8 +85,8 @@ class NetworkConfig:
                        "first cell a factorized reduce)")
     if not 0.0 <= self.drop_path_prob < 1.0:
       raise ValueError(f"drop_path_prob={self.drop_path_prob} must be in [0, 1)")
-    if self.dw_impl not in ("auto", "xla", "shift"):
-      raise ValueError(f"dw_impl={self.dw_impl!r}; use 'auto', 'xla' or 'shift'")
+    if self.dw_impl not in ("auto", "xla", "shift", "loop"):
+      raise ValueError(f"dw_impl={self.dw_impl!r}; use 'auto', 'xla', 'shift' or 'loop'")
 
   def __hash__(self):  # Genotype holds lists; hash its text so configs can be static jit arguments.
     return hash((genotypes.to_text(self.genotype), self.C, self.num_classes, self.layers, self.auxiliary,

@@ -198,20 +198,49 @@ def _dwl_fwd(x, w, stride, dilation, pad):
   return depthwise_conv_loop(x, w, stride, dilation, pad), (x, w)
 
 
+def _dwl_input_grad(g, w, x_shape, stride, dilation, pad):
+  """The input gradient of `depthwise_conv_loop`: a stride-1 depthwise convolution of the dilated, padded
+  output gradient with the flipped kernel."""
+  return depthwise_conv_loop(_input_grad_operand(g, x_shape, w.shape[0], stride, dilation, pad), w[::-1, ::-1],
+                             1, dilation, 0)
+
+
 def _dwl_bwd(stride, dilation, pad, res, g):
   x, w = res
-  k = w.shape[0]
+  return (_dwl_input_grad(g, w, x.shape, stride, dilation, pad),
+          depthwise_kernel_grad(x, g, w.shape[0], stride, dilation, pad))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def depthwise_kernel_grad(x, g, k, stride, dilation, pad):
+  """The kernel gradient of `depthwise_conv_loop`: per tap, Σ over (N, H, W) of input window × output gradient.
+
+  A primitive of its own (bilinear in x and g, with a VJP made of depthwise convolutions) so that second-order
+  derivatives never differentiate through its tap loop: JAX would store every iteration's input window, k²
+  activation-sized buffers per convolution (the exact second-order step ran out of memory that way)."""
   c = x.shape[-1]
-  dx = depthwise_conv_loop(_input_grad_operand(g, x.shape, k, stride, dilation, pad), w[::-1, ::-1], 1,
-                           dilation, 0)
   xp, ho, wo = _padded_input(x, k, stride, dilation, pad)
 
   def body(t, dw):
     tap = jnp.einsum("nhwc,nhwc->c", _tap_slice(xp, t, k, stride, dilation, ho, wo), g)
     return lax.dynamic_update_slice(dw, tap[None], (t, 0))
 
-  dw = lax.fori_loop(0, k * k, body, jnp.zeros((k * k, c), w.dtype))
-  return dx, dw.reshape(k, k, c)
+  return lax.fori_loop(0, k * k, body, jnp.zeros((k * k, c), x.dtype)).reshape(k, k, c)
+
+
+def _kg_fwd(x, g, k, stride, dilation, pad):
+  return depthwise_kernel_grad(x, g, k, stride, dilation, pad), (x, g)
+
+
+def _kg_bwd(k, stride, dilation, pad, res, dw_bar):
+  # dw[t] = Σ x_t · g, so x̄ = Σ_t shiftᵀ(g · dw̄[t]) (the input gradient of a convolution with kernel dw̄ at
+  # output gradient g) and ḡ = Σ_t x_t · dw̄[t] (the convolution of x with kernel dw̄).
+  x, g = res
+  return (_dwl_input_grad(g, dw_bar, x.shape, stride, dilation, pad),
+          depthwise_conv_loop(x, dw_bar, stride, dilation, pad))
+
+
+depthwise_kernel_grad.defvjp(_kg_fwd, _kg_bwd)
 
 
 depthwise_conv_loop.defvjp(_dwl_fwd, _dwl_bwd)

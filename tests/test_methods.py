@@ -4,6 +4,8 @@ XLA compile time dominates on CPU, so the mechanisms are checked on their pure f
 end-to-end test steps a toy network with the supernet's `apply(params, images, arch_weights)` interface; the
 same run on the real (tiny) supernet is marked slow (about a minute and a half of compilation per method).
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -421,14 +423,18 @@ def test_method_on_tiny_supernet(name):
   genotypes.validate(m.derive(state.alphas, DARTS_SPACE, key=KEY), DARTS_SPACE.primitives, steps=4)
 
 
-@pytest.mark.parametrize("name", ["darts", "gdas", "pcdarts", "drnas", "fairdarts", "beta_darts",
-                                  "darts_minus", "rsws"])
-def test_compile_once_step_equals_fused_step(name):
-  """`bilevel.SharedPassStep` (one compiled network gradient for both passes) gives the fused step's numbers
-  for every method it supports: random op weights (GDAS, DrNAS, RS-WS), regularizers (FairDARTS, β-DARTS),
-  edge factors (PC-DARTS), α-independent extras (DARTS-)."""
+@pytest.mark.parametrize("name,hypergradient", [
+    ("darts", "first_order"), ("gdas", "first_order"), ("pcdarts", "first_order"), ("drnas", "first_order"),
+    ("fairdarts", "first_order"), ("beta_darts", "first_order"), ("darts_minus", "first_order"),
+    ("rsws", "first_order"), ("darts", "second_order_fd"), ("darts", "second_order_exact"),
+    ("gdas", "second_order_exact"), ("beta_darts", "second_order_fd")])
+def test_compile_once_step_equals_fused_step(name, hypergradient):
+  """`bilevel.SharedPassStep` (one compiled network gradient for every pass) gives the fused step's numbers
+  for every method and hypergradient it supports: random op weights (GDAS, DrNAS, RS-WS), regularizers
+  (FairDARTS, β-DARTS), edge factors (PC-DARTS), α-independent extras (DARTS-), and both second orders
+  (finite differences, and the exact one through a Hessian-vector program)."""
   m = M.get_method(name)
-  hp = m.search_hparams(epochs=2, steps_per_epoch=2)
+  hp = dataclasses.replace(m.search_hparams(epochs=2, steps_per_epoch=2), hypergradient=hypergradient)
   problem = m.problem(_toy_apply, DARTS_SPACE, hp)
   assert bilevel.supports_compile_once(problem, hp)
   fused = bilevel.make_search_step(problem, hp, m.update_alphas, donate=False)
@@ -449,9 +455,9 @@ def test_compile_once_step_equals_fused_step(name):
   assert m.update_alphas == (not np.allclose(a.alphas["normal"], init().alphas["normal"]))
 
 
-def test_compile_once_refuses_second_order_and_weight_pass_hooks():
-  for name, hp in (("darts", bilevel.SearchHParams(hypergradient="second_order_exact")),
-                   ("sdarts_rs", bilevel.SearchHParams())):
+def test_compile_once_refuses_weight_pass_hooks():
+  for name, hp in (("sdarts_rs", bilevel.SearchHParams()),
+                   ("sdarts_rs", bilevel.SearchHParams(hypergradient="second_order_exact"))):
     m = M.get_method(name)
     problem = m.problem(_toy_apply, DARTS_SPACE, hp)
     assert not bilevel.supports_compile_once(problem, hp)
