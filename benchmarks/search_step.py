@@ -2,7 +2,7 @@
 
   python benchmarks/search_step.py                       # the configuration, all modes
   python benchmarks/search_step.py --C=8 --layers=5 --batch=32 --image=28 --in_channels=1 --modes=first_order
-  python benchmarks/search_step.py --modes=first_order --compile_once   # bilevel.SharedPassStep
+  python benchmarks/search_step.py --compile_once     # bilevel.SharedPassStep, every mode
 
 XLA flags are read from the environment as usual (e.g. XLA_FLAGS=--xla_backend_optimization_level=0), so
 layouts and flags can be compared with the same script. Prints one Markdown table row per mode.
@@ -28,7 +28,7 @@ _IN = flags.DEFINE_integer("in_channels", 3, "image channels")
 _MODES = flags.DEFINE_list("modes", list(bilevel.HYPERGRADIENTS), "hypergradient modes")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps after the first")
 _DW = flags.DEFINE_string("dw_impl", "auto", "depthwise implementation: auto, shift, loop or xla")
-_ONCE = flags.DEFINE_bool("compile_once", False, "first order as bilevel.SharedPassStep (one network program)")
+_ONCE = flags.DEFINE_bool("compile_once", False, "bilevel.SharedPassStep: one network-gradient program per pass")
 
 
 def _peak_rss_gb() -> float:
@@ -44,7 +44,7 @@ def run_mode(mode: str):
   state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   shape = (_BATCH.value, _IMAGE.value, _IMAGE.value, _IN.value)
   batch = {"image": jax.random.normal(key, shape), "label": jnp.arange(_BATCH.value) % 10}
-  once = _ONCE.value and mode == "first_order"
+  once = _ONCE.value
   step = bilevel.make_search_step(problem, hp, compile_once=once)
   t0 = time.perf_counter()
   if once:   # several small programs and one big one: time the first call, less one step, as trace+compile
