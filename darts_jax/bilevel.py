@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 Params = Dict[str, Any]
@@ -50,6 +51,29 @@ class SearchHParams:
       raise ValueError(f"unknown hypergradient {self.hypergradient!r}; choose one of {', '.join(HYPERGRADIENTS)}")
     if self.epochs < 1 or self.steps_per_epoch < 1:
       raise ValueError(f"epochs={self.epochs} and steps_per_epoch={self.steps_per_epoch} must be positive")
+
+
+# Set by the search config (epochs, steps_per_epoch) rather than overridden through `config.hparams`.
+_SCHEDULE_FIELDS = ("epochs", "steps_per_epoch")
+
+
+def hparams_config(**overrides) -> ml_collections.ConfigDict:
+  """A config block with one unset entry per `SearchHParams` field, so `--config.hparams.a_lr=3e-3` parses.
+
+  Unset entries (None) keep the method's default; `overrides` sets some (e.g. ``hypergradient="..."``).
+  """
+  c = ml_collections.ConfigDict()
+  for f in dataclasses.fields(SearchHParams):
+    if f.name not in _SCHEDULE_FIELDS:
+      c[f.name] = ml_collections.config_dict.placeholder(type(f.default))
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def hparams_overrides(block) -> Dict[str, Any]:
+  """The set entries of a `hparams_config` block (or of any mapping), for `Method.search_hparams(**...)`."""
+  return {k: v for k, v in dict(block or {}).items() if v is not None}
 
 
 def cosine_lr(lr_max: float, lr_min: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:

@@ -122,7 +122,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
 
   steps_per_epoch = config.get("steps_per_epoch") or len(w_idx) // config.batch_size
   hp = method.search_hparams(epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                             **dict(config.get("hparams", {}) or {}))
+                             **bilevel.hparams_overrides(config.get("hparams")))
   problem = method.problem(model.apply, space, hp)
   total_steps = hp.epochs * steps_per_epoch
   warmup_steps = min(method.warmup_epochs if config.get("warmup_epochs") is None else config.warmup_epochs,

@@ -182,4 +182,17 @@ def test_config_search_fields_are_accepted_by_the_search_hparams():
   from darts_jax import bilevel
   for arg in ("", "second", "exact"):
     c = _load_config_module("cifar10_search_darts").get_config(arg)
-    bilevel.SearchHParams(**dict(c.hparams))
+    bilevel.SearchHParams(**bilevel.hparams_overrides(c.hparams))
+
+
+def test_search_configs_take_any_search_hparam_from_the_command_line():
+  import dataclasses
+  from darts_jax import bilevel
+  from darts_jax import methods
+  fields = {f.name for f in dataclasses.fields(bilevel.SearchHParams)} - {"epochs", "steps_per_epoch"}
+  for name in ("fashion_search", "cifar10_search_darts"):
+    c = _load_config_module(name).get_config("")
+    assert set(c.hparams.keys()) == fields, name
+    c.hparams.a_lr = 3e-3   # what --config.hparams.a_lr=3e-3 does; unset fields keep the method's values
+    hp = methods.get_method("pcdarts").search_hparams(**bilevel.hparams_overrides(c.hparams))
+    assert hp.a_lr == 3e-3 and hp.w_lr == methods.get_method("pcdarts").search_hparams().w_lr != 0.025

@@ -16,6 +16,8 @@ prepared (``--config.data_dir`` names the TFDS directory).
 """
 import ml_collections
 
+from darts_jax import bilevel
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -34,7 +36,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval_examples = 0         # val examples scored after each epoch (0: the whole α half)
   c.seed = 0
   c.model = ml_collections.ConfigDict({"C": 16, "layers": 8, "N": 1})
-  c.hparams = ml_collections.ConfigDict({"hypergradient": "first_order"})  # SearchHParams overrides
+  c.hparams = bilevel.hparams_config(hypergradient="first_order")  # SearchHParams overrides
   c.compile_once = False   # one compiled network gradient for every pass (bilevel.SharedPassStep)
   c.num_candidates = 100
   c.log_every = 50

@@ -11,6 +11,8 @@ Override any field on the command line, e.g. ``--config.method=gdas --config.see
 """
 import ml_collections
 
+from darts_jax import bilevel
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -29,7 +31,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval_examples = 2_000     # val examples scored after each epoch (0: all)
   c.seed = 0
   c.model = ml_collections.ConfigDict({"C": 8, "layers": 5, "N": 1})
-  c.hparams = ml_collections.ConfigDict()   # SearchHParams overrides, e.g. hypergradient
+  c.hparams = bilevel.hparams_config()   # SearchHParams overrides, e.g. --config.hparams.a_lr=3e-3
   c.compile_once = False      # one compiled network gradient for every pass (bilevel.SharedPassStep)
   c.num_candidates = 100      # RS-WS: sampled architectures ranked on the supernet
   c.log_every = 10
