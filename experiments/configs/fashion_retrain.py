@@ -11,7 +11,9 @@ image test split after every epoch. Measured on a shared 2-core CPU: about 1.7 s
 156 steps ≈ 4.5 min per epoch plus an estimated 1.5 min of testing, about an hour in all. `genotype` defaults
 to DARTS_V2; pass the searched genotype (``--config.genotype=/path/genotype.json``) or ``random`` (with
 ``--config.seed``) for the random baseline.
-Expected: the test accuracy and wall time measured in the README's "Measured results" (fill from there).
+Measured (README, "Measured results"): with ``--config.subset=0 --config.epochs=4 --config.model.C=12
+--config.model.layers=6`` (all 60,000 images), 90.49 % test accuracy for the searched genotype (97,942
+parameters, 38 min) and 90.67 % for ``random`` seed 0 (99,646 parameters, 47 min) on a 2-core CPU.
 `:smoke` is a real run of about a minute on a CPU with every artifact written.
 """
 import ml_collections
