@@ -67,6 +67,8 @@ def hparams_config(**overrides) -> ml_collections.ConfigDict:
     if f.name not in _SCHEDULE_FIELDS:
       c[f.name] = ml_collections.config_dict.placeholder(type(f.default))
   for k, v in overrides.items():
+    if k not in c:
+      raise ValueError(f"unknown search hyperparameter {k!r}; choose from {', '.join(sorted(c))}")
     c[k] = v
   return c
 

@@ -196,3 +196,5 @@ def test_search_configs_take_any_search_hparam_from_the_command_line():
     c.hparams.a_lr = 3e-3   # what --config.hparams.a_lr=3e-3 does; unset fields keep the method's values
     hp = methods.get_method("pcdarts").search_hparams(**bilevel.hparams_overrides(c.hparams))
     assert hp.a_lr == 3e-3 and hp.w_lr == methods.get_method("pcdarts").search_hparams().w_lr != 0.025
+  with pytest.raises(ValueError, match="unknown search hyperparameter 'a_learning_rate'"):
+    bilevel.hparams_config(a_learning_rate=1e-3)
