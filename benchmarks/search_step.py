@@ -3,6 +3,7 @@
   python benchmarks/search_step.py                       # the issue's configuration, all modes
   python benchmarks/search_step.py --C=8 --layers=5 --batch=32 --image=28 --in_channels=1 --modes=first_order
   python benchmarks/search_step.py --compile_once     # bilevel.SharedPassStep, every mode
+  python benchmarks/search_step.py --compile_cells    # the same, one program per distinct cell shape
 
 XLA flags are read from the environment as usual (e.g. XLA_FLAGS=--xla_backend_optimization_level=0), so
 layouts and flags can be compared with the same script. Prints one Markdown table row per mode.
@@ -29,6 +30,8 @@ _MODES = flags.DEFINE_list("modes", list(bilevel.HYPERGRADIENTS), "hypergradient
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps after the first")
 _DW = flags.DEFINE_string("dw_impl", "auto", "depthwise implementation: auto, shift, loop or xla")
 _ONCE = flags.DEFINE_bool("compile_once", False, "bilevel.SharedPassStep: one network-gradient program per pass")
+_CELLS = flags.DEFINE_bool("compile_cells", False, "compile_once with supernet.cellwise_grads: one program "
+                           "per distinct cell shape")
 
 
 def _peak_rss_gb() -> float:
@@ -39,12 +42,13 @@ def run_mode(mode: str):
   cfg = supernet.SupernetConfig(C=_C.value, layers=_LAYERS.value, in_channels=_IN.value, dw_impl=_DW.value)
   hp = bilevel.SearchHParams(hypergradient=mode, steps_per_epoch=100)
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
-                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
+                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a),
+                                  grads=supernet.cellwise_grads(cfg) if _CELLS.value else None)
   key = jax.random.PRNGKey(0)
   state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   shape = (_BATCH.value, _IMAGE.value, _IMAGE.value, _IN.value)
   batch = {"image": jax.random.normal(key, shape), "label": jnp.arange(_BATCH.value) % 10}
-  once = _ONCE.value
+  once = _ONCE.value or _CELLS.value
   step = bilevel.make_search_step(problem, hp, compile_once=once)
   t0 = time.perf_counter()
   if once:   # several small programs and one big one: time the first call, less one step, as trace+compile
@@ -71,13 +75,13 @@ def run_mode(mode: str):
 def main(argv):
   del argv
   print(f"C={_C.value} layers={_LAYERS.value} batch={_BATCH.value} {_IMAGE.value}x{_IMAGE.value}x{_IN.value} "
-        f"dw_impl={_DW.value} compile_once={_ONCE.value} backend={jax.default_backend()} "
+        f"dw_impl={_DW.value} compile_once={_ONCE.value} compile_cells={_CELLS.value} backend={jax.default_backend()} "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print("| mode | trace s | compile s | s/step (median) | peak RSS GB |")
   print("|---|---|---|---|---|")
   for mode in _MODES.value:
     tr, co, st, mem = run_mode(mode)
-    label = f"{mode} (compile_once)" if tr is None else mode
+    label = mode if tr is not None else f"{mode} ({'compile_cells' if _CELLS.value else 'compile_once'})"
     trace = "(in compile)" if tr is None else f"{tr:.1f}"
     print(f"| {label} | {trace} | {co:.1f} | {st:.3f} | {mem:.2f} |", flush=True)
 

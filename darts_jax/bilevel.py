@@ -124,11 +124,15 @@ class SearchProblem(NamedTuple):
     where loss_fn(arch_weights) is the training loss at the current weights on the training batch (e.g.
     SDARTS' perturbed α). They are constants to the weight gradient. None: the weight step uses
     `arch_weights`, like the α step.
+  grads: optional (params, arch_weights, batch) -> (loss, accuracy, ∂params, ∂arch_weights) of `apply`'s
+    cross-entropy, computed otherwise than as one compiled program (`supernet.cellwise_grads`: one program
+    per distinct cell shape, chained); `SharedPassStep` calls it for every pass. None: jit of the gradient.
   """
   apply: Callable[..., jax.Array]
   arch_weights: Callable[..., Params]
   regularizer: Optional[Callable[..., jax.Array]] = None
   weight_arch_weights: Optional[Callable[..., Params]] = None
+  grads: Optional[Callable[..., Any]] = None
 
 
 def cross_entropy(logits, labels):
@@ -272,7 +276,8 @@ class SharedPassStep:
   second term by finite differences of two more `grads` calls, `second_order_exact` computes it with one
   Hessian-vector program (reverse over reverse through the training loss only), which is the exact gradient
   through the unrolled step. Results equal `search_step` up to float rounding (tested); the warm-up step (no
-  α update) reuses the same program.
+  α update) reuses the same program. A problem that carries its own `grads` (`supernet.cellwise_grads`:
+  one program per distinct cell shape, chained) has that called for every pass instead.
   """
 
   def __init__(self, problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True,
@@ -343,7 +348,7 @@ class SharedPassStep:
       params, w_opt, metrics = _weight_update(hp, params, w_opt, alphas, g_p, loss, acc, step)
       return SearchState(params, alphas, w_opt, a_opt, step + 1, rng), metrics
 
-    self._grads = jax.jit(grads)
+    self._grads = problem.grads if problem.grads is not None else jax.jit(grads)
     self._hvp = jax.jit(hvp)
     self._arch_pass_weights = jax.jit(arch_pass_weights)
     self._unroll = jax.jit(unroll)

@@ -42,6 +42,7 @@ class SearchModel:
   init: Any          # key -> params
   apply: Any         # (params, images, arch_weights) -> logits
   num_params: int
+  grads: Any = None  # the cell-by-cell network gradient (`supernet.cellwise_grads`), DARTS space only
 
 
 def build_model(config, method: methods_lib.Method, num_classes: int, image_shape) -> SearchModel:
@@ -61,7 +62,8 @@ def build_model(config, method: methods_lib.Method, num_classes: int, image_shap
     init = lambda k: supernet.init(k, cfg)
     apply = lambda p, x, a: supernet.apply(p, x, a, cfg)
   shapes = jax.eval_shape(init, key)
-  return SearchModel(space, init, apply, supernet.count_params(shapes))
+  grads = supernet.cellwise_grads(cfg) if space.name != "nb201" else None
+  return SearchModel(space, init, apply, supernet.count_params(shapes), grads)
 
 
 def _entropy(op_weights) -> float:
@@ -136,6 +138,8 @@ def search(config, workdir: str) -> Dict[str, Any]:
   log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True))
 
   once = bool(config.get("compile_once", False)) and bilevel.supports_compile_once(problem, hp)
+  if config.get("compile_cells", False) and bilevel.supports_compile_once(problem, hp) and model.grads:
+    problem, once = problem._replace(grads=model.grads), True
   if method.update_alphas and warmup_steps < total_steps:
     step_fn = bilevel.make_search_step(problem, hp, update_alphas=True, compile_once=once)
   else:

@@ -13,11 +13,13 @@ every edge leaving it. `none` costs nothing. The numbers are those of the refere
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from darts_jax import ops
 from darts_jax.search_space import DARTS_SPACE, SearchSpace
@@ -235,6 +237,35 @@ def softmax_weights(alphas: Params) -> Params:
   return {k: jax.nn.softmax(v, axis=-1) for k, v in alphas.items()}
 
 
+def _network_ctx(cfg: SupernetConfig, ctx: ops.Ctx) -> ops.Ctx:
+  return ctx._replace(train=True, dw_impl=cfg.dw_impl if ctx.dw_impl == "auto" else ctx.dw_impl)
+
+
+def _stem(stem_params, x, ctx):
+  s = ops.conv(x, stem_params["conv"], 1, 1)
+  return ops.batch_norm(s, stem_params["bn"], {}, ctx)[0]
+
+
+def _preprocess(cell_params, s0, s1, reduction_prev: bool, ctx):
+  if reduction_prev:
+    p0, _ = ops.factorized_reduce_apply(cell_params["pre0"], {}, s0, ctx)
+  else:
+    p0, _ = ops.relu_conv_bn_apply(cell_params["pre0"], {}, s0, 1, 0, ctx)
+  p1, _ = ops.relu_conv_bn_apply(cell_params["pre1"], {}, s1, 1, 0, ctx)
+  return p0, p1
+
+
+def _cell_body(cell_params, p0, p1, weights, edge_scale, space, reduction, ctx, partial_channels, multiplier):
+  nodes = mixed_cell_apply(cell_params, [p0, p1], weights, space, reduction, ctx, partial_channels, edge_scale)
+  return jnp.concatenate(nodes[-multiplier:], axis=-1)
+
+
+def _head(classifier, s, labels):
+  logits = jnp.mean(s, axis=(1, 2)) @ classifier["w"] + classifier["b"]
+  loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
 def apply(params: Params, x: jax.Array, arch_weights: Params, cfg: SupernetConfig,
           ctx: ops.Ctx = ops.Ctx()) -> jax.Array:
   """Logits of the supernet. `arch_weights` holds (num_edges, num_ops) op weights under "normal" and
@@ -242,25 +273,108 @@ def apply(params: Params, x: jax.Array, arch_weights: Params, cfg: SupernetConfi
 
   BatchNorm always uses the batch's statistics (the search network tracks no running statistics).
   """
-  ctx = ctx._replace(train=True, dw_impl=cfg.dw_impl if ctx.dw_impl == "auto" else ctx.dw_impl)
-  s = ops.conv(x, params["stem"]["conv"], 1, 1)
-  s, _ = ops.batch_norm(s, params["stem"]["bn"], {}, ctx)
-  s0 = s1 = s
+  ctx = _network_ctx(cfg, ctx)
+  s0 = s1 = _stem(params["stem"], x, ctx)
   reduction_prev = False
   for i, cell in enumerate(params["cells"]):
     reduction = i in cfg.reduction_layers
     kind = "reduce" if reduction else "normal"
-    if reduction_prev:
-      p0, _ = ops.factorized_reduce_apply(cell["pre0"], {}, s0, ctx)
-    else:
-      p0, _ = ops.relu_conv_bn_apply(cell["pre0"], {}, s0, 1, 0, ctx)
-    p1, _ = ops.relu_conv_bn_apply(cell["pre1"], {}, s1, 1, 0, ctx)
-    nodes = mixed_cell_apply(cell, [p0, p1], arch_weights[kind], cfg.space, reduction, ctx,
-                             cfg.partial_channels, arch_weights.get(kind + "_edge"))
-    s0, s1 = s1, jnp.concatenate(nodes[-cfg.multiplier:], axis=-1)
+    p0, p1 = _preprocess(cell, s0, s1, reduction_prev, ctx)
+    out = _cell_body(cell, p0, p1, arch_weights[kind], arch_weights.get(kind + "_edge"), cfg.space, reduction, ctx,
+                     cfg.partial_channels, cfg.multiplier)
+    s0, s1 = s1, out
     reduction_prev = reduction
   pooled = jnp.mean(s1, axis=(1, 2))
   return pooled @ params["classifier"]["w"] + params["classifier"]["b"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The network gradient cell by cell: one compiled program per distinct cell shape.
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _stem_fwd(stem_params, x, ctx):
+  return jax.vjp(lambda p: _stem(p, x, ctx), stem_params)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _preprocess_fwd(pre_params, s0, s1, reduction_prev, ctx):
+  return jax.vjp(lambda p, a, b: _preprocess(p, a, b, reduction_prev, ctx), pre_params, s0, s1)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
+def _body_fwd(body_params, p0, p1, weights, edge_scale, space, reduction, ctx, partial_channels, multiplier):
+  f = lambda p, a, b, w, e: _cell_body(p, a, b, w, e, space, reduction, ctx, partial_channels, multiplier)
+  return jax.vjp(f, body_params, p0, p1, weights, edge_scale)
+
+
+@jax.jit
+def _head_grads(classifier, s, labels):
+  (loss, acc), (g_cls, g_s) = jax.value_and_grad(_head, argnums=(0, 1), has_aux=True)(classifier, s, labels)
+  return loss, acc, g_cls, g_s
+
+
+@jax.jit
+def _pullback(vjp_fn, cotangent):
+  return vjp_fn(cotangent)
+
+
+@jax.jit
+def _add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx()):
+  """The supernet's loss gradient as a chain of small compiled programs, one per distinct cell shape.
+
+  Returns ``grads(params, arch_weights, batch) -> (loss, accuracy, ∂params, ∂arch_weights)``, the same
+  numbers as differentiating the cross-entropy of `apply` (up to float rounding). XLA compiles a network's
+  cells one by one when they are one program, although the normal cells of a stage have the same shapes;
+  here each cell's forward pass (returning its VJP with the residuals) and its backward pass are programs of
+  their own, cached by shape, so a stage's normal cells share them (5 cell bodies compiled instead of 8 at
+  8 layers) and every pass of a search step reuses them. Used by `bilevel.SharedPassStep` when the problem
+  carries it (``compile_cells`` in the search configs). The chain runs from Python, so it cannot itself be
+  traced by `jax.grad` or `jax.jit`.
+  """
+  ctx = _network_ctx(cfg, ctx)
+
+  def grads(params, arch_weights, batch):
+    stem_out, stem_vjp = _stem_fwd(params["stem"], batch["image"], ctx)
+    s0 = s1 = stem_out
+    tape = []
+    reduction_prev = False
+    for i, cell in enumerate(params["cells"]):
+      reduction = i in cfg.reduction_layers
+      kind = "reduce" if reduction else "normal"
+      pre = {"pre0": cell["pre0"], "pre1": cell["pre1"]}
+      (p0, p1), pre_vjp = _preprocess_fwd(pre, s0, s1, reduction_prev, ctx)
+      body = {k: v for k, v in cell.items() if k not in pre}
+      out, body_vjp = _body_fwd(body, p0, p1, arch_weights[kind], arch_weights.get(kind + "_edge"), cfg.space,
+                                reduction, ctx, cfg.partial_channels, cfg.multiplier)
+      tape.append((kind, pre_vjp, body_vjp))
+      s0, s1 = s1, out
+      reduction_prev = reduction
+    loss, acc, g_cls, g_out = _head_grads(params["classifier"], s1, batch["label"])
+
+    # cts[j]: cotangent of cell j's output (-1: the stem), summed over the (at most two) cells reading it
+    cts = {len(tape) - 1: g_out}
+    g_cells = [None] * len(tape)
+    g_arch = {}
+    for i in reversed(range(len(tape))):
+      kind, pre_vjp, body_vjp = tape[i]
+      g_body, g_p0, g_p1, g_w, g_e = _pullback(body_vjp, cts.pop(i))
+      g_pre, g_s0, g_s1 = _pullback(pre_vjp, (g_p0, g_p1))
+      g_cells[i] = {**g_body, **g_pre}
+      for name, g in ((kind, g_w), (kind + "_edge", g_e)):
+        if g is not None:
+          g_arch[name] = g if name not in g_arch else _add(g_arch[name], g)
+      for j, g in ((max(i - 2, -1), g_s0), (max(i - 1, -1), g_s1)):
+        cts[j] = g if j not in cts else _add(cts[j], g)
+    (g_stem,) = _pullback(stem_vjp, cts.pop(-1))
+    g_arch = {k: g_arch[k] if k in g_arch else jnp.zeros_like(v) for k, v in arch_weights.items()}
+    return loss, acc, {"stem": g_stem, "cells": g_cells, "classifier": g_cls}, g_arch
+
+  return grads
 
 
 def count_params(tree) -> int:

@@ -4,11 +4,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from darts_jax import bilevel
 from darts_jax import ops
 from darts_jax import supernet
-from darts_jax.search_space import DARTS_SPACE
+from darts_jax.search_space import DARTS_SPACE, SearchSpace
 
 TINY = supernet.SupernetConfig(C=4, layers=3, num_classes=3, in_channels=1)
+# a cut-down DARTS space (2 nodes, 4 primitives) for tests that compile several networks
+SMALL_SPACE = SearchSpace(name="small", primitives=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"),
+                          num_inputs=2, num_nodes=2)
 
 
 def test_alpha_shapes_and_edges():
@@ -72,3 +76,59 @@ def test_bad_inputs_raise_clear_errors():
     supernet.check_input(TINY, (2, 8, 8, 3))
   with pytest.raises(ValueError, match="unknown"):
     ops.get_op("sep_conv_9x9")
+
+
+def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
+  """`supernet.cellwise_grads` chains one forward and one backward program per distinct cell shape: it gives
+  `jax.grad`'s numbers through `apply` for the weights and the op weights (here with PC-DARTS' partial
+  channels and edge factors), and a stage's two normal cells run the same compiled body."""
+  cfg = supernet.SupernetConfig(C=4, layers=6, num_classes=3, in_channels=1, partial_channels=2, space=SMALL_SPACE,
+                                multiplier=2)
+  key = jax.random.PRNGKey(0)
+  params = supernet.init(key, cfg)
+  weights = supernet.softmax_weights(jax.tree.map(lambda a: 300.0 * a, supernet.init_alphas(key, cfg)))
+  weights["normal_edge"] = jax.random.uniform(jax.random.PRNGKey(1), (SMALL_SPACE.num_edges,))
+  weights["reduce_edge"] = jax.random.uniform(jax.random.PRNGKey(2), (SMALL_SPACE.num_edges,))
+  batch = {"image": jax.random.normal(key, (4, 8, 8, 1)), "label": jnp.array([0, 1, 2, 0])}
+
+  def loss(p, w):
+    logits = supernet.apply(p, batch["image"], w, cfg)
+    return bilevel.cross_entropy(logits, batch["label"]), jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+
+  (want_loss, want_acc), want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, weights)
+  bodies = supernet._body_fwd._cache_size()
+  got_loss, got_acc, *got = supernet.cellwise_grads(cfg)(params, weights, batch)
+  # 6 cells: normal, normal | reduce, normal | reduce, normal -> 5 distinct bodies
+  assert supernet._body_fwd._cache_size() - bodies == 5
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+  assert float(got_acc) == float(want_acc)
+  assert jax.tree.structure(tuple(got)) == jax.tree.structure(want)
+  for g, w in zip(jax.tree.leaves(tuple(got)), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(w))))
+  assert float(np.max(np.abs(got[1]["normal_edge"]))) > 0
+
+
+@pytest.mark.parametrize("hypergradient", ["first_order", "second_order_fd"])
+def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradient):
+  """`bilevel.SharedPassStep` calls a problem's own `grads` for every pass: with the cell-by-cell gradient, a
+  DARTS step (first order, and finite differences with its five passes) equals the one-program gradient's."""
+  cfg = supernet.SupernetConfig(C=2, layers=3, num_classes=3, in_channels=1, space=SMALL_SPACE, multiplier=2)
+  hp = bilevel.SearchHParams(epochs=2, steps_per_epoch=2, hypergradient=hypergradient)
+  problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
+                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
+  once = bilevel.make_search_step(problem, hp, donate=False, compile_once=True)
+  cells = bilevel.make_search_step(problem._replace(grads=supernet.cellwise_grads(cfg)), hp, donate=False,
+                                   compile_once=True)
+  key = jax.random.PRNGKey(3)
+  init = lambda: bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
+  a, b = init(), init()
+  for i in range(2):
+    tb = {"image": jax.random.normal(jax.random.PRNGKey(10 + i), (4, 8, 8, 1)), "label": jnp.arange(4) % 3}
+    vb = {"image": jax.random.normal(jax.random.PRNGKey(20 + i), (4, 8, 8, 1)), "label": jnp.arange(4) % 3}
+    a, ma = once(a, tb, vb)
+    b, mb = cells(b, tb, vb)
+    for k in ma:
+      np.testing.assert_allclose(ma[k], mb[k], rtol=2e-5, atol=1e-6, err_msg=f"step {i} {k}")
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
+  assert not np.allclose(b.alphas["normal"], init().alphas["normal"])

@@ -38,6 +38,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({"C": 16, "layers": 8, "N": 1})
   c.hparams = bilevel.hparams_config(hypergradient="first_order")  # SearchHParams overrides
   c.compile_once = False   # one compiled network gradient for every pass (bilevel.SharedPassStep)
+  c.compile_cells = False   # compile_once, one program per distinct cell (supernet.cellwise_grads)
   c.num_candidates = 100
   c.log_every = 50
   c.progress = True

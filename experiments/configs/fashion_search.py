@@ -35,6 +35,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({"C": 8, "layers": 5, "N": 1})
   c.hparams = bilevel.hparams_config()   # SearchHParams overrides, e.g. --config.hparams.a_lr=3e-3
   c.compile_once = False      # one compiled network gradient for every pass (bilevel.SharedPassStep)
+  c.compile_cells = False      # compile_once, one program per distinct cell (supernet.cellwise_grads)
   c.num_candidates = 100      # RS-WS: sampled architectures ranked on the supernet
   c.log_every = 10
   c.progress = True
