@@ -21,11 +21,17 @@ def _second_order(conv, x, w, stride, dilation, pad):
   return jax.grad(g, (0, 1))(x, w)
 
 
-@pytest.mark.parametrize("impl", sorted(IMPLS))
+@pytest.mark.parametrize("impl", sorted(IMPLS) + ["loop_chunked"])
 @pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 1, 2)])
-def test_depthwise_second_order_matches_xla(impl, k, stride, dilation):
+def test_depthwise_second_order_matches_xla(impl, k, stride, dilation, monkeypatch):
   pad = dilation * (k - 1) // 2
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 8, 4))
+  if impl == "loop_chunked":  # chunks of one image: the loop over chunks with unrolled taps inside
+    monkeypatch.setattr(ops, "CHUNK_ELEMENTS", 1)
+    impl = "loop"
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 8, 4))  # a shape no other test traces
+    assert "dynamic_update_slice" in str(jax.make_jaxpr(lambda x: ops.depthwise_conv_loop(x, x[0, :k, :k],
+                                                                                            stride, dilation, pad))(x))
   w = jax.random.normal(jax.random.PRNGKey(1), (k, k, 4))
   want_y = ops.depthwise_conv_xla(x, w, stride, dilation, pad)
   np.testing.assert_allclose(IMPLS[impl](x, w, stride, dilation, pad), want_y, rtol=1e-5, atol=1e-5)
