@@ -9,9 +9,11 @@ stride 2, `none` as zeros of the stride's shape.
 `params` holds trainable arrays; `stats` holds BatchNorm running statistics (empty dicts when statistics are
 not tracked, as in the search network, where BatchNorm always normalizes with the batch's statistics).
 
-Depthwise convolutions have two implementations with the same numbers: XLA's grouped convolution (fast on
-GPU/TPU) and a sum of k² shifted multiply-adds with a hand-written VJP (XLA's CPU grouped convolution is
-slow, see `benchmarks/`). `Ctx.dw_impl` picks one; "auto" chooses by backend and kernel.
+Depthwise convolutions have several implementations with the same numbers: XLA's grouped convolution ("xla",
+fast on GPU/TPU) and sums of k² shifted multiply-adds with hand-written VJPs, unrolled ("shift"), as a loop
+over the taps ("loop") or as a loop over cache-sized chunks of images with the taps unrolled inside
+("chunked"); XLA's CPU grouped convolution is slow, see `benchmarks/`. `Ctx.dw_impl` picks one; "auto" is
+"xla" off CPU and "loop" on CPU (the supernet resolves its own "auto" to "chunked" on CPU).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ BN_MOMENTUM = 0.1
 
 class Ctx(NamedTuple):
   """How to run operations: `train` selects batch statistics (and updates running statistics when they are
-  tracked); `dw_impl` is "auto", "xla" or "shift" (see module docstring)."""
+  tracked); `dw_impl` is "auto", "xla", "shift", "loop" or "chunked" (see module docstring)."""
   train: bool = True
   dw_impl: str = "auto"
 
@@ -176,26 +178,25 @@ def _tap_slice(xp, t, k, stride, dilation, ho, wo):
   return win[:, ::stride, ::stride] if stride > 1 else win
 
 
-# Output elements per edge in one chunk of the depthwise loops (64 KB of float32: a few chunks fit in L2).
+# Output elements per edge in one chunk of `dw_impl="chunked"` (64 KB of float32 per edge of a vmapped wave).
 CHUNK_ELEMENTS = 16384
 
 
-def _batch_chunk(n, ho, wo, c):
-  """Images per step of the depthwise loops: a divisor of n with about `CHUNK_ELEMENTS` output elements per
-  edge, so that the k² taps of a step read data that is still in cache."""
-  want = max(1, CHUNK_ELEMENTS // max(1, ho * wo * c))
+def _batch_chunk(n, ho, wo, c, chunk):
+  """Images per step of the depthwise loops: a divisor of n with about `chunk` output elements (0: all n)."""
+  if not chunk:
+    return n
+  want = max(1, chunk // max(1, ho * wo * c))
   return max(d for d in range(1, min(n, want) + 1) if n % d == 0)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
-def _looped_sum(xp, w, stride, dilation, ho, wo):
-  """Σ_taps shifted input × kernel tap. A batch larger than one chunk runs as a loop over chunks of images
-  with the k² taps unrolled (one fused kernel per chunk): on a 2-core CPU (8 edges × 64 images, 32×32×16,
-  5×5) 29 ms, vs 74 ms for a loop over the taps that streams the whole batch k² times. A batch that fits in
-  one chunk is in cache anyway: it keeps the tap loop, whose program is smaller. Jitted so that tracing the
-  unrolled taps happens once per shape, not at every call site."""
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _looped_sum(xp, w, stride, dilation, ho, wo, chunk):
+  """Σ_taps shifted input × kernel tap, as a loop over the taps, or (`chunk` > 0 and a batch larger than one
+  chunk) as a loop over chunks of images with the k² taps unrolled and fused inside. Jitted so that tracing
+  the unrolled taps happens once per shape, not at every call site."""
   n, c = xp.shape[0], xp.shape[-1]
-  nb = _batch_chunk(n, ho, wo, c)
+  nb = _batch_chunk(n, ho, wo, c, chunk)
   if nb == n:
     k = w.shape[0]
     wf = w.reshape(k * k, -1)
@@ -210,35 +211,40 @@ def _looped_sum(xp, w, stride, dilation, ho, wo):
   return lax.fori_loop(0, n // nb, chunk, jnp.zeros((n, ho, wo, c), xp.dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def depthwise_conv_loop(x, w, stride, dilation, pad):
-  """Depthwise convolution as a loop over chunks of images, the k² taps' multiply-adds fused inside: one small
-  loop body in the program instead of whole-batch unrolled multiply-adds, so a supernet with hundreds of
-  depthwise convolutions compiles fast, and each chunk stays in cache across its taps (the backward pass is
-  again such loops)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def depthwise_conv_loop(x, w, stride, dilation, pad, chunk=0):
+  """Depthwise convolution as a loop: one small loop body in the program instead of k² unrolled multiply-adds,
+  so a supernet with hundreds of depthwise convolutions compiles several times faster (the backward pass is
+  again such loops).
+
+  chunk: 0 loops over the k² taps, each streaming the whole batch. > 0 loops over chunks of images of about
+  `chunk` output elements with the taps unrolled and fused inside, so each chunk stays in cache across its
+  taps: on this 2-core CPU, for a vmapped wave of 8 edges × 64 images, 32×32×16, 5×5, forward 74 -> 29 ms
+  and kernel gradient 169 -> 81 ms; for one convolution of a final network (no edge axis), slower.
+  """
   xp, ho, wo = _padded_input(x, w.shape[0], stride, dilation, pad)
-  return _looped_sum(xp, w, stride, dilation, ho, wo)
+  return _looped_sum(xp, w, stride, dilation, ho, wo, chunk)
 
 
-def _dwl_fwd(x, w, stride, dilation, pad):
-  return depthwise_conv_loop(x, w, stride, dilation, pad), (x, w)
+def _dwl_fwd(x, w, stride, dilation, pad, chunk):
+  return depthwise_conv_loop(x, w, stride, dilation, pad, chunk), (x, w)
 
 
-def _dwl_input_grad(g, w, x_shape, stride, dilation, pad):
+def _dwl_input_grad(g, w, x_shape, stride, dilation, pad, chunk):
   """The input gradient of `depthwise_conv_loop`: a stride-1 depthwise convolution of the dilated, padded
   output gradient with the flipped kernel."""
   return depthwise_conv_loop(_input_grad_operand(g, x_shape, w.shape[0], stride, dilation, pad), w[::-1, ::-1],
-                             1, dilation, 0)
+                             1, dilation, 0, chunk)
 
 
-def _dwl_bwd(stride, dilation, pad, res, g):
+def _dwl_bwd(stride, dilation, pad, chunk, res, g):
   x, w = res
-  return (_dwl_input_grad(g, w, x.shape, stride, dilation, pad),
-          depthwise_kernel_grad(x, g, w.shape[0], stride, dilation, pad))
+  return (_dwl_input_grad(g, w, x.shape, stride, dilation, pad, chunk),
+          depthwise_kernel_grad(x, g, w.shape[0], stride, dilation, pad, chunk))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def depthwise_kernel_grad(x, g, k, stride, dilation, pad):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def depthwise_kernel_grad(x, g, k, stride, dilation, pad, chunk=0):
   """The kernel gradient of `depthwise_conv_loop`: per tap, Σ over (N, H, W) of input window × output gradient.
 
   A primitive of its own (bilinear in x and g, with a VJP made of depthwise convolutions) so that second-order
@@ -246,9 +252,9 @@ def depthwise_kernel_grad(x, g, k, stride, dilation, pad):
   activation-sized buffers per convolution (the exact second-order step ran out of memory that way)."""
   n, c = x.shape[0], x.shape[-1]
   xp, ho, wo = _padded_input(x, k, stride, dilation, pad)
-  nb = _batch_chunk(n, ho, wo, c)
+  nb = _batch_chunk(n, ho, wo, c, chunk)
 
-  def chunk(i, dw):  # chunks of images outside, taps inside: each chunk is read from cache k² times
+  def step(i, dw):  # chunks of images outside, taps inside: each chunk is read from cache k² times
     xc = lax.dynamic_slice_in_dim(xp, i * nb, nb, 0)
     gc = lax.dynamic_slice_in_dim(g, i * nb, nb, 0)
 
@@ -256,19 +262,19 @@ def depthwise_kernel_grad(x, g, k, stride, dilation, pad):
       return dw.at[t].add(jnp.sum(_tap_slice(xc, t, k, stride, dilation, ho, wo) * gc, axis=(0, 1, 2)))
     return lax.fori_loop(0, k * k, tap, dw)
 
-  return lax.fori_loop(0, n // nb, chunk, jnp.zeros((k * k, c), x.dtype)).reshape(k, k, c)
+  return lax.fori_loop(0, n // nb, step, jnp.zeros((k * k, c), x.dtype)).reshape(k, k, c)
 
 
-def _kg_fwd(x, g, k, stride, dilation, pad):
-  return depthwise_kernel_grad(x, g, k, stride, dilation, pad), (x, g)
+def _kg_fwd(x, g, k, stride, dilation, pad, chunk):
+  return depthwise_kernel_grad(x, g, k, stride, dilation, pad, chunk), (x, g)
 
 
-def _kg_bwd(k, stride, dilation, pad, res, dw_bar):
+def _kg_bwd(k, stride, dilation, pad, chunk, res, dw_bar):
   # dw[t] = Σ x_t · g, so x̄ = Σ_t shiftᵀ(g · dw̄[t]) (the input gradient of a convolution with kernel dw̄ at
   # output gradient g) and ḡ = Σ_t x_t · dw̄[t] (the convolution of x with kernel dw̄).
   x, g = res
-  return (_dwl_input_grad(g, dw_bar, x.shape, stride, dilation, pad),
-          depthwise_conv_loop(x, dw_bar, stride, dilation, pad))
+  return (_dwl_input_grad(g, dw_bar, x.shape, stride, dilation, pad, chunk),
+          depthwise_conv_loop(x, dw_bar, stride, dilation, pad, chunk))
 
 
 depthwise_kernel_grad.defvjp(_kg_fwd, _kg_bwd)
@@ -303,8 +309,10 @@ def depthwise_conv(x, w, stride, dilation, pad, ctx: Ctx):
   if impl == "xla":
     return depthwise_conv_xla(x, w, stride, dilation, pad)
   if impl == "loop":
-    return depthwise_conv_loop(x, w, stride, dilation, pad)
-  raise ValueError(f"unknown depthwise implementation {impl!r}; use 'auto', 'shift', 'loop' or 'xla'")
+    return depthwise_conv_loop(x, w, stride, dilation, pad, 0)
+  if impl == "chunked":
+    return depthwise_conv_loop(x, w, stride, dilation, pad, CHUNK_ELEMENTS)
+  raise ValueError(f"unknown depthwise implementation {impl!r}; use 'auto', 'shift', 'loop', 'chunked' or 'xla'")
 
 
 def _pool_windows(x, k, stride, pad, fill):

@@ -238,7 +238,12 @@ def softmax_weights(alphas: Params) -> Params:
 
 
 def _network_ctx(cfg: SupernetConfig, ctx: ops.Ctx) -> ops.Ctx:
-  return ctx._replace(train=True, dw_impl=cfg.dw_impl if ctx.dw_impl == "auto" else ctx.dw_impl)
+  dw_impl = cfg.dw_impl if ctx.dw_impl == "auto" else ctx.dw_impl
+  if dw_impl == "auto" and jax.default_backend() == "cpu":
+    # The supernet runs each op vmapped over a wave's edges, big enough for cache-sized chunks to pay
+    # (`ops.depthwise_conv_loop`): first-order step at C=16, 8 layers, batch 64, 32x32: 35.1 -> 25.9 s.
+    dw_impl = "chunked"
+  return ctx._replace(train=True, dw_impl=dw_impl)
 
 
 def _stem(stem_params, x, ctx):
