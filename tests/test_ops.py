@@ -45,7 +45,7 @@ def test_loop_second_order_does_not_store_every_tap():
   # (about 31x the input for a 5x5 kernel, measured); as its own custom-VJP primitive it needs about 7.5x.
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 16))
   w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 16))
-  f = lambda x, w: jnp.sum(jnp.sin(ops.depthwise_conv_loop(x, w, 1, 1, 2, ops.CHUNK_ELEMENTS)))
+  f = lambda x, w: jnp.sum(jnp.sin(ops.depthwise_conv_loop(x, w, 1, 1, 2, 16384)))
   h = lambda x, w: jax.grad(lambda x, w: jnp.sum(jax.grad(f, 1)(x, w) ** 2), 0)(x, w)
   temp = jax.jit(h).lower(x, w).compile().memory_analysis().temp_size_in_bytes
   assert temp < 12 * x.nbytes, temp / x.nbytes
