@@ -6,8 +6,8 @@ learning rate, α entropy, the genotype after every epoch, seconds per step), Te
 checkpoints of the whole state (weights, α, both optimizer states, step, rng; the data position is the step),
 and at the end ``alphas.json`` (the final α), ``genotype.json``, ``genotype.txt`` (DARTS text or the NB201
 string), ``cells_normal.png/.svg`` and ``cells_reduce.png/.svg`` (pictures of the cells), ``alphas.png/.svg``
-(op weights over the epochs) and ``summary.json``. Re-running on the same workdir resumes; NaN/Inf stops the run and keeps the last good
-checkpoint.
+(op weights over the epochs) and ``summary.json``. Re-running on the same workdir resumes; NaN/Inf stops the
+run and keeps the last good checkpoint.
 """
 from __future__ import annotations
 
