@@ -297,39 +297,52 @@ def apply(params: Params, x: jax.Array, arch_weights: Params, cfg: SupernetConfi
 # The network gradient cell by cell: one compiled program per distinct cell shape.
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
 def _stem_fwd(stem_params, x, ctx):
   return jax.vjp(lambda p: _stem(p, x, ctx), stem_params)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
 def _preprocess_fwd(pre_params, s0, s1, reduction_prev, ctx):
   return jax.vjp(lambda p, a, b: _preprocess(p, a, b, reduction_prev, ctx), pre_params, s0, s1)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7, 8, 9))
 def _body_fwd(body_params, p0, p1, weights, edge_scale, space, reduction, ctx, partial_channels, multiplier):
   f = lambda p, a, b, w, e: _cell_body(p, a, b, w, e, space, reduction, ctx, partial_channels, multiplier)
   return jax.vjp(f, body_params, p0, p1, weights, edge_scale)
 
 
-@jax.jit
 def _head_grads(classifier, s, labels):
   (loss, acc), (g_cls, g_s) = jax.value_and_grad(_head, argnums=(0, 1), has_aux=True)(classifier, s, labels)
   return loss, acc, g_cls, g_s
 
 
-@jax.jit
 def _pullback(vjp_fn, cotangent):
   return vjp_fn(cotangent)
 
 
-@jax.jit
 def _add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
-def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx()):
+class _CellPrograms(NamedTuple):
+  stem_fwd: Any
+  preprocess_fwd: Any
+  body_fwd: Any
+  head_grads: Any
+  pullback: Any
+  add: Any
+
+
+@functools.lru_cache(maxsize=None)
+def _cell_programs(opt_level: Optional[int]) -> _CellPrograms:
+  """The chain's jitted programs, one set per XLA backend optimization level (None: XLA's default), shared by
+  every `cellwise_grads` that uses it so that their compiled programs are too."""
+  options = None if opt_level is None else {"xla_backend_optimization_level": opt_level}
+  jit = lambda f, static=(): jax.jit(f, static_argnums=static, compiler_options=options)
+  return _CellPrograms(jit(_stem_fwd, (2,)), jit(_preprocess_fwd, (3, 4)), jit(_body_fwd, (5, 6, 7, 8, 9)),
+                       jit(_head_grads), jit(_pullback), jit(_add))
+
+
+def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level: Optional[int] = 1):
   """The supernet's loss gradient as a chain of small compiled programs, one per distinct cell shape.
 
   Returns ``grads(params, arch_weights, batch) -> (loss, accuracy, ∂params, ∂arch_weights)``, the same
@@ -340,11 +353,16 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx()):
   8 layers) and every pass of a search step reuses them. Used by `bilevel.SharedPassStep` when the problem
   carries it (``compile_cells`` in the search configs). The chain runs from Python, so it cannot itself be
   traced by `jax.grad` or `jax.jit`.
+
+  cpu_opt_level: XLA's backend optimization level for these programs on a CPU (None: XLA's default). Level 1
+  measured at C=16, 8 layers, batch 64, 32x32 (first order): 53.9 s of compilation and 27.7 s per step,
+  against 67.7 s and 26.7 s at the default level.
   """
   ctx = _network_ctx(cfg, ctx)
+  prog = _cell_programs(cpu_opt_level if jax.default_backend() == "cpu" else None)
 
   def grads(params, arch_weights, batch):
-    stem_out, stem_vjp = _stem_fwd(params["stem"], batch["image"], ctx)
+    stem_out, stem_vjp = prog.stem_fwd(params["stem"], batch["image"], ctx)
     s0 = s1 = stem_out
     tape = []
     reduction_prev = False
@@ -352,14 +370,14 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx()):
       reduction = i in cfg.reduction_layers
       kind = "reduce" if reduction else "normal"
       pre = {"pre0": cell["pre0"], "pre1": cell["pre1"]}
-      (p0, p1), pre_vjp = _preprocess_fwd(pre, s0, s1, reduction_prev, ctx)
+      (p0, p1), pre_vjp = prog.preprocess_fwd(pre, s0, s1, reduction_prev, ctx)
       body = {k: v for k, v in cell.items() if k not in pre}
-      out, body_vjp = _body_fwd(body, p0, p1, arch_weights[kind], arch_weights.get(kind + "_edge"), cfg.space,
-                                reduction, ctx, cfg.partial_channels, cfg.multiplier)
+      out, body_vjp = prog.body_fwd(body, p0, p1, arch_weights[kind], arch_weights.get(kind + "_edge"),
+                                    cfg.space, reduction, ctx, cfg.partial_channels, cfg.multiplier)
       tape.append((kind, pre_vjp, body_vjp))
       s0, s1 = s1, out
       reduction_prev = reduction
-    loss, acc, g_cls, g_out = _head_grads(params["classifier"], s1, batch["label"])
+    loss, acc, g_cls, g_out = prog.head_grads(params["classifier"], s1, batch["label"])
 
     # cts[j]: cotangent of cell j's output (-1: the stem), summed over the (at most two) cells reading it
     cts = {len(tape) - 1: g_out}
@@ -367,15 +385,15 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx()):
     g_arch = {}
     for i in reversed(range(len(tape))):
       kind, pre_vjp, body_vjp = tape[i]
-      g_body, g_p0, g_p1, g_w, g_e = _pullback(body_vjp, cts.pop(i))
-      g_pre, g_s0, g_s1 = _pullback(pre_vjp, (g_p0, g_p1))
+      g_body, g_p0, g_p1, g_w, g_e = prog.pullback(body_vjp, cts.pop(i))
+      g_pre, g_s0, g_s1 = prog.pullback(pre_vjp, (g_p0, g_p1))
       g_cells[i] = {**g_body, **g_pre}
       for name, g in ((kind, g_w), (kind + "_edge", g_e)):
         if g is not None:
-          g_arch[name] = g if name not in g_arch else _add(g_arch[name], g)
+          g_arch[name] = g if name not in g_arch else prog.add(g_arch[name], g)
       for j, g in ((max(i - 2, -1), g_s0), (max(i - 1, -1), g_s1)):
-        cts[j] = g if j not in cts else _add(cts[j], g)
-    (g_stem,) = _pullback(stem_vjp, cts.pop(-1))
+        cts[j] = g if j not in cts else prog.add(cts[j], g)
+    (g_stem,) = prog.pullback(stem_vjp, cts.pop(-1))
     g_arch = {k: g_arch[k] if k in g_arch else jnp.zeros_like(v) for k, v in arch_weights.items()}
     return loss, acc, {"stem": g_stem, "cells": g_cells, "classifier": g_cls}, g_arch
 
