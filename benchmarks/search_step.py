@@ -28,7 +28,7 @@ _IMAGE = flags.DEFINE_integer("image", 32, "image side")
 _IN = flags.DEFINE_integer("in_channels", 3, "image channels")
 _MODES = flags.DEFINE_list("modes", list(bilevel.HYPERGRADIENTS), "hypergradient modes")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps after the first")
-_DW = flags.DEFINE_string("dw_impl", "auto", "depthwise implementation: auto, shift, loop or xla")
+_DW = flags.DEFINE_string("dw_impl", "auto", "depthwise implementation: auto, shift, loop, chunked or xla")
 _ONCE = flags.DEFINE_bool("compile_once", False, "bilevel.SharedPassStep: one network-gradient program per pass")
 _CELLS = flags.DEFINE_bool("compile_cells", False, "compile_once with supernet.cellwise_grads: one program "
                            "per distinct cell shape")
@@ -75,7 +75,8 @@ def run_mode(mode: str):
 def main(argv):
   del argv
   print(f"C={_C.value} layers={_LAYERS.value} batch={_BATCH.value} {_IMAGE.value}x{_IMAGE.value}x{_IN.value} "
-        f"dw_impl={_DW.value} compile_once={_ONCE.value} compile_cells={_CELLS.value} backend={jax.default_backend()} "
+        f"dw_impl={_DW.value} compile_once={_ONCE.value} compile_cells={_CELLS.value} "
+        f"backend={jax.default_backend()} "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print("| mode | trace s | compile s | s/step (median) | peak RSS GB |")
   print("|---|---|---|---|---|")

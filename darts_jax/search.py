@@ -137,9 +137,10 @@ def search(config, workdir: str) -> Dict[str, Any]:
   state, start, elapsed = ckpt.restore_or_init(state)
   log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True))
 
-  once = bool(config.get("compile_once", False)) and bilevel.supports_compile_once(problem, hp)
-  if config.get("compile_cells", False) and bilevel.supports_compile_once(problem, hp) and model.grads:
-    problem, once = problem._replace(grads=model.grads), True
+  cells = bool(config.get("compile_cells", False)) and model.grads is not None
+  once = (bool(config.get("compile_once", False)) or cells) and bilevel.supports_compile_once(problem, hp)
+  if once and cells:
+    problem = problem._replace(grads=model.grads)
   if method.update_alphas and warmup_steps < total_steps:
     step_fn = bilevel.make_search_step(problem, hp, update_alphas=True, compile_once=once)
   else:

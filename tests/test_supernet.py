@@ -82,8 +82,8 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
   """`supernet.cellwise_grads` chains one forward and one backward program per distinct cell shape: it gives
   `jax.grad`'s numbers through `apply` for the weights and the op weights (here with PC-DARTS' partial
   channels and edge factors), and a stage's two normal cells run the same compiled body."""
-  cfg = supernet.SupernetConfig(C=4, layers=6, num_classes=3, in_channels=1, partial_channels=2, space=SMALL_SPACE,
-                                multiplier=2)
+  cfg = supernet.SupernetConfig(C=4, layers=6, num_classes=3, in_channels=1, partial_channels=2,
+                                space=SMALL_SPACE, multiplier=2)
   key = jax.random.PRNGKey(0)
   params = supernet.init(key, cfg)
   weights = supernet.softmax_weights(jax.tree.map(lambda a: 300.0 * a, supernet.init_alphas(key, cfg)))
@@ -118,8 +118,8 @@ def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradi
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
   once = bilevel.make_search_step(problem, hp, donate=False, compile_once=True)
-  cells = bilevel.make_search_step(problem._replace(grads=supernet.cellwise_grads(cfg, cpu_opt_level=None)), hp, donate=False,
-                                   compile_once=True)
+  cellwise = supernet.cellwise_grads(cfg, cpu_opt_level=None)
+  cells = bilevel.make_search_step(problem._replace(grads=cellwise), hp, donate=False, compile_once=True)
   key = jax.random.PRNGKey(3)
   init = lambda: bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   a, b = init(), init()
