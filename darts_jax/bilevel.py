@@ -17,6 +17,7 @@ search variants of `darts_jax.methods` share these steps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -124,9 +125,11 @@ class SearchProblem(NamedTuple):
     where loss_fn(arch_weights) is the training loss at the current weights on the training batch (e.g.
     SDARTS' perturbed α). They are constants to the weight gradient. None: the weight step uses
     `arch_weights`, like the α step.
-  grads: optional (params, arch_weights, batch) -> (loss, accuracy, ∂params, ∂arch_weights) of `apply`'s
-    cross-entropy, computed otherwise than as one compiled program (`supernet.cellwise_grads`: one program
-    per distinct cell shape, chained); `SharedPassStep` calls it for every pass. None: jit of the gradient.
+  grads: optional (params, arch_weights, batch, wrt_params=True) -> (loss, accuracy, ∂params, ∂arch_weights)
+    of `apply`'s cross-entropy, computed otherwise than as one compiled program (`supernet.cellwise_grads`:
+    one program per distinct cell shape, chained); `SharedPassStep` calls it for every pass, with
+    wrt_params=False (∂params None, and not computed) where only ∂arch_weights is used. None: jit of the
+    gradient.
   """
   apply: Callable[..., jax.Array]
   arch_weights: Callable[..., Params]
@@ -349,6 +352,10 @@ class SharedPassStep:
       return SearchState(params, alphas, w_opt, a_opt, step + 1, rng), metrics
 
     self._grads = problem.grads if problem.grads is not None else jax.jit(grads)
+    # Passes that only need ∂arch_weights skip the weight gradients where the problem's grads can
+    # (`supernet.cellwise_grads`); the one-program gradient is reused rather than compiling a second one.
+    self._arch_grads = (functools.partial(problem.grads, wrt_params=False) if problem.grads is not None
+                        else self._grads)
     self._hvp = jax.jit(hvp)
     self._arch_pass_weights = jax.jit(arch_pass_weights)
     self._unroll = jax.jit(unroll)
@@ -362,7 +369,7 @@ class SharedPassStep:
     """(val loss, val accuracy, ∂L_val/∂op weights, the second-order term's op-weight factor or None)."""
     w_val, w_tr = self._arch_pass_weights(state.alphas, state.rng, state.step)
     if self.hp.hypergradient == "first_order":
-      val_loss, val_acc, _, g_w = self._grads(state.params, w_val, val_batch)
+      val_loss, val_acc, _, g_w = self._arch_grads(state.params, w_val, val_batch)
       return val_loss, val_acc, g_w, None
     _, _, g_p, _ = self._grads(state.params, w_tr, train_batch)
     w2 = self._unroll(state.params, state.w_opt, g_p, state.step)
@@ -370,8 +377,8 @@ class SharedPassStep:
     if self.hp.hypergradient == "second_order_exact":
       return val_loss, val_acc, g_w, self._hvp(state.params, w_tr, v, train_batch)
     w_plus, w_minus, r = self._fd_points(state.params, v)
-    g_plus = self._grads(w_plus, w_tr, train_batch)[3]
-    g_minus = self._grads(w_minus, w_tr, train_batch)[3]
+    g_plus = self._arch_grads(w_plus, w_tr, train_batch)[3]
+    g_minus = self._arch_grads(w_minus, w_tr, train_batch)[3]
     return val_loss, val_acc, g_w, self._fd_difference(g_plus, g_minus, r)
 
   def __call__(self, state: SearchState, train_batch, val_batch) -> Tuple[SearchState, Dict[str, jax.Array]]:

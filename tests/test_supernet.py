@@ -81,7 +81,8 @@ def test_bad_inputs_raise_clear_errors():
 def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
   """`supernet.cellwise_grads` chains one forward and one backward program per distinct cell shape: it gives
   `jax.grad`'s numbers through `apply` for the weights and the op weights (here with PC-DARTS' partial
-  channels and edge factors), and a stage's two normal cells run the same compiled body."""
+  channels and edge factors), a stage's two normal cells run the same compiled body, and with
+  wrt_params=False it gives the same op-weight gradients without the weights' backward programs."""
   cfg = supernet.SupernetConfig(C=4, layers=6, num_classes=3, in_channels=1, partial_channels=2,
                                 space=SMALL_SPACE, multiplier=2)
   key = jax.random.PRNGKey(0)
@@ -107,6 +108,21 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
   for g, w in zip(jax.tree.leaves(tuple(got)), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(w))))
   assert float(np.max(np.abs(got[1]["normal_edge"]))) > 0
+  # Passes that need only ∂arch_weights (finite differences) skip the weights' backward programs.
+  pullbacks = supernet._cell_programs(None).pullback._cache_size()
+  arch_loss, _, no_params, arch = supernet.cellwise_grads(cfg, cpu_opt_level=None)(params, weights, batch,
+                                                                                   wrt_params=False)
+  assert no_params is None and supernet._cell_programs(None).pullback._cache_size() == pullbacks
+  np.testing.assert_allclose(arch_loss, got_loss, rtol=1e-6)
+  for g, w in zip(jax.tree.leaves(arch), jax.tree.leaves(got[1])):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7 * float(np.max(np.abs(w))))
+  # ...unless told to reuse the full backward programs (fewer programs to compile).
+  inputs_only = supernet._cell_programs(None).pullback_inputs._cache_size()
+  reused = supernet.cellwise_grads(cfg, cpu_opt_level=None, arch_only_programs=False)(params, weights, batch,
+                                                                                      wrt_params=False)
+  assert reused[2] is None and supernet._cell_programs(None).pullback_inputs._cache_size() == inputs_only
+  for g, w in zip(jax.tree.leaves(reused[3]), jax.tree.leaves(got[1])):
+    np.testing.assert_array_equal(g, w)
 
 
 @pytest.mark.parametrize("hypergradient", ["first_order", "second_order_fd"])
