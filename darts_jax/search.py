@@ -141,6 +141,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   once = (bool(config.get("compile_once", False)) or cells) and bilevel.supports_compile_once(problem, hp)
   if once and cells:
     problem = problem._replace(grads=model.grads)
+  step_program = "compile_cells" if once and cells else "compile_once" if once else "fused"
   if method.update_alphas and warmup_steps < total_steps:
     step_fn = bilevel.make_search_step(problem, hp, update_alphas=True, compile_once=once)
   else:
@@ -208,7 +209,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
     ckpt.close()
 
   return export(config, workdir, method, model, state, train, mean, std, val_eval_idx, eval_fn, elapsed,
-                k_derive)
+                k_derive, step_program)
 
 
 def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std):
@@ -222,7 +223,8 @@ def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std):
   return tot_loss / max(count, 1), tot_correct / max(count, 1)
 
 
-def export(config, workdir, method, model, state, train, mean, std, val_idx, eval_fn, elapsed, key):
+def export(config, workdir, method, model, state, train, mean, std, val_idx, eval_fn, elapsed, key,
+           step_program: str = "fused"):
   """Writes the final architecture, its pictures, the α history plot and the summary."""
   from darts_jax import visualize  # pylint: disable=g-import-not-at-top
   alphas = jax.device_get(state.alphas)
@@ -252,8 +254,9 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
   summary = {"method": config.method, "space": space.name, "dataset": config.dataset, "seed": config.seed,
              "genotype": text, "search_seconds": elapsed,
              "val_acc": records[-1]["val_acc"] if records else None,
-             "supernet_params": model.num_params, "steps": int(state.step), "versions": _versions(),
-             "code_version": wd.code_version()}
+             "supernet_params": model.num_params, "steps": int(state.step),
+             "step_program": step_program,
+             "versions": _versions(), "code_version": wd.code_version()}
   wd.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 

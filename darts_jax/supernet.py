@@ -366,10 +366,10 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level:
 
   wrt_params=False: ∂params is None; for the passes that only need ∂arch_weights (the α pass of first order,
   the two perturbed passes of finite differences). With arch_only_programs, such passes run backward programs
-  without the weights' cotangents, which leave out the kernel gradients: a third less time per pass, but
-  programs of their own to compile. At C=16, 8 layers, batch 64, 32x32 (`compile_cells`, level 1), first
-  order: 74.2 s of compilation and 23.3 s per step, against 56.7 s and 26.9 s without them; finite
-  differences: 89.5 s and 51.9 s per step, against 59.6 s and 62.8 s.
+  without the weights' cotangents, which leave out the kernel gradients: faster passes, but programs of
+  their own to compile. At C=16, 8 layers, batch 64, 32x32 (`compile_cells`, level 1), first order: 74.2 s
+  of compilation and 23.3 s per step, against 56.9 s and 26.1 s without them; finite differences: 89.5 s
+  and 51.9 s per step, against 59.6 s and 62.8 s.
 
   cpu_opt_level: XLA's backend optimization level for these programs on a CPU (None: XLA's default). Level 1
   measured at C=16, 8 layers, batch 64, 32x32 (first order step, `compile_cells`): 56.7 s of compilation and

@@ -53,17 +53,6 @@ def _check_artifacts(workdir, epochs):
 
 
 @pytest.mark.skipif(not os.path.exists(FASHION), reason="Debian package dataset-fashion-mnist not installed")
-def test_fashion_search_writes_every_artifact_and_resumes_without_retraining(tmp_path):
-  workdir = str(tmp_path / "run")
-  summary = search.search(_smoke(), workdir)
-  g, saved = _check_artifacts(workdir, epochs=2)
-  assert genotypes.to_text(g) == summary["genotype"] == saved["genotype"]
-  n_records = len(wd.read_metrics(os.path.join(workdir, "metrics.jsonl")))
-  again = search.search(_smoke(), workdir)  # finished run: resumes at the end, trains nothing
-  assert again["genotype"] == summary["genotype"] and again["steps"] == summary["steps"]
-  assert len(wd.read_metrics(os.path.join(workdir, "metrics.jsonl"))) == n_records
-
-
 def test_workdir_with_a_different_config_is_refused(tmp_path):
   wd.prepare(str(tmp_path), {"a": 1})
   with pytest.raises(wd.WorkdirError, match="different config"):
@@ -71,12 +60,14 @@ def test_workdir_with_a_different_config_is_refused(tmp_path):
   assert json.load(open(tmp_path / "config.json")) == {"a": 1}
 
 
-def test_tfds_mock_cifar10_search(tmp_path):
+def test_tfds_mock_cifar10_search_cell_by_cell(tmp_path):
+  """CIFAR-10 through TFDS' mock data, with the cell-by-cell step (`compile_cells`) end to end."""
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=64):
-    summary = search.search(_smoke(dataset="cifar10", subset=0), str(tmp_path / "run"))
+    summary = search.search(_smoke(dataset="cifar10", subset=0, compile_cells=True), str(tmp_path / "run"))
   g, _ = _check_artifacts(str(tmp_path / "run"), epochs=2)
   assert genotypes.to_text(g) == summary["genotype"]
+  assert summary["step_program"] == "compile_cells"
 
 
 def _script(workdir, *extra):
@@ -85,15 +76,27 @@ def _script(workdir, *extra):
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="2")
   cmd = [sys.executable, os.path.join(ROOT, "experiments", "search.py"),
          f"--config={os.path.join(ROOT, 'experiments', 'configs', 'fashion_search.py')}:smoke",
-         f"--workdir={workdir}", "--config.progress=False", "--config.epochs=3", *extra]
+         f"--workdir={workdir}", "--config.progress=False", *extra]
   return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.skipif(not os.path.exists(FASHION), reason="Debian package dataset-fashion-mnist not installed")
-def test_sigkill_mid_search_then_resume_equals_uninterrupted_run(tmp_path):
+def test_fashion_search_artifacts_resume_and_sigkill(tmp_path):
+  """A real Fashion-MNIST search writes every artifact; re-running a finished run trains nothing; a run killed
+  with SIGKILL mid-way (a real subprocess) resumes and ends with the uninterrupted run's genotype and α."""
+  straight = str(tmp_path / "straight")
+  summary = search.search(_smoke(), straight)
+  g, saved = _check_artifacts(straight, epochs=2)
+  assert genotypes.to_text(g) == summary["genotype"] == saved["genotype"]
+  assert summary["step_program"] == "fused"
+  n_records = len(wd.read_metrics(os.path.join(straight, "metrics.jsonl")))
+  again = search.search(_smoke(), straight)  # finished run: resumes at the end, trains nothing
+  assert again["genotype"] == summary["genotype"] and again["steps"] == summary["steps"]
+  assert len(wd.read_metrics(os.path.join(straight, "metrics.jsonl"))) == n_records
+
   killed = str(tmp_path / "killed")
   proc = _script(killed)
-  first = os.path.join(killed, "checkpoints", "3")
+  first = os.path.join(killed, "checkpoints", "3")  # the end of epoch 1 of 2
   deadline = time.time() + 900
   while not os.path.isdir(first) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.1)
@@ -106,11 +109,6 @@ def test_sigkill_mid_search_then_resume_equals_uninterrupted_run(tmp_path):
   assert resumed.returncode == 0, err[-2000:]
   steps = [r["step"] for r in wd.read_metrics(os.path.join(killed, "metrics.jsonl")) if r["phase"] == "search"]
   assert steps == sorted(set(steps)), "resumed log repeats or skips steps"
-
-  straight = str(tmp_path / "straight")
-  c = _smoke(epochs=3)
-  c.progress = False
-  search.search(c, straight)
   read = lambda d, f: open(os.path.join(d, f)).read()
   assert read(killed, "genotype.txt") == read(straight, "genotype.txt")
   a, b = json.loads(read(killed, "alphas.json")), json.loads(read(straight, "alphas.json"))
