@@ -247,7 +247,8 @@ def make_search_step(problem: SearchProblem, hp: SearchHParams, update_alphas: b
 
   compile_once: run the step as `SharedPassStep` (same numbers up to float rounding): one compiled network
     gradient serves every pass of the step (plus, for the exact second order, one Hessian-vector program),
-    which cuts compile time and peak memory at the price of computing weight gradients in the α passes too.
+    which cuts compile time and peak memory at the price of computing weight gradients in the α passes too
+    (unless the problem's own `grads` can skip them, as `supernet.cellwise_grads` does).
   """
   if compile_once:
     return SharedPassStep(problem, hp, update_alphas, donate)
