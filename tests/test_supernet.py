@@ -108,7 +108,7 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
   for g, w in zip(jax.tree.leaves(tuple(got)), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(w))))
   assert float(np.max(np.abs(got[1]["normal_edge"]))) > 0
-  # Passes that need only ∂arch_weights (finite differences) skip the weights' backward programs.
+  # Passes that need only ∂arch_weights (the α pass, finite differences) skip the weights' backward programs.
   pullbacks = supernet._cell_programs(None).pullback._cache_size()
   arch_loss, _, no_params, arch = supernet.cellwise_grads(cfg, cpu_opt_level=None)(params, weights, batch,
                                                                                    wrt_params=False)
