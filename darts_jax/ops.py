@@ -204,11 +204,11 @@ def _looped_sum(xp, w, stride, dilation, ho, wo, chunk):
                                  * lax.dynamic_index_in_dim(wf, t, keepdims=False))
     return lax.fori_loop(0, k * k, body, jnp.zeros((n, ho, wo, c), xp.dtype))
 
-  def chunk(i, out):
+  def step(i, out):
     xc = lax.dynamic_slice_in_dim(xp, i * nb, nb, 0)
     return lax.dynamic_update_slice_in_dim(out, _shifted_sum(xc, w, stride, dilation, ho, wo), i * nb, 0)
 
-  return lax.fori_loop(0, n // nb, chunk, jnp.zeros((n, ho, wo, c), xp.dtype))
+  return lax.fori_loop(0, n // nb, step, jnp.zeros((n, ho, wo, c), xp.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))

@@ -224,7 +224,7 @@ def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std):
 
 
 def export(config, workdir, method, model, state, train, mean, std, val_idx, eval_fn, elapsed, key,
-           step_program: str = "fused"):
+           step_program: str):
   """Writes the final architecture, its pictures, the α history plot and the summary."""
   from darts_jax import visualize  # pylint: disable=g-import-not-at-top
   alphas = jax.device_get(state.alphas)

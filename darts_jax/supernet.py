@@ -400,17 +400,18 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level:
     cts = {len(tape) - 1: g_out}
     g_cells = [None] * len(tape)
     g_arch = {}
+    if wrt_params or not arch_only_programs:
+      pull = prog.pullback
+    else:   # no weight cotangents: the programs leave out the kernel gradients
+      pull = lambda vjp_fn, ct: (None, *prog.pullback_inputs(vjp_fn, ct))
     for i in reversed(range(len(tape))):
       kind, pre_vjp, body_vjp = tape[i]
-      if wrt_params or not arch_only_programs:
-        g_body, g_p0, g_p1, g_w, g_e = prog.pullback(body_vjp, cts.pop(i))
-        g_pre, g_s0, g_s1 = prog.pullback(pre_vjp, (g_p0, g_p1))
+      g_body, g_p0, g_p1, g_w, g_e = pull(body_vjp, cts.pop(i))
+      g_s0 = g_s1 = None
+      if wrt_params or i >= 1:   # cell 0's inputs are the stem's output, whose cotangent only ∂params needs
+        g_pre, g_s0, g_s1 = pull(pre_vjp, (g_p0, g_p1))
+      if wrt_params:
         g_cells[i] = {**g_body, **g_pre}
-      else:
-        g_p0, g_p1, g_w, g_e = prog.pullback_inputs(body_vjp, cts.pop(i))
-        g_s0 = g_s1 = None
-        if i >= 1:   # the stem's cotangent is not needed
-          g_s0, g_s1 = prog.pullback_inputs(pre_vjp, (g_p0, g_p1))
       for name, g in ((kind, g_w), (kind + "_edge", g_e)):
         if g is not None:
           g_arch[name] = g if name not in g_arch else prog.add(g_arch[name], g)
