@@ -47,7 +47,8 @@ def run_mode(mode: str):
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a),
                                   grads=(supernet.cellwise_grads(cfg, arch_only_programs=_ARCH_ONLY.value)
-                                         if _CELLS.value else None))
+                                         if _CELLS.value else None),
+                                  hvp=supernet.cellwise_hvp(cfg) if _CELLS.value else None)
   key = jax.random.PRNGKey(0)
   state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   shape = (_BATCH.value, _IMAGE.value, _IMAGE.value, _IN.value)

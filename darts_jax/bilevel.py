@@ -130,12 +130,16 @@ class SearchProblem(NamedTuple):
     one program per distinct cell shape, chained); `SharedPassStep` calls it for every pass, with
     wrt_params=False (∂params None, and not computed) where only ∂arch_weights is used. None: jit of the
     gradient.
+  hvp: optional (params, arch_weights, v, batch) -> ∇_{arch_weights} ⟨∇params L, v⟩, the second-order term of
+    `second_order_exact` in `SharedPassStep`, computed otherwise than as one compiled program
+    (`supernet.cellwise_hvp`). None: jit of reverse-over-reverse differentiation of `apply`.
   """
   apply: Callable[..., jax.Array]
   arch_weights: Callable[..., Params]
   regularizer: Optional[Callable[..., jax.Array]] = None
   weight_arch_weights: Optional[Callable[..., Params]] = None
   grads: Optional[Callable[..., Any]] = None
+  hvp: Optional[Callable[..., Any]] = None
 
 
 def cross_entropy(logits, labels):
@@ -281,7 +285,8 @@ class SharedPassStep:
   Hessian-vector program (reverse over reverse through the training loss only), which is the exact gradient
   through the unrolled step. Results equal `search_step` up to float rounding (tested); the warm-up step (no
   α update) reuses the same program. A problem that carries its own `grads` (`supernet.cellwise_grads`:
-  one program per distinct cell shape, chained) has that called for every pass instead.
+  one program per distinct cell shape, chained) has that called for every pass instead, and its own `hvp`
+  (`supernet.cellwise_hvp`) for the exact second-order term.
   """
 
   def __init__(self, problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True,
@@ -357,7 +362,7 @@ class SharedPassStep:
     # (`supernet.cellwise_grads`); the one-program gradient is reused rather than compiling a second one.
     self._arch_grads = (functools.partial(problem.grads, wrt_params=False) if problem.grads is not None
                         else self._grads)
-    self._hvp = jax.jit(hvp)
+    self._hvp = problem.hvp if problem.hvp is not None else jax.jit(hvp)
     self._arch_pass_weights = jax.jit(arch_pass_weights)
     self._unroll = jax.jit(unroll)
     self._fd_points = jax.jit(fd_points)

@@ -43,6 +43,7 @@ class SearchModel:
   apply: Any         # (params, images, arch_weights) -> logits
   num_params: int
   grads: Any = None  # the cell-by-cell network gradient (`supernet.cellwise_grads`), DARTS space only
+  hvp: Any = None    # the cell-by-cell second-order term (`supernet.cellwise_hvp`), DARTS space only
 
 
 def build_model(config, method: methods_lib.Method, num_classes: int, image_shape) -> SearchModel:
@@ -62,8 +63,10 @@ def build_model(config, method: methods_lib.Method, num_classes: int, image_shap
     init = lambda k: supernet.init(k, cfg)
     apply = lambda p, x, a: supernet.apply(p, x, a, cfg)
   shapes = jax.eval_shape(init, key)
-  grads = supernet.cellwise_grads(cfg) if space.name != "nb201" else None
-  return SearchModel(space, init, apply, supernet.count_params(shapes), grads)
+  if space.name == "nb201":
+    return SearchModel(space, init, apply, supernet.count_params(shapes))
+  return SearchModel(space, init, apply, supernet.count_params(shapes), supernet.cellwise_grads(cfg),
+                     supernet.cellwise_hvp(cfg))
 
 
 def _entropy(op_weights) -> float:
@@ -140,7 +143,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   cells = bool(config.get("compile_cells", False)) and model.grads is not None
   once = (bool(config.get("compile_once", False)) or cells) and bilevel.supports_compile_once(problem, hp)
   if once and cells:
-    problem = problem._replace(grads=model.grads)
+    problem = problem._replace(grads=model.grads, hvp=model.hvp)
   step_program = "compile_cells" if once and cells else "compile_once" if once else "fused"
   if method.update_alphas and warmup_steps < total_steps:
     step_fn = bilevel.make_search_step(problem, hp, update_alphas=True, compile_once=once)

@@ -327,6 +327,40 @@ def _pullback_inputs(vjp_fn, cotangent):
   return vjp_fn(cotangent)[1:]
 
 
+def _vdot(a, b):
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _stem_jvp(stem_params, x, v, ctx):
+  return jax.jvp(lambda p: _stem(p, x, ctx), (stem_params,), (v,))[1]
+
+
+def _preprocess_dd(pre_params, s0, s1, ct, v, lam0, lam1, reduction_prev, ctx):
+  """Second-order sweep of a cell's preprocessing (see `cellwise_hvp`): the gradient with respect to its
+  inputs and its output cotangent of ⟨its VJP(ct), (v, λ0, λ1)⟩."""
+  def phi(a, b, c):
+    g_p, g_a, g_b = jax.vjp(lambda p, a, b: _preprocess(p, a, b, reduction_prev, ctx), pre_params, a, b)[1](c)
+    return _vdot(g_p, v) + _vdot(g_a, lam0) + _vdot(g_b, lam1)
+  return jax.grad(phi, argnums=(0, 1, 2))(s0, s1, ct)
+
+
+def _body_dd(body_params, p0, p1, weights, edge_scale, ct, v, lam0, lam1, space, reduction, ctx, partial_channels,
+             multiplier):
+  """`_preprocess_dd` for a cell body, whose op weights (and edge factors) get their second-order term too."""
+  def phi(a, b, w, e, c):
+    f = lambda p, a, b, w, e: _cell_body(p, a, b, w, e, space, reduction, ctx, partial_channels, multiplier)
+    g_p, g_a, g_b, _, _ = jax.vjp(f, body_params, a, b, w, e)[1](c)
+    return _vdot(g_p, v) + _vdot(g_a, lam0) + _vdot(g_b, lam1)
+  return jax.grad(phi, argnums=(0, 1, 2, 3, 4))(p0, p1, weights, edge_scale, ct)
+
+
+def _head_hvp(classifier, s, labels, v, lam):
+  def phi(s):
+    g_cls, g_s = jax.grad(lambda c, s: _head(c, s, labels)[0], argnums=(0, 1))(classifier, s)
+    return _vdot(g_cls, v) + _vdot(g_s, lam)
+  return jax.grad(phi)(s)
+
+
 def _add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
@@ -339,6 +373,10 @@ class _CellPrograms(NamedTuple):
   pullback: Any
   pullback_inputs: Any
   add: Any
+  stem_jvp: Any
+  preprocess_dd: Any
+  body_dd: Any
+  head_hvp: Any
 
 
 @functools.lru_cache(maxsize=None)
@@ -348,7 +386,47 @@ def _cell_programs(opt_level: Optional[int]) -> _CellPrograms:
   options = None if opt_level is None else {"xla_backend_optimization_level": opt_level}
   jit = lambda f, static=(): jax.jit(f, static_argnums=static, compiler_options=options)
   return _CellPrograms(jit(_stem_fwd, (2,)), jit(_preprocess_fwd, (3, 4)), jit(_body_fwd, (5, 6, 7, 8, 9)),
-                       jit(_head_grads), jit(_pullback), jit(_pullback_inputs), jit(_add))
+                       jit(_head_grads), jit(_pullback), jit(_pullback_inputs), jit(_add), jit(_stem_jvp, (3,)),
+                       jit(_preprocess_dd, (7, 8)), jit(_body_dd, (9, 10, 11, 12, 13)), jit(_head_hvp))
+
+
+class _Taped(NamedTuple):
+  """One cell of a forward pass run program by program: its inputs, preprocessed inputs and VJPs."""
+  kind: str
+  reduction_prev: bool
+  s0: jax.Array
+  s1: jax.Array
+  p0: jax.Array
+  p1: jax.Array
+  pre_vjp: Any
+  body_vjp: Any
+
+
+def _forward_tape(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, arch_weights, images,
+                  keep_inputs: bool = False):
+  """The forward pass cell by cell: (the stem's VJP, one `_Taped` per cell, the last cell's output). The
+  cells' inputs are kept only if asked (the VJPs hold what the backward pass needs)."""
+  stem_out, stem_vjp = prog.stem_fwd(params["stem"], images, ctx)
+  s0 = s1 = stem_out
+  tape = []
+  reduction_prev = False
+  for i, cell in enumerate(params["cells"]):
+    reduction = i in cfg.reduction_layers
+    kind = "reduce" if reduction else "normal"
+    pre, body = _split_cell(cell)
+    (p0, p1), pre_vjp = prog.preprocess_fwd(pre, s0, s1, reduction_prev, ctx)
+    out, body_vjp = prog.body_fwd(body, p0, p1, arch_weights[kind], arch_weights.get(kind + "_edge"),
+                                  cfg.space, reduction, ctx, cfg.partial_channels, cfg.multiplier)
+    inputs = (s0, s1, p0, p1) if keep_inputs else (None,) * 4
+    tape.append(_Taped(kind, reduction_prev, *inputs, pre_vjp, body_vjp))
+    s0, s1 = s1, out
+    reduction_prev = reduction
+  return stem_vjp, tape, s1
+
+
+def _split_cell(cell):
+  pre = {"pre0": cell["pre0"], "pre1": cell["pre1"]}
+  return pre, {k: v for k, v in cell.items() if k not in pre}
 
 
 def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level: Optional[int] = 1,
@@ -379,21 +457,7 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level:
   prog = _cell_programs(cpu_opt_level if jax.default_backend() == "cpu" else None)
 
   def grads(params, arch_weights, batch, wrt_params=True):
-    stem_out, stem_vjp = prog.stem_fwd(params["stem"], batch["image"], ctx)
-    s0 = s1 = stem_out
-    tape = []
-    reduction_prev = False
-    for i, cell in enumerate(params["cells"]):
-      reduction = i in cfg.reduction_layers
-      kind = "reduce" if reduction else "normal"
-      pre = {"pre0": cell["pre0"], "pre1": cell["pre1"]}
-      (p0, p1), pre_vjp = prog.preprocess_fwd(pre, s0, s1, reduction_prev, ctx)
-      body = {k: v for k, v in cell.items() if k not in pre}
-      out, body_vjp = prog.body_fwd(body, p0, p1, arch_weights[kind], arch_weights.get(kind + "_edge"),
-                                    cfg.space, reduction, ctx, cfg.partial_channels, cfg.multiplier)
-      tape.append((kind, pre_vjp, body_vjp))
-      s0, s1 = s1, out
-      reduction_prev = reduction
+    stem_vjp, tape, s1 = _forward_tape(prog, cfg, ctx, params, arch_weights, batch["image"])
     loss, acc, g_cls, g_out = prog.head_grads(params["classifier"], s1, batch["label"])
 
     # cts[j]: cotangent of cell j's output (-1: the stem), summed over the (at most two) cells reading it
@@ -405,7 +469,7 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level:
     else:   # no weight cotangents: the programs leave out the kernel gradients
       pull = lambda vjp_fn, ct: (None, *prog.pullback_inputs(vjp_fn, ct))
     for i in reversed(range(len(tape))):
-      kind, pre_vjp, body_vjp = tape[i]
+      kind, pre_vjp, body_vjp = tape[i].kind, tape[i].pre_vjp, tape[i].body_vjp
       g_body, g_p0, g_p1, g_w, g_e = pull(body_vjp, cts.pop(i))
       g_s0 = g_s1 = None
       if wrt_params or i >= 1:   # cell 0's inputs are the stem's output, whose cotangent only ∂params needs
@@ -425,6 +489,85 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level:
     return loss, acc, {"stem": g_stem, "cells": g_cells, "classifier": g_cls}, g_arch
 
   return grads
+
+
+def cellwise_hvp(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level: Optional[int] = 1):
+  """The second-order term of the exact DARTS hypergradient, cell by cell like `cellwise_grads`.
+
+  Returns ``hvp(params, arch_weights, v, batch) -> ∇_{arch_weights} ⟨∇_params L(params, arch_weights), v⟩``
+  for the cross-entropy L of `apply` (the mixed second derivative ∇²_{α,w} L·v of the hypergradient through
+  the unrolled weight step), equal to reverse-over-reverse differentiation of the whole network up to float
+  rounding, but without ever holding the whole network's double-backward program or its memory.
+
+  Reverse over reverse, unit by unit (stem, each cell's preprocessing, each cell body, the head): with the
+  forward pass x′ = F(x, p, a) and the backward pass's cotangents c, ⟨∇_p L, v⟩ is a sum of one term per
+  unit, ⟨VJP_F(c′), (v, λ)⟩ where λ is the adjoint of c. Differentiating that term gives three things: with
+  respect to c′, λ′ = J_x λ + J_p v (so λ travels forwards, as a tangent); with respect to x and a, direct
+  second-order terms. The x-terms are then carried back to the op weights by an ordinary backward pass. So a
+  call runs a forward pass, one backward pass for the cotangents, a forward sweep of one "double-backward"
+  program per distinct unit shape (`_preprocess_dd`, `_body_dd`) and a second backward pass; peak memory is
+  one forward pass's plus one cell's double-backward.
+  """
+  ctx = _network_ctx(cfg, ctx)
+  prog = _cell_programs(cpu_opt_level if jax.default_backend() == "cpu" else None)
+
+  def accumulate(into, key, value):
+    if value is not None:
+      into[key] = value if key not in into else prog.add(into[key], value)
+
+  def hvp(params, arch_weights, v, batch):
+    images, labels = batch["image"], batch["label"]
+    _, tape, last = _forward_tape(prog, cfg, ctx, params, arch_weights, images, keep_inputs=True)
+    n = len(tape)
+    *_, ct_last = prog.head_grads(params["classifier"], last, labels)
+    # The primal backward pass: every body's and every preprocessing's output cotangent.
+    cts, ct_body, ct_pre = {n - 1: ct_last}, [None] * n, [None] * n
+    for i in reversed(range(n)):
+      ct_body[i] = cts.pop(i)
+      g_p0, g_p1, _, _ = prog.pullback_inputs(tape[i].body_vjp, ct_body[i])
+      ct_pre[i] = (g_p0, g_p1)
+      if i >= 2:   # the first two cells read the stem, whose cotangent is not needed
+        g_s0, g_s1 = prog.pullback_inputs(tape[i].pre_vjp, ct_pre[i])
+        accumulate(cts, i - 2, g_s0)
+        accumulate(cts, i - 1, g_s1)
+      elif i == 1:
+        accumulate(cts, 0, prog.pullback_inputs(tape[i].pre_vjp, ct_pre[i])[1])
+    # Forward sweep: λ of every cell output (-1: the stem) and the direct second-order terms.
+    lam = {-1: prog.stem_jvp(params["stem"], images, v["stem"], ctx)}
+    mu, d_pre, out = {}, [None] * n, {}
+    for i, t in enumerate(tape):
+      pre, body = _split_cell(params["cells"][i])
+      v_pre, v_body = _split_cell(v["cells"][i])
+      j0, j1 = max(i - 2, -1), i - 1
+      d_s0, d_s1, (lam_p0, lam_p1) = prog.preprocess_dd(pre, t.s0, t.s1, ct_pre[i], v_pre, lam[j0], lam[j1],
+                                                        t.reduction_prev, ctx)
+      for j, d in ((j0, d_s0), (j1, d_s1)):
+        if j >= 0:
+          accumulate(mu, j, d)
+      reduction = t.kind == "reduce"
+      d_p0, d_p1, d_w, d_e, lam[i] = prog.body_dd(
+          body, t.p0, t.p1, arch_weights[t.kind], arch_weights.get(t.kind + "_edge"), ct_body[i], v_body, lam_p0,
+          lam_p1, cfg.space, reduction, ctx, cfg.partial_channels, cfg.multiplier)
+      d_pre[i] = (d_p0, d_p1)
+      accumulate(out, t.kind, d_w)
+      accumulate(out, t.kind + "_edge", d_e)
+      lam.pop(i - 2, None)
+    accumulate(mu, n - 1, prog.head_hvp(params["classifier"], last, labels, v["classifier"], lam[n - 1]))
+    del lam, ct_body, ct_pre
+    # Backward sweep: the second-order terms of the cells' inputs, carried back to the op weights.
+    for i in reversed(range(n)):
+      t = tape[i]
+      g_p0, g_p1, g_w, g_e = prog.pullback_inputs(t.body_vjp, mu.pop(i))
+      accumulate(out, t.kind, g_w)
+      accumulate(out, t.kind + "_edge", g_e)
+      if i >= 1:
+        g_s0, g_s1 = prog.pullback_inputs(t.pre_vjp, prog.add((g_p0, g_p1), d_pre[i]))
+        for j, g in ((i - 2, g_s0), (i - 1, g_s1)):
+          if j >= 0:
+            accumulate(mu, j, g)
+    return {k: out[k] if k in out else jnp.zeros_like(w) for k, w in arch_weights.items()}
+
+  return hvp
 
 
 def count_params(tree) -> int:

@@ -125,17 +125,47 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
     np.testing.assert_array_equal(g, w)
 
 
-@pytest.mark.parametrize("hypergradient", ["first_order", "second_order_fd"])
+def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
+  """`supernet.cellwise_hvp` (double-backward programs per distinct cell, chained forwards then backwards)
+  gives the mixed second derivative ∇_{op weights}⟨∇_params L, v⟩ of differentiating `apply` twice, here with
+  partial channels and edge factors, max pooling, a separable convolution and both kinds of preprocessing
+  (after a normal cell and after a reduction)."""
+  cfg = supernet.SupernetConfig(C=4, layers=3, num_classes=3, in_channels=1, partial_channels=2,
+                                space=SMALL_SPACE, multiplier=2)
+  key = jax.random.PRNGKey(0)
+  params = supernet.init(key, cfg)
+  weights = supernet.softmax_weights(jax.tree.map(lambda a: 300.0 * a, supernet.init_alphas(key, cfg)))
+  weights["normal_edge"] = jax.random.uniform(jax.random.PRNGKey(1), (SMALL_SPACE.num_edges,))
+  weights["reduce_edge"] = jax.random.uniform(jax.random.PRNGKey(2), (SMALL_SPACE.num_edges,))
+  batch = {"image": jax.random.normal(key, (4, 8, 8, 1)), "label": jnp.array([0, 1, 2, 0])}
+  leaves, tree = jax.tree.flatten(params)
+  v = jax.tree.unflatten(tree, [jax.random.normal(jax.random.PRNGKey(i), x.shape) for i, x in enumerate(leaves)])
+
+  def loss(p, w):
+    return bilevel.cross_entropy(supernet.apply(p, batch["image"], w, cfg), batch["label"])
+
+  want = jax.jit(jax.grad(lambda w: bilevel._tree_vdot(jax.grad(loss)(params, w), v)))(weights)
+  got = supernet.cellwise_hvp(cfg, cpu_opt_level=None)(params, weights, v, batch)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for k in want:
+    assert float(np.max(np.abs(want[k]))) > 0, k
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4 * float(np.max(np.abs(want[k]))),
+                               err_msg=k)
+
+
+@pytest.mark.parametrize("hypergradient", ["first_order", "second_order_fd", "second_order_exact"])
 def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradient):
-  """`bilevel.SharedPassStep` calls a problem's own `grads` for every pass: with the cell-by-cell gradient, a
-  DARTS step (first order, and finite differences with its five passes) equals the one-program gradient's."""
+  """`bilevel.SharedPassStep` calls a problem's own `grads` for every pass (and its own `hvp` for the exact
+  second order): with the cell-by-cell programs, a DARTS step (first order, finite differences with its five
+  passes, the exact second order) equals the one-program gradient's."""
   cfg = supernet.SupernetConfig(C=2, layers=3, num_classes=3, in_channels=1, space=SMALL_SPACE, multiplier=2)
   hp = bilevel.SearchHParams(epochs=2, steps_per_epoch=2, hypergradient=hypergradient)
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
   once = bilevel.make_search_step(problem, hp, donate=False, compile_once=True)
   cellwise = supernet.cellwise_grads(cfg, cpu_opt_level=None)
-  cells = bilevel.make_search_step(problem._replace(grads=cellwise), hp, donate=False, compile_once=True)
+  hvp = supernet.cellwise_hvp(cfg, cpu_opt_level=None)
+  cells = bilevel.make_search_step(problem._replace(grads=cellwise, hvp=hvp), hp, donate=False, compile_once=True)
   key = jax.random.PRNGKey(3)
   init = lambda: bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   a, b = init(), init()
