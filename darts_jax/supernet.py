@@ -470,6 +470,7 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level:
       pull = lambda vjp_fn, ct: (None, *prog.pullback_inputs(vjp_fn, ct))
     for i in reversed(range(len(tape))):
       kind, pre_vjp, body_vjp = tape[i].kind, tape[i].pre_vjp, tape[i].body_vjp
+      tape[i] = None   # frees the cell's residuals once its backward programs have run
       g_body, g_p0, g_p1, g_w, g_e = pull(body_vjp, cts.pop(i))
       g_s0 = g_s1 = None
       if wrt_params or i >= 1:   # cell 0's inputs are the stem's output, whose cotangent only ∂params needs
@@ -504,9 +505,10 @@ def cellwise_hvp(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level: O
   unit, ⟨VJP_F(c′), (v, λ)⟩ where λ is the adjoint of c. Differentiating that term gives three things: with
   respect to c′, λ′ = J_x λ + J_p v (so λ travels forwards, as a tangent); with respect to x and a, direct
   second-order terms. The x-terms are then carried back to the op weights by an ordinary backward pass. So a
-  call runs a forward pass, one backward pass for the cotangents, a forward sweep of one "double-backward"
-  program per distinct unit shape (`_preprocess_dd`, `_body_dd`) and a second backward pass; peak memory is
-  one forward pass's plus one cell's double-backward.
+  call runs a forward pass and one backward pass for the cotangents, a forward sweep of one "double-backward"
+  program per distinct unit shape (`_preprocess_dd`, `_body_dd`), and a second forward and backward pass;
+  peak memory is that of one forward and backward pass, or of one cell's double backward plus the cells'
+  inputs and cotangents, whichever is larger.
   """
   ctx = _network_ctx(cfg, ctx)
   prog = _cell_programs(cpu_opt_level if jax.default_backend() == "cpu" else None)
@@ -524,14 +526,19 @@ def cellwise_hvp(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level: O
     cts, ct_body, ct_pre = {n - 1: ct_last}, [None] * n, [None] * n
     for i in reversed(range(n)):
       ct_body[i] = cts.pop(i)
-      g_p0, g_p1, _, _ = prog.pullback_inputs(tape[i].body_vjp, ct_body[i])
+      t = tape[i]
+      # The double-backward programs recompute their own residuals: the forward pass's are freed as the
+      # backward pass goes, and recomputed for the last sweep, so that the peak holds one of the two.
+      tape[i] = t._replace(pre_vjp=None, body_vjp=None)
+      g_p0, g_p1, _, _ = prog.pullback_inputs(t.body_vjp, ct_body[i])
       ct_pre[i] = (g_p0, g_p1)
       if i >= 2:   # the first two cells read the stem, whose cotangent is not needed
-        g_s0, g_s1 = prog.pullback_inputs(tape[i].pre_vjp, ct_pre[i])
+        g_s0, g_s1 = prog.pullback_inputs(t.pre_vjp, ct_pre[i])
         accumulate(cts, i - 2, g_s0)
         accumulate(cts, i - 1, g_s1)
       elif i == 1:
-        accumulate(cts, 0, prog.pullback_inputs(tape[i].pre_vjp, ct_pre[i])[1])
+        accumulate(cts, 0, prog.pullback_inputs(t.pre_vjp, ct_pre[i])[1])
+      del t
     # Forward sweep: λ of every cell output (-1: the stem) and the direct second-order terms.
     lam = {-1: prog.stem_jvp(params["stem"], images, v["stem"], ctx)}
     mu, d_pre, out = {}, [None] * n, {}
@@ -555,8 +562,10 @@ def cellwise_hvp(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level: O
     accumulate(mu, n - 1, prog.head_hvp(params["classifier"], last, labels, v["classifier"], lam[n - 1]))
     del lam, ct_body, ct_pre
     # Backward sweep: the second-order terms of the cells' inputs, carried back to the op weights.
+    _, tape, _ = _forward_tape(prog, cfg, ctx, params, arch_weights, images)
     for i in reversed(range(n)):
       t = tape[i]
+      tape[i] = None
       g_p0, g_p1, g_w, g_e = prog.pullback_inputs(t.body_vjp, mu.pop(i))
       accumulate(out, t.kind, g_w)
       accumulate(out, t.kind + "_edge", g_e)
