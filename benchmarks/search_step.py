@@ -48,7 +48,7 @@ def run_mode(mode: str):
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a),
                                   grads=(supernet.cellwise_grads(cfg, arch_only_programs=_ARCH_ONLY.value)
                                          if _CELLS.value else None),
-                                  hvp=supernet.cellwise_hvp(cfg) if _CELLS.value else None)
+                                  grads_and_hvp=supernet.cellwise_grads_and_hvp(cfg) if _CELLS.value else None)
   key = jax.random.PRNGKey(0)
   state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   shape = (_BATCH.value, _IMAGE.value, _IMAGE.value, _IN.value)

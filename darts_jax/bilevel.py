@@ -130,16 +130,18 @@ class SearchProblem(NamedTuple):
     one program per distinct cell shape, chained); `SharedPassStep` calls it for every pass, with
     wrt_params=False (∂params None, and not computed) where only ∂arch_weights is used. None: jit of the
     gradient.
-  hvp: optional (params, arch_weights, v, batch) -> ∇_{arch_weights} ⟨∇params L, v⟩, the second-order term of
-    `second_order_exact` in `SharedPassStep`, computed otherwise than as one compiled program
-    (`supernet.cellwise_hvp`). None: jit of reverse-over-reverse differentiation of `apply`.
+  grads_and_hvp: optional (params, arch_weights, batch) -> (loss, accuracy, ∂params, ∂arch_weights, hvp) with
+    hvp(v) = ∇_{arch_weights} ⟨∇params L, v⟩ at the same point: the training pass of `second_order_exact` in
+    `SharedPassStep` and its second-order term, computed otherwise than as compiled programs of the whole
+    network (`supernet.cellwise_grads_and_hvp`). None: `grads`, and jit of reverse-over-reverse
+    differentiation of `apply`.
   """
   apply: Callable[..., jax.Array]
   arch_weights: Callable[..., Params]
   regularizer: Optional[Callable[..., jax.Array]] = None
   weight_arch_weights: Optional[Callable[..., Params]] = None
   grads: Optional[Callable[..., Any]] = None
-  hvp: Optional[Callable[..., Any]] = None
+  grads_and_hvp: Optional[Callable[..., Any]] = None
 
 
 def cross_entropy(logits, labels):
@@ -285,8 +287,8 @@ class SharedPassStep:
   Hessian-vector program (reverse over reverse through the training loss only), which is the exact gradient
   through the unrolled step. Results equal `search_step` up to float rounding (tested); the warm-up step (no
   α update) reuses the same program. A problem that carries its own `grads` (`supernet.cellwise_grads`:
-  one program per distinct cell shape, chained) has that called for every pass instead, and its own `hvp`
-  (`supernet.cellwise_hvp`) for the exact second-order term.
+  one program per distinct cell shape, chained) has that called for every pass instead, and its own
+  `grads_and_hvp` (`supernet.cellwise_grads_and_hvp`) for the exact second order's training pass and term.
   """
 
   def __init__(self, problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True,
@@ -362,7 +364,7 @@ class SharedPassStep:
     # (`supernet.cellwise_grads`); the one-program gradient is reused rather than compiling a second one.
     self._arch_grads = (functools.partial(problem.grads, wrt_params=False) if problem.grads is not None
                         else self._grads)
-    self._hvp = problem.hvp if problem.hvp is not None else jax.jit(hvp)
+    self._hvp = jax.jit(hvp)
     self._arch_pass_weights = jax.jit(arch_pass_weights)
     self._unroll = jax.jit(unroll)
     self._fd_points = jax.jit(fd_points)
@@ -377,11 +379,16 @@ class SharedPassStep:
     if self.hp.hypergradient == "first_order":
       val_loss, val_acc, _, g_w = self._arch_grads(state.params, w_val, val_batch)
       return val_loss, val_acc, g_w, None
-    _, _, g_p, _ = self._grads(state.params, w_tr, train_batch)
+    exact = self.hp.hypergradient == "second_order_exact"
+    if exact and self.problem.grads_and_hvp is not None:
+      _, _, g_p, _, hvp = self.problem.grads_and_hvp(state.params, w_tr, train_batch)
+    else:
+      _, _, g_p, _ = self._grads(state.params, w_tr, train_batch)
+      hvp = lambda v: self._hvp(state.params, w_tr, v, train_batch)
     w2 = self._unroll(state.params, state.w_opt, g_p, state.step)
     val_loss, val_acc, v, g_w = self._grads(w2, w_val, val_batch)
-    if self.hp.hypergradient == "second_order_exact":
-      return val_loss, val_acc, g_w, self._hvp(state.params, w_tr, v, train_batch)
+    if exact:
+      return val_loss, val_acc, g_w, hvp(v)
     w_plus, w_minus, r = self._fd_points(state.params, v)
     g_plus = self._arch_grads(w_plus, w_tr, train_batch)[3]
     g_minus = self._arch_grads(w_minus, w_tr, train_batch)[3]

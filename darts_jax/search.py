@@ -43,7 +43,7 @@ class SearchModel:
   apply: Any         # (params, images, arch_weights) -> logits
   num_params: int
   grads: Any = None  # the cell-by-cell network gradient (`supernet.cellwise_grads`), DARTS space only
-  hvp: Any = None    # the cell-by-cell second-order term (`supernet.cellwise_hvp`), DARTS space only
+  grads_and_hvp: Any = None   # ... and the exact second order's (`supernet.cellwise_grads_and_hvp`)
 
 
 def build_model(config, method: methods_lib.Method, num_classes: int, image_shape) -> SearchModel:
@@ -66,7 +66,7 @@ def build_model(config, method: methods_lib.Method, num_classes: int, image_shap
   if space.name == "nb201":
     return SearchModel(space, init, apply, supernet.count_params(shapes))
   return SearchModel(space, init, apply, supernet.count_params(shapes), supernet.cellwise_grads(cfg),
-                     supernet.cellwise_hvp(cfg))
+                     supernet.cellwise_grads_and_hvp(cfg))
 
 
 def _entropy(op_weights) -> float:
@@ -143,7 +143,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   cells = bool(config.get("compile_cells", False)) and model.grads is not None
   once = (bool(config.get("compile_once", False)) or cells) and bilevel.supports_compile_once(problem, hp)
   if once and cells:
-    problem = problem._replace(grads=model.grads, hvp=model.hvp)
+    problem = problem._replace(grads=model.grads, grads_and_hvp=model.grads_and_hvp)
   step_program = "compile_cells" if once and cells else "compile_once" if once else "fused"
   if method.update_alphas and warmup_steps < total_steps:
     step_fn = bilevel.make_search_step(problem, hp, update_alphas=True, compile_once=once)

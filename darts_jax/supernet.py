@@ -336,7 +336,7 @@ def _stem_jvp(stem_params, x, v, ctx):
 
 
 def _preprocess_dd(pre_params, s0, s1, ct, v, lam0, lam1, reduction_prev, ctx):
-  """Second-order sweep of a cell's preprocessing (see `cellwise_hvp`): the gradient with respect to its
+  """Second-order sweep of a cell's preprocessing (see `cellwise_grads_and_hvp`): the gradient with respect to its
   inputs and its output cotangent of ⟨its VJP(ct), (v, λ0, λ1)⟩."""
   def phi(a, b, c):
     g_p, g_a, g_b = jax.vjp(lambda p, a, b: _preprocess(p, a, b, reduction_prev, ctx), pre_params, a, b)[1](c)
@@ -457,126 +457,136 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level:
   prog = _cell_programs(cpu_opt_level if jax.default_backend() == "cpu" else None)
 
   def grads(params, arch_weights, batch, wrt_params=True):
-    stem_vjp, tape, s1 = _forward_tape(prog, cfg, ctx, params, arch_weights, batch["image"])
-    loss, acc, g_cls, g_out = prog.head_grads(params["classifier"], s1, batch["label"])
-
-    # cts[j]: cotangent of cell j's output (-1: the stem), summed over the (at most two) cells reading it
-    cts = {len(tape) - 1: g_out}
-    g_cells = [None] * len(tape)
-    g_arch = {}
-    if wrt_params or not arch_only_programs:
-      pull = prog.pullback
-    else:   # no weight cotangents: the programs leave out the kernel gradients
-      pull = lambda vjp_fn, ct: (None, *prog.pullback_inputs(vjp_fn, ct))
-    for i in reversed(range(len(tape))):
-      kind, pre_vjp, body_vjp = tape[i].kind, tape[i].pre_vjp, tape[i].body_vjp
-      tape[i] = None   # frees the cell's residuals once its backward programs have run
-      g_body, g_p0, g_p1, g_w, g_e = pull(body_vjp, cts.pop(i))
-      g_s0 = g_s1 = None
-      if wrt_params or i >= 1:   # cell 0's inputs are the stem's output, whose cotangent only ∂params needs
-        g_pre, g_s0, g_s1 = pull(pre_vjp, (g_p0, g_p1))
-      if wrt_params:
-        g_cells[i] = {**g_body, **g_pre}
-      for name, g in ((kind, g_w), (kind + "_edge", g_e)):
-        if g is not None:
-          g_arch[name] = g if name not in g_arch else prog.add(g_arch[name], g)
-      for j, g in ((max(i - 2, -1), g_s0), (max(i - 1, -1), g_s1)):
-        if j >= 0 or wrt_params:
-          cts[j] = g if j not in cts else prog.add(cts[j], g)
-    g_arch = {k: g_arch[k] if k in g_arch else jnp.zeros_like(v) for k, v in arch_weights.items()}
-    if not wrt_params:
-      return loss, acc, None, g_arch
-    (g_stem,) = prog.pullback(stem_vjp, cts.pop(-1))
-    return loss, acc, {"stem": g_stem, "cells": g_cells, "classifier": g_cls}, g_arch
+    return _chain_grads(prog, cfg, ctx, params, arch_weights, batch, wrt_params, arch_only_programs)[:4]
 
   return grads
 
 
-def cellwise_hvp(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level: Optional[int] = 1):
-  """The second-order term of the exact DARTS hypergradient, cell by cell like `cellwise_grads`.
+def cellwise_grads_and_hvp(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level: Optional[int] = 1):
+  """`cellwise_grads` at a point, plus the second-order term of the exact DARTS hypergradient there.
 
-  Returns ``hvp(params, arch_weights, v, batch) -> ∇_{arch_weights} ⟨∇_params L(params, arch_weights), v⟩``
-  for the cross-entropy L of `apply` (the mixed second derivative ∇²_{α,w} L·v of the hypergradient through
-  the unrolled weight step), equal to reverse-over-reverse differentiation of the whole network up to float
-  rounding, but without ever holding the whole network's double-backward program or its memory.
+  Returns ``fn(params, arch_weights, batch) -> (loss, accuracy, ∂params, ∂arch_weights, hvp)`` where
+  ``hvp(v) = ∇_{arch_weights} ⟨∇_params L(params, arch_weights), v⟩``, the mixed second derivative ∇²_{α,w}L·v
+  of the hypergradient through the unrolled weight step. The gradient pass is the one the exact hypergradient
+  needs anyway (∇w L_train for the unrolled step), so `hvp` starts from what it recorded: the cells' inputs
+  and output cotangents, a few tensors per cell. Its results equal reverse-over-reverse differentiation of
+  `apply` up to float rounding, without the whole network's double-backward program or its memory.
 
   Reverse over reverse, unit by unit (stem, each cell's preprocessing, each cell body, the head): with the
   forward pass x′ = F(x, p, a) and the backward pass's cotangents c, ⟨∇_p L, v⟩ is a sum of one term per
-  unit, ⟨VJP_F(c′), (v, λ)⟩ where λ is the adjoint of c. Differentiating that term gives three things: with
-  respect to c′, λ′ = J_x λ + J_p v (so λ travels forwards, as a tangent); with respect to x and a, direct
-  second-order terms. The x-terms are then carried back to the op weights by an ordinary backward pass. So a
-  call runs a forward pass and one backward pass for the cotangents, a forward sweep of one "double-backward"
-  program per distinct unit shape (`_preprocess_dd`, `_body_dd`), and a second forward and backward pass;
-  peak memory is that of one forward and backward pass, or of one cell's double backward plus the cells'
-  inputs and cotangents, whichever is larger.
+  unit, ⟨VJP_F(c′), (v, λ)⟩, where λ is the adjoint of c. Differentiating that term gives λ′ = J_x λ + J_p v
+  with respect to c′ (so λ travels forwards, like a tangent), and direct second-order terms with respect to x
+  and a. The x-terms are then carried back to the op weights by an ordinary backward pass. So `hvp` runs a
+  forward sweep of one double-backward program per distinct unit shape (`_preprocess_dd`, `_body_dd`), then
+  a forward and a backward pass (without weight gradients). Peak memory is that of the gradient pass, or of
+  one cell's double backward plus the recorded tensors, whichever is larger: each cell's residuals are freed
+  once its backward has run.
   """
   ctx = _network_ctx(cfg, ctx)
   prog = _cell_programs(cpu_opt_level if jax.default_backend() == "cpu" else None)
 
-  def accumulate(into, key, value):
-    if value is not None:
-      into[key] = value if key not in into else prog.add(into[key], value)
+  def fn(params, arch_weights, batch):
+    loss, acc, g_params, g_arch, record = _chain_grads(prog, cfg, ctx, params, arch_weights, batch, True, True,
+                                                       record=True)
+    return loss, acc, g_params, g_arch, functools.partial(_chain_hvp, prog, cfg, ctx, params, arch_weights,
+                                                           batch, record)
 
-  def hvp(params, arch_weights, v, batch):
-    images, labels = batch["image"], batch["label"]
-    _, tape, last = _forward_tape(prog, cfg, ctx, params, arch_weights, images, keep_inputs=True)
-    n = len(tape)
-    *_, ct_last = prog.head_grads(params["classifier"], last, labels)
-    # The primal backward pass: every body's and every preprocessing's output cotangent.
-    cts, ct_body, ct_pre = {n - 1: ct_last}, [None] * n, [None] * n
-    for i in reversed(range(n)):
-      ct_body[i] = cts.pop(i)
-      t = tape[i]
-      # The double-backward programs recompute their own residuals: the forward pass's are freed as the
-      # backward pass goes, and recomputed for the last sweep, so that the peak holds one of the two.
-      tape[i] = t._replace(pre_vjp=None, body_vjp=None)
-      g_p0, g_p1, _, _ = prog.pullback_inputs(t.body_vjp, ct_body[i])
-      ct_pre[i] = (g_p0, g_p1)
-      if i >= 2:   # the first two cells read the stem, whose cotangent is not needed
-        g_s0, g_s1 = prog.pullback_inputs(t.pre_vjp, ct_pre[i])
-        accumulate(cts, i - 2, g_s0)
-        accumulate(cts, i - 1, g_s1)
-      elif i == 1:
-        accumulate(cts, 0, prog.pullback_inputs(t.pre_vjp, ct_pre[i])[1])
-      del t
-    # Forward sweep: λ of every cell output (-1: the stem) and the direct second-order terms.
-    lam = {-1: prog.stem_jvp(params["stem"], images, v["stem"], ctx)}
-    mu, d_pre, out = {}, [None] * n, {}
-    for i, t in enumerate(tape):
-      pre, body = _split_cell(params["cells"][i])
-      v_pre, v_body = _split_cell(v["cells"][i])
-      j0, j1 = max(i - 2, -1), i - 1
-      d_s0, d_s1, (lam_p0, lam_p1) = prog.preprocess_dd(pre, t.s0, t.s1, ct_pre[i], v_pre, lam[j0], lam[j1],
-                                                        t.reduction_prev, ctx)
-      for j, d in ((j0, d_s0), (j1, d_s1)):
+  return fn
+
+
+class _Record(NamedTuple):
+  """What `_chain_hvp` needs of a gradient pass: per cell, its inputs and its output cotangents."""
+  cells: List[_Taped]             # without the VJPs
+  ct_body: List[jax.Array]        # the cotangent of each cell's output
+  ct_pre: List[Tuple[jax.Array, jax.Array]]   # ... and of its preprocessed inputs
+
+
+def _accumulate(prog: _CellPrograms, into: Dict, key, value):
+  if value is not None:
+    into[key] = value if key not in into else prog.add(into[key], value)
+
+
+def _chain_grads(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, arch_weights, batch,
+                 wrt_params: bool, arch_only_programs: bool, record: bool = False):
+  """`cellwise_grads`' pass; with ``record``, also returns the `_Record` of it (else None)."""
+  stem_vjp, tape, s1 = _forward_tape(prog, cfg, ctx, params, arch_weights, batch["image"], keep_inputs=record)
+  loss, acc, g_cls, g_out = prog.head_grads(params["classifier"], s1, batch["label"])
+  n = len(tape)
+  # cts[j]: cotangent of cell j's output (-1: the stem), summed over the (at most two) cells reading it
+  cts = {n - 1: g_out}
+  g_cells = [None] * n
+  g_arch = {}
+  rec = _Record([t._replace(pre_vjp=None, body_vjp=None) for t in tape], [None] * n, [None] * n) if record else None
+  if wrt_params or not arch_only_programs:
+    pull = prog.pullback
+  else:   # no weight cotangents: the programs leave out the kernel gradients
+    pull = lambda vjp_fn, ct: (None, *prog.pullback_inputs(vjp_fn, ct))
+  for i in reversed(range(n)):
+    kind, pre_vjp, body_vjp = tape[i].kind, tape[i].pre_vjp, tape[i].body_vjp
+    tape[i] = None   # frees the cell's residuals once its backward programs have run
+    ct = cts.pop(i)
+    g_body, g_p0, g_p1, g_w, g_e = pull(body_vjp, ct)
+    if record:
+      rec.ct_body[i], rec.ct_pre[i] = ct, (g_p0, g_p1)
+    g_s0 = g_s1 = None
+    if wrt_params or i >= 1:   # cell 0's inputs are the stem's output, whose cotangent only ∂params needs
+      g_pre, g_s0, g_s1 = pull(pre_vjp, (g_p0, g_p1))
+    if wrt_params:
+      g_cells[i] = {**g_body, **g_pre}
+    _accumulate(prog, g_arch, kind, g_w)
+    _accumulate(prog, g_arch, kind + "_edge", g_e)
+    for j, g in ((max(i - 2, -1), g_s0), (max(i - 1, -1), g_s1)):
+      if j >= 0 or wrt_params:
+        _accumulate(prog, cts, j, g)
+  g_arch = {k: g_arch[k] if k in g_arch else jnp.zeros_like(v) for k, v in arch_weights.items()}
+  if not wrt_params:
+    return loss, acc, None, g_arch, rec
+  (g_stem,) = prog.pullback(stem_vjp, cts.pop(-1))
+  return loss, acc, {"stem": g_stem, "cells": g_cells, "classifier": g_cls}, g_arch, rec
+
+
+def _chain_hvp(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, arch_weights, batch,
+               rec: _Record, v):
+  """`cellwise_grads_and_hvp`'s hvp(v), from the `_Record` of the gradient pass at the same point."""
+  images, labels = batch["image"], batch["label"]
+  n = len(rec.cells)
+  # Forward sweep: λ of every cell output (-1: the stem) and the direct second-order terms.
+  lam = {-1: prog.stem_jvp(params["stem"], images, v["stem"], ctx)}
+  mu, d_pre, out = {}, [None] * n, {}
+  for i, t in enumerate(rec.cells):
+    pre, body = _split_cell(params["cells"][i])
+    v_pre, v_body = _split_cell(v["cells"][i])
+    j0, j1 = max(i - 2, -1), i - 1
+    d_s0, d_s1, (lam_p0, lam_p1) = prog.preprocess_dd(pre, t.s0, t.s1, rec.ct_pre[i], v_pre, lam[j0], lam[j1],
+                                                      t.reduction_prev, ctx)
+    for j, d in ((j0, d_s0), (j1, d_s1)):
+      if j >= 0:
+        _accumulate(prog, mu, j, d)
+    d_p0, d_p1, d_w, d_e, lam[i] = prog.body_dd(
+        body, t.p0, t.p1, arch_weights[t.kind], arch_weights.get(t.kind + "_edge"), rec.ct_body[i], v_body,
+        lam_p0, lam_p1, cfg.space, t.kind == "reduce", ctx, cfg.partial_channels, cfg.multiplier)
+    d_pre[i] = (d_p0, d_p1)
+    _accumulate(prog, out, t.kind, d_w)
+    _accumulate(prog, out, t.kind + "_edge", d_e)
+    lam.pop(i - 2, None)
+  # The head's term needs the last cell's output, which the record does not hold: the forward pass below
+  # recomputes it along with the residuals of the backward sweep.
+  _, tape, s_last = _forward_tape(prog, cfg, ctx, params, arch_weights, images)
+  _accumulate(prog, mu, n - 1, prog.head_hvp(params["classifier"], s_last, labels, v["classifier"], lam[n - 1]))
+  del lam, s_last
+  # Backward sweep: the second-order terms of the cells' inputs, carried back to the op weights.
+  for i in reversed(range(n)):
+    t = tape[i]
+    tape[i] = None
+    g_p0, g_p1, g_w, g_e = prog.pullback_inputs(t.body_vjp, mu.pop(i))
+    _accumulate(prog, out, t.kind, g_w)
+    _accumulate(prog, out, t.kind + "_edge", g_e)
+    if i >= 1:
+      g_s0, g_s1 = prog.pullback_inputs(t.pre_vjp, prog.add((g_p0, g_p1), d_pre[i]))
+      for j, g in ((i - 2, g_s0), (i - 1, g_s1)):
         if j >= 0:
-          accumulate(mu, j, d)
-      reduction = t.kind == "reduce"
-      d_p0, d_p1, d_w, d_e, lam[i] = prog.body_dd(
-          body, t.p0, t.p1, arch_weights[t.kind], arch_weights.get(t.kind + "_edge"), ct_body[i], v_body, lam_p0,
-          lam_p1, cfg.space, reduction, ctx, cfg.partial_channels, cfg.multiplier)
-      d_pre[i] = (d_p0, d_p1)
-      accumulate(out, t.kind, d_w)
-      accumulate(out, t.kind + "_edge", d_e)
-      lam.pop(i - 2, None)
-    accumulate(mu, n - 1, prog.head_hvp(params["classifier"], last, labels, v["classifier"], lam[n - 1]))
-    del lam, ct_body, ct_pre
-    # Backward sweep: the second-order terms of the cells' inputs, carried back to the op weights.
-    _, tape, _ = _forward_tape(prog, cfg, ctx, params, arch_weights, images)
-    for i in reversed(range(n)):
-      t = tape[i]
-      tape[i] = None
-      g_p0, g_p1, g_w, g_e = prog.pullback_inputs(t.body_vjp, mu.pop(i))
-      accumulate(out, t.kind, g_w)
-      accumulate(out, t.kind + "_edge", g_e)
-      if i >= 1:
-        g_s0, g_s1 = prog.pullback_inputs(t.pre_vjp, prog.add((g_p0, g_p1), d_pre[i]))
-        for j, g in ((i - 2, g_s0), (i - 1, g_s1)):
-          if j >= 0:
-            accumulate(mu, j, g)
-    return {k: out[k] if k in out else jnp.zeros_like(w) for k, w in arch_weights.items()}
-
-  return hvp
+          _accumulate(prog, mu, j, g)
+  return {k: out[k] if k in out else jnp.zeros_like(w) for k, w in arch_weights.items()}
 
 
 def count_params(tree) -> int:

@@ -126,10 +126,11 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
 
 
 def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
-  """`supernet.cellwise_hvp` (double-backward programs per distinct cell, chained forwards then backwards)
-  gives the mixed second derivative ∇_{op weights}⟨∇_params L, v⟩ of differentiating `apply` twice, here with
-  partial channels and edge factors, max pooling, a separable convolution and both kinds of preprocessing
-  (after a normal cell and after a reduction)."""
+  """`supernet.cellwise_grads_and_hvp` gives the network gradient and, from what that pass recorded,
+  double-backward programs per distinct cell chained forwards then backwards give the mixed second
+  derivative ∇_{op weights}⟨∇_params L, v⟩ of differentiating `apply` twice; here with partial channels and
+  edge factors, max pooling, a separable convolution and both kinds of preprocessing (after a normal cell
+  and after a reduction)."""
   cfg = supernet.SupernetConfig(C=4, layers=3, num_classes=3, in_channels=1, partial_channels=2,
                                 space=SMALL_SPACE, multiplier=2)
   key = jax.random.PRNGKey(0)
@@ -145,7 +146,12 @@ def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
     return bilevel.cross_entropy(supernet.apply(p, batch["image"], w, cfg), batch["label"])
 
   want = jax.jit(jax.grad(lambda w: bilevel._tree_vdot(jax.grad(loss)(params, w), v)))(weights)
-  got = supernet.cellwise_hvp(cfg, cpu_opt_level=None)(params, weights, v, batch)
+  want_loss, (want_p, want_w) = jax.value_and_grad(loss, argnums=(0, 1))(params, weights)
+  got_loss, _, got_p, got_w, hvp = supernet.cellwise_grads_and_hvp(cfg, cpu_opt_level=None)(params, weights, batch)
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+  for g, w in zip(jax.tree.leaves((got_p, got_w)), jax.tree.leaves((want_p, want_w))):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(w))))
+  got = hvp(v)
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for k in want:
     assert float(np.max(np.abs(want[k]))) > 0, k
@@ -164,8 +170,9 @@ def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradi
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
   once = bilevel.make_search_step(problem, hp, donate=False, compile_once=True)
   cellwise = supernet.cellwise_grads(cfg, cpu_opt_level=None)
-  hvp = supernet.cellwise_hvp(cfg, cpu_opt_level=None)
-  cells = bilevel.make_search_step(problem._replace(grads=cellwise, hvp=hvp), hp, donate=False, compile_once=True)
+  second = supernet.cellwise_grads_and_hvp(cfg, cpu_opt_level=None)
+  cells = bilevel.make_search_step(problem._replace(grads=cellwise, grads_and_hvp=second), hp, donate=False,
+                                   compile_once=True)
   key = jax.random.PRNGKey(3)
   init = lambda: bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   a, b = init(), init()
