@@ -78,12 +78,9 @@ def test_bad_inputs_raise_clear_errors():
     ops.get_op("sep_conv_9x9")
 
 
-def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
-  """`supernet.cellwise_grads` chains one forward and one backward program per distinct cell shape: it gives
-  `jax.grad`'s numbers through `apply` for the weights and the op weights (here with PC-DARTS' partial
-  channels and edge factors), a stage's two normal cells run the same compiled body, and with
-  wrt_params=False it gives the same op-weight gradients without the weights' backward programs."""
-  cfg = supernet.SupernetConfig(C=4, layers=6, num_classes=3, in_channels=1, partial_channels=2,
+def _partial_channel_problem(layers):
+  """A tiny supernet with PC-DARTS' partial channels, random op weights and edge factors, and a batch."""
+  cfg = supernet.SupernetConfig(C=4, layers=layers, num_classes=3, in_channels=1, partial_channels=2,
                                 space=SMALL_SPACE, multiplier=2)
   key = jax.random.PRNGKey(0)
   params = supernet.init(key, cfg)
@@ -91,6 +88,15 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
   weights["normal_edge"] = jax.random.uniform(jax.random.PRNGKey(1), (SMALL_SPACE.num_edges,))
   weights["reduce_edge"] = jax.random.uniform(jax.random.PRNGKey(2), (SMALL_SPACE.num_edges,))
   batch = {"image": jax.random.normal(key, (4, 8, 8, 1)), "label": jnp.array([0, 1, 2, 0])}
+  return cfg, params, weights, batch
+
+
+def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
+  """`supernet.cellwise_grads` chains one forward and one backward program per distinct cell shape: it gives
+  `jax.grad`'s numbers through `apply` for the weights and the op weights (here with PC-DARTS' partial
+  channels and edge factors), a stage's two normal cells run the same compiled body, and with
+  wrt_params=False it gives the same op-weight gradients without the weights' backward programs."""
+  cfg, params, weights, batch = _partial_channel_problem(layers=6)
 
   def loss(p, w):
     logits = supernet.apply(p, batch["image"], w, cfg)
@@ -131,14 +137,7 @@ def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
   derivative ∇_{op weights}⟨∇_params L, v⟩ of differentiating `apply` twice; here with partial channels and
   edge factors, max pooling, a separable convolution and both kinds of preprocessing (after a normal cell
   and after a reduction)."""
-  cfg = supernet.SupernetConfig(C=4, layers=3, num_classes=3, in_channels=1, partial_channels=2,
-                                space=SMALL_SPACE, multiplier=2)
-  key = jax.random.PRNGKey(0)
-  params = supernet.init(key, cfg)
-  weights = supernet.softmax_weights(jax.tree.map(lambda a: 300.0 * a, supernet.init_alphas(key, cfg)))
-  weights["normal_edge"] = jax.random.uniform(jax.random.PRNGKey(1), (SMALL_SPACE.num_edges,))
-  weights["reduce_edge"] = jax.random.uniform(jax.random.PRNGKey(2), (SMALL_SPACE.num_edges,))
-  batch = {"image": jax.random.normal(key, (4, 8, 8, 1)), "label": jnp.array([0, 1, 2, 0])}
+  cfg, params, weights, batch = _partial_channel_problem(layers=3)
   leaves, tree = jax.tree.flatten(params)
   v = jax.tree.unflatten(tree, [jax.random.normal(jax.random.PRNGKey(i), x.shape) for i, x in enumerate(leaves)])
 
