@@ -158,7 +158,8 @@ def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
                                err_msg=k)
 
 
-@pytest.mark.parametrize("hypergradient", ["first_order", "second_order_fd", "second_order_exact"])
+@pytest.mark.parametrize("hypergradient", ["first_order", "second_order_fd",
+                                           pytest.param("second_order_exact", marks=pytest.mark.slow)])
 def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradient):
   """`bilevel.SharedPassStep` calls a problem's own `grads` for every pass (and its own `hvp` for the exact
   second order): with the cell-by-cell programs, a DARTS step (first order, finite differences with its five
