@@ -21,6 +21,16 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 
 
+# End-to-end tests (subprocesses, whole searches) run for minutes each: started first, they overlap the many
+# short tests on the other worker instead of running alone at the end (pytest-xdist hands tests out in order).
+_LONG_FIRST = ("test_search_e2e.py", "test_retrain.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  items.sort(key=lambda item: item.nodeid.split("::")[0].rsplit("/", 1)[-1] not in _LONG_FIRST)
+
+
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: minutes of XLA compilation; run with -m slow (CI runs them)")
 

@@ -131,6 +131,7 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
     np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.slow   # about 90 s on 2 busy cores, most of it compiling the whole-network double backward
 def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
   """`supernet.cellwise_grads_and_hvp` gives the network gradient and, from what that pass recorded,
   double-backward programs per distinct cell chained forwards then backwards give the mixed second
