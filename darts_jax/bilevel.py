@@ -269,10 +269,6 @@ def supports_compile_once(problem: SearchProblem, hp: SearchHParams) -> bool:
   return problem.weight_arch_weights is None
 
 
-def _tree_vdot(a, b):
-  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 class SharedPassStep:
   """`search_step` as one compiled network-gradient program called once per pass, plus small programs.
 
@@ -307,7 +303,7 @@ class SharedPassStep:
     def hvp(params, weights, v, batch):
       """∇ over the op weights of ∇w L(w, op weights)·v."""
       def inner(w):
-        return _tree_vdot(jax.grad(lambda p: _forward(problem, p, w, batch)[0])(params), v)
+        return optax.tree_utils.tree_vdot(jax.grad(lambda p: _forward(problem, p, w, batch)[0])(params), v)
       return jax.grad(inner)(weights)
 
     def keys(rng):   # the fused step's keys: α pass (val, unrolled train) and weight pass
@@ -338,11 +334,11 @@ class SharedPassStep:
 
       def surrogate(a):   # its gradient is the chain rule through arch_weights, plus the regularizer's
         w = problem.arch_weights(a, k_val, step)
-        out = _tree_vdot(g_weights, w)
+        out = optax.tree_utils.tree_vdot(g_weights, w)
         if problem.regularizer is not None:
           out = out + problem.regularizer(a, w, step)
         if h_weights is not None:
-          out = out - eta_at(step) * _tree_vdot(h_weights, problem.arch_weights(a, k_train, step))
+          out = out - eta_at(step) * optax.tree_utils.tree_vdot(h_weights, problem.arch_weights(a, k_train, step))
         return out
 
       g_a = jax.grad(surrogate)(alphas)

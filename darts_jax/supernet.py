@@ -327,10 +327,6 @@ def _pullback_inputs(vjp_fn, cotangent):
   return vjp_fn(cotangent)[1:]
 
 
-def _vdot(a, b):
-  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 def _stem_jvp(stem_params, x, v, ctx):
   return jax.jvp(lambda p: _stem(p, x, ctx), (stem_params,), (v,))[1]
 
@@ -340,7 +336,7 @@ def _preprocess_dd(pre_params, s0, s1, ct, v, lam0, lam1, reduction_prev, ctx):
   inputs and its output cotangent of ⟨its VJP(ct), (v, λ0, λ1)⟩."""
   def phi(a, b, c):
     g_p, g_a, g_b = jax.vjp(lambda p, a, b: _preprocess(p, a, b, reduction_prev, ctx), pre_params, a, b)[1](c)
-    return _vdot(g_p, v) + _vdot(g_a, lam0) + _vdot(g_b, lam1)
+    return optax.tree_utils.tree_vdot((g_p, g_a, g_b), (v, lam0, lam1))
   return jax.grad(phi, argnums=(0, 1, 2))(s0, s1, ct)
 
 
@@ -350,14 +346,14 @@ def _body_dd(body_params, p0, p1, weights, edge_scale, ct, v, lam0, lam1, space,
   def phi(a, b, w, e, c):
     f = lambda p, a, b, w, e: _cell_body(p, a, b, w, e, space, reduction, ctx, partial_channels, multiplier)
     g_p, g_a, g_b, _, _ = jax.vjp(f, body_params, a, b, w, e)[1](c)
-    return _vdot(g_p, v) + _vdot(g_a, lam0) + _vdot(g_b, lam1)
+    return optax.tree_utils.tree_vdot((g_p, g_a, g_b), (v, lam0, lam1))
   return jax.grad(phi, argnums=(0, 1, 2, 3, 4))(p0, p1, weights, edge_scale, ct)
 
 
 def _head_hvp(classifier, s, labels, v, lam):
   def phi(s):
     g_cls, g_s = jax.grad(lambda c, s: _head(c, s, labels)[0], argnums=(0, 1))(classifier, s)
-    return _vdot(g_cls, v) + _vdot(g_s, lam)
+    return optax.tree_utils.tree_vdot((g_cls, g_s), (v, lam))
   return jax.grad(phi)(s)
 
 

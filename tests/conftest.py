@@ -28,7 +28,7 @@ _LONG_FIRST = ("test_search_e2e.py", "test_retrain.py")
 
 def pytest_collection_modifyitems(config, items):
   del config
-  items.sort(key=lambda item: item.nodeid.split("::")[0].rsplit("/", 1)[-1] not in _LONG_FIRST)
+  items.sort(key=lambda item: item.path.name not in _LONG_FIRST)
 
 
 def pytest_configure(config):

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from darts_jax import bilevel
@@ -145,7 +146,7 @@ def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
   def loss(p, w):
     return bilevel.cross_entropy(supernet.apply(p, batch["image"], w, cfg), batch["label"])
 
-  want = jax.jit(jax.grad(lambda w: bilevel._tree_vdot(jax.grad(loss)(params, w), v)))(weights)
+  want = jax.jit(jax.grad(lambda w: optax.tree_utils.tree_vdot(jax.grad(loss)(params, w), v)))(weights)
   want_loss, (want_p, want_w) = jax.value_and_grad(loss, argnums=(0, 1))(params, weights)
   got_loss, _, got_p, got_w, hvp = supernet.cellwise_grads_and_hvp(cfg, cpu_opt_level=None)(params, weights, batch)
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
@@ -162,8 +163,8 @@ def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
 @pytest.mark.parametrize("hypergradient", ["first_order", "second_order_fd",
                                            pytest.param("second_order_exact", marks=pytest.mark.slow)])
 def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradient):
-  """`bilevel.SharedPassStep` calls a problem's own `grads` for every pass (and its own `hvp` for the exact
-  second order): with the cell-by-cell programs, a DARTS step (first order, finite differences with its five
+  """`bilevel.SharedPassStep` calls a problem's own `grads` for every pass (and its own `grads_and_hvp` for
+  the exact second order): with the cell-by-cell programs, a DARTS step (first order, finite differences with its five
   passes, the exact second order) equals the one-program gradient's."""
   cfg = supernet.SupernetConfig(C=2, layers=3, num_classes=3, in_channels=1, space=SMALL_SPACE, multiplier=2)
   hp = bilevel.SearchHParams(epochs=2, steps_per_epoch=2, hypergradient=hypergradient)
