@@ -308,9 +308,63 @@ def _preprocess_fwd(pre_params, s0, s1, reduction_prev, ctx):
   return jax.vjp(lambda p, a, b: _preprocess(p, a, b, reduction_prev, ctx), pre_params, s0, s1)
 
 
-def _body_fwd(body_params, p0, p1, weights, edge_scale, space, reduction, ctx, partial_channels, multiplier):
-  f = lambda p, a, b, w, e: _cell_body(p, a, b, w, e, space, reduction, ctx, partial_channels, multiplier)
-  return jax.vjp(f, body_params, p0, p1, weights, edge_scale)
+def _edge(edge_params, x, row, scale, space, stride, ctx, partial_channels):
+  """One edge's share of its node: Σ_o a_o · o(x) with a = row · scale, as in `mixed_cell_apply`. With
+  partial channels the bypassed channels come along (scaled, max-pooled at stride 2) and the result is
+  channel-shuffled: both are linear, so a node is the plain sum of its edges' shares."""
+  a = row if scale is None else row * scale
+  c = x.shape[-1] // partial_channels
+  out = None
+  for o, name in enumerate(space.primitives):
+    if name != "none":
+      y = a[o] * ops.get_op(name, search=True).apply(edge_params.get(name, {}), {}, x[..., :c], stride, ctx)[0]
+      out = y if out is None else out + y
+  if out is None:   # a space of `none` alone
+    out = ops.get_op("none", search=True).apply({}, {}, x[..., :c], stride, ctx)[0]
+  if partial_channels > 1:
+    rest = ops.max_pool_2x2(x[..., c:]) if stride > 1 else x[..., c:]
+    rest = rest if scale is None else scale * rest
+    out = _channel_shuffle(jnp.concatenate([out, rest], -1), partial_channels)
+  return out
+
+
+def _edge_fwd(edge_params, x, row, scale, space, stride, ctx, partial_channels):
+  f = lambda p, x, r, s: _edge(p, x, r, s, space, stride, ctx, partial_channels)
+  return jax.vjp(f, edge_params, x, row, scale)
+
+
+def _split_params(body, space, reduction):
+  """A cell body's wave-stacked op weights (`mixed_cell_init`) as one tree per edge, in the space's order."""
+  edges = [None] * space.num_edges
+  for wave, wave_params in zip(cell_waves(space, reduction), body["waves"]):
+    for (s_i, d_i), e in np.ndenumerate(wave.edge_ids):
+      edges[int(e)] = jax.tree.map(lambda a: a[s_i, d_i], wave_params)
+  return tuple(edges)
+
+
+def _merge_params(edges, space, reduction):
+  """The inverse of `_split_params` (for gradients)."""
+  waves = []
+  for wave in cell_waves(space, reduction):
+    waves.append(_stack_trees([_stack_trees([edges[int(e)] for e in row]) for row in wave.edge_ids]))
+  return {"waves": waves}
+
+
+def _split_arch(weights, edge_scale):
+  rows = tuple(weights[e] for e in range(weights.shape[0]))
+  return rows, (None,) * len(rows) if edge_scale is None else tuple(edge_scale[e] for e in range(len(rows)))
+
+
+def _merge_arch(rows, scales):
+  return jnp.stack(rows), None if scales[0] is None else jnp.stack(scales)
+
+
+def _concat(states):
+  return jnp.concatenate(states, axis=-1)
+
+
+def _split_out(ct, n):
+  return tuple(jnp.split(ct, n, axis=-1))
 
 
 def _head_grads(classifier, s, labels):
@@ -340,14 +394,12 @@ def _preprocess_dd(pre_params, s0, s1, ct, v, lam0, lam1, reduction_prev, ctx):
   return jax.grad(phi, argnums=(0, 1, 2))(s0, s1, ct)
 
 
-def _body_dd(body_params, p0, p1, weights, edge_scale, ct, v, lam0, lam1, space, reduction, ctx, partial_channels,
-             multiplier):
-  """`_preprocess_dd` for a cell body, whose op weights (and edge factors) get their second-order term too."""
-  def phi(a, b, w, e, c):
-    f = lambda p, a, b, w, e: _cell_body(p, a, b, w, e, space, reduction, ctx, partial_channels, multiplier)
-    g_p, g_a, g_b, _, _ = jax.vjp(f, body_params, a, b, w, e)[1](c)
-    return optax.tree_utils.tree_vdot((g_p, g_a, g_b), (v, lam0, lam1))
-  return jax.grad(phi, argnums=(0, 1, 2, 3, 4))(p0, p1, weights, edge_scale, ct)
+def _edge_dd(edge_params, x, row, scale, ct, v, lam, space, stride, ctx, partial_channels):
+  """`_preprocess_dd` for one edge, whose op weights (and edge factor) get their second-order term too."""
+  def phi(x, r, s, c):
+    f = lambda p, x: _edge(p, x, r, s, space, stride, ctx, partial_channels)
+    return optax.tree_utils.tree_vdot(jax.vjp(f, edge_params, x)[1](c), (v, lam))
+  return jax.grad(phi, argnums=(0, 1, 2, 3))(x, row, scale, ct)
 
 
 def _head_hvp(classifier, s, labels, v, lam):
@@ -364,14 +416,20 @@ def _add(a, b):
 class _CellPrograms(NamedTuple):
   stem_fwd: Any
   preprocess_fwd: Any
-  body_fwd: Any
+  edge_fwd: Any
   head_grads: Any
   pullback: Any
   pullback_inputs: Any
   add: Any
+  split_params: Any
+  merge_params: Any
+  split_arch: Any
+  merge_arch: Any
+  concat: Any
+  split_out: Any
   stem_jvp: Any
   preprocess_dd: Any
-  body_dd: Any
+  edge_dd: Any
   head_hvp: Any
 
 
@@ -381,27 +439,96 @@ def _cell_programs(opt_level: Optional[int]) -> _CellPrograms:
   every `cellwise_grads` that uses it so that their compiled programs are too."""
   options = None if opt_level is None else {"xla_backend_optimization_level": opt_level}
   jit = lambda f, static=(): jax.jit(f, static_argnums=static, compiler_options=options)
-  return _CellPrograms(jit(_stem_fwd, (2,)), jit(_preprocess_fwd, (3, 4)), jit(_body_fwd, (5, 6, 7, 8, 9)),
-                       jit(_head_grads), jit(_pullback), jit(_pullback_inputs), jit(_add), jit(_stem_jvp, (3,)),
-                       jit(_preprocess_dd, (7, 8)), jit(_body_dd, (9, 10, 11, 12, 13)), jit(_head_hvp))
+  return _CellPrograms(jit(_stem_fwd, (2,)), jit(_preprocess_fwd, (3, 4)), jit(_edge_fwd, (4, 5, 6, 7)),
+                       jit(_head_grads), jit(_pullback), jit(_pullback_inputs), jit(_add),
+                       jit(_split_params, (1, 2)), jit(_merge_params, (1, 2)), jit(_split_arch), jit(_merge_arch),
+                       jit(_concat), jit(_split_out, (1,)), jit(_stem_jvp, (3,)), jit(_preprocess_dd, (7, 8)),
+                       jit(_edge_dd, (7, 8, 9, 10)), jit(_head_hvp))
+
+
+def _dag(space: SearchSpace, reduction: bool):
+  """(edge index, source, destination, stride) of every edge, in the space's order (destinations ascending)."""
+  return [(e, edge.src, edge.dst, 2 if reduction and edge.src < space.num_inputs else 1)
+          for e, edge in enumerate(space.edges)]
+
+
+def _body_forward(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, p0, p1, weights, edge_scale,
+                  reduction: bool):
+  """A cell body edge by edge: (its output, the edges' VJPs, every state of the cell)."""
+  edge_params = prog.split_params(body, cfg.space, reduction)
+  rows, scales = prog.split_arch(weights, edge_scale)
+  states, vjps = [p0, p1], []
+  for e, src, dst, stride in _dag(cfg.space, reduction):
+    y, vjp = prog.edge_fwd(edge_params[e], states[src], rows[e], scales[e], cfg.space, stride, ctx,
+                           cfg.partial_channels)
+    vjps.append(vjp)
+    if dst == len(states):
+      states.append(y)
+    else:
+      states[dst] = prog.add(states[dst], y)
+  return prog.concat(tuple(states[-cfg.multiplier:])), vjps, states
+
+
+def _body_backward(prog: _CellPrograms, cfg: SupernetConfig, vjps: List, ct, reduction: bool, wrt_params: bool,
+                   arch_only_programs: bool = True, extra: Optional[Dict] = None):
+  """The backward pass of `_body_forward`: (∂body or None, the cotangents of every state of the cell, ∂weights,
+  ∂edge_scale). `extra` adds cotangents to states (`_chain_hvp`'s second-order terms). Frees each edge's
+  residuals once its backward has run."""
+  space = cfg.space
+  n = space.num_inputs + space.num_nodes
+  cts = dict(zip(range(n - cfg.multiplier, n), prog.split_out(ct, cfg.multiplier)))
+  for s, d in (extra or {}).items():
+    _accumulate(prog, cts, s, d)
+  g_params, g_rows, g_scales = ([None] * space.num_edges for _ in range(3))
+  for e, src, dst, _ in reversed(_dag(space, reduction)):
+    vjp, vjps[e] = vjps[e], None
+    if wrt_params or not arch_only_programs:
+      g_params[e], g_x, g_rows[e], g_scales[e] = prog.pullback(vjp, cts[dst])
+    else:   # no weight cotangents: the programs leave out the kernel gradients
+      g_x, g_rows[e], g_scales[e] = prog.pullback_inputs(vjp, cts[dst])
+    _accumulate(prog, cts, src, g_x)
+  g_body = prog.merge_params(tuple(g_params), space, reduction) if wrt_params else None
+  return (g_body, [cts[s] for s in range(n)], *prog.merge_arch(tuple(g_rows), tuple(g_scales)))
+
+
+def _body_dd(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, states, weights, edge_scale, cts, v,
+             lam0, lam1, reduction: bool):
+  """The second-order sweep of a cell body (see `cellwise_grads_and_hvp`), edge by edge: (the direct terms of
+  every state of the cell, of the op weights and of the edge factors, the cell output's λ)."""
+  space = cfg.space
+  edge_params = prog.split_params(body, space, reduction)
+  v_edges = prog.split_params(v, space, reduction)
+  rows, scales = prog.split_arch(weights, edge_scale)
+  lam, d_states = [lam0, lam1], {}
+  d_rows, d_scales = [None] * space.num_edges, [None] * space.num_edges
+  for e, src, dst, stride in _dag(space, reduction):
+    d_x, d_rows[e], d_scales[e], lam_y = prog.edge_dd(edge_params[e], states[src], rows[e], scales[e], cts[dst],
+                                                       v_edges[e], lam[src], space, stride, ctx,
+                                                       cfg.partial_channels)
+    _accumulate(prog, d_states, src, d_x)
+    if dst == len(lam):
+      lam.append(lam_y)
+    else:
+      lam[dst] = prog.add(lam[dst], lam_y)
+  return (d_states, *prog.merge_arch(tuple(d_rows), tuple(d_scales)), prog.concat(tuple(lam[-cfg.multiplier:])))
 
 
 class _Taped(NamedTuple):
-  """One cell of a forward pass run program by program: its inputs, preprocessed inputs and VJPs."""
+  """One cell of a forward pass run program by program: its inputs, its states (the preprocessed inputs and
+  the intermediate nodes) and VJPs."""
   kind: str
   reduction_prev: bool
   s0: jax.Array
   s1: jax.Array
-  p0: jax.Array
-  p1: jax.Array
+  states: List[jax.Array]
   pre_vjp: Any
-  body_vjp: Any
+  body_vjps: List
 
 
 def _forward_tape(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, arch_weights, images,
                   keep_inputs: bool = False):
   """The forward pass cell by cell: (the stem's VJP, one `_Taped` per cell, the last cell's output). The
-  cells' inputs are kept only if asked (the VJPs hold what the backward pass needs)."""
+  cells' inputs and states are kept only if asked (the VJPs hold what the backward pass needs)."""
   stem_out, stem_vjp = prog.stem_fwd(params["stem"], images, ctx)
   s0 = s1 = stem_out
   tape = []
@@ -411,10 +538,10 @@ def _forward_tape(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params
     kind = "reduce" if reduction else "normal"
     pre, body = _split_cell(cell)
     (p0, p1), pre_vjp = prog.preprocess_fwd(pre, s0, s1, reduction_prev, ctx)
-    out, body_vjp = prog.body_fwd(body, p0, p1, arch_weights[kind], arch_weights.get(kind + "_edge"),
-                                  cfg.space, reduction, ctx, cfg.partial_channels, cfg.multiplier)
-    inputs = (s0, s1, p0, p1) if keep_inputs else (None,) * 4
-    tape.append(_Taped(kind, reduction_prev, *inputs, pre_vjp, body_vjp))
+    out, body_vjps, states = _body_forward(prog, cfg, ctx, body, p0, p1, arch_weights[kind],
+                                           arch_weights.get(kind + "_edge"), reduction)
+    inputs = (s0, s1, states) if keep_inputs else (None,) * 3
+    tape.append(_Taped(kind, reduction_prev, *inputs, pre_vjp, body_vjps))
     s0, s1 = s1, out
     reduction_prev = reduction
   return stem_vjp, tape, s1
@@ -491,10 +618,9 @@ def cellwise_grads_and_hvp(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_op
 
 
 class _Record(NamedTuple):
-  """What `_chain_hvp` needs of a gradient pass: per cell, its inputs and its output cotangents."""
+  """What `_chain_hvp` needs of a gradient pass: per cell, its inputs and states and their cotangents."""
   cells: List[_Taped]             # without the VJPs
-  ct_body: List[jax.Array]        # the cotangent of each cell's output
-  ct_pre: List[Tuple[jax.Array, jax.Array]]   # ... and of its preprocessed inputs
+  cts: List[List[jax.Array]]      # the cotangent of each state of each cell
 
 
 def _accumulate(prog: _CellPrograms, into: Dict, key, value):
@@ -512,21 +638,19 @@ def _chain_grads(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params,
   cts = {n - 1: g_out}
   g_cells = [None] * n
   g_arch = {}
-  rec = _Record([t._replace(pre_vjp=None, body_vjp=None) for t in tape], [None] * n, [None] * n) if record else None
-  if wrt_params or not arch_only_programs:
-    pull = prog.pullback
-  else:   # no weight cotangents: the programs leave out the kernel gradients
-    pull = lambda vjp_fn, ct: (None, *prog.pullback_inputs(vjp_fn, ct))
+  rec = _Record([t._replace(pre_vjp=None, body_vjps=None) for t in tape], [None] * n) if record else None
+  pull = prog.pullback if wrt_params or not arch_only_programs else (
+      lambda vjp_fn, ct: (None, *prog.pullback_inputs(vjp_fn, ct)))
   for i in reversed(range(n)):
-    kind, pre_vjp, body_vjp = tape[i].kind, tape[i].pre_vjp, tape[i].body_vjp
-    tape[i] = None   # frees the cell's residuals once its backward programs have run
-    ct = cts.pop(i)
-    g_body, g_p0, g_p1, g_w, g_e = pull(body_vjp, ct)
+    kind, pre_vjp, body_vjps = tape[i].kind, tape[i].pre_vjp, tape[i].body_vjps
+    tape[i] = None   # frees the cell's residuals as its backward programs run
+    g_body, g_states, g_w, g_e = _body_backward(prog, cfg, body_vjps, cts.pop(i), kind == "reduce", wrt_params,
+                                                arch_only_programs)
     if record:
-      rec.ct_body[i], rec.ct_pre[i] = ct, (g_p0, g_p1)
+      rec.cts[i] = g_states
     g_s0 = g_s1 = None
     if wrt_params or i >= 1:   # cell 0's inputs are the stem's output, whose cotangent only ∂params needs
-      g_pre, g_s0, g_s1 = pull(pre_vjp, (g_p0, g_p1))
+      g_pre, g_s0, g_s1 = pull(pre_vjp, tuple(g_states[:2]))
     if wrt_params:
       g_cells[i] = {**g_body, **g_pre}
     _accumulate(prog, g_arch, kind, g_w)
@@ -548,20 +672,19 @@ def _chain_hvp(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, a
   n = len(rec.cells)
   # Forward sweep: λ of every cell output (-1: the stem) and the direct second-order terms.
   lam = {-1: prog.stem_jvp(params["stem"], images, v["stem"], ctx)}
-  mu, d_pre, out = {}, [None] * n, {}
+  mu, d_states, out = {}, [None] * n, {}
   for i, t in enumerate(rec.cells):
     pre, body = _split_cell(params["cells"][i])
     v_pre, v_body = _split_cell(v["cells"][i])
     j0, j1 = max(i - 2, -1), i - 1
-    d_s0, d_s1, (lam_p0, lam_p1) = prog.preprocess_dd(pre, t.s0, t.s1, rec.ct_pre[i], v_pre, lam[j0], lam[j1],
-                                                      t.reduction_prev, ctx)
+    d_s0, d_s1, (lam_p0, lam_p1) = prog.preprocess_dd(pre, t.s0, t.s1, tuple(rec.cts[i][:2]), v_pre, lam[j0],
+                                                      lam[j1], t.reduction_prev, ctx)
     for j, d in ((j0, d_s0), (j1, d_s1)):
       if j >= 0:
         _accumulate(prog, mu, j, d)
-    d_p0, d_p1, d_w, d_e, lam[i] = prog.body_dd(
-        body, t.p0, t.p1, arch_weights[t.kind], arch_weights.get(t.kind + "_edge"), rec.ct_body[i], v_body,
-        lam_p0, lam_p1, cfg.space, t.kind == "reduce", ctx, cfg.partial_channels, cfg.multiplier)
-    d_pre[i] = (d_p0, d_p1)
+    d_states[i], d_w, d_e, lam[i] = _body_dd(prog, cfg, ctx, body, t.states, arch_weights[t.kind],
+                                             arch_weights.get(t.kind + "_edge"), rec.cts[i], v_body, lam_p0, lam_p1,
+                                             t.kind == "reduce")
     _accumulate(prog, out, t.kind, d_w)
     _accumulate(prog, out, t.kind + "_edge", d_e)
     lam.pop(i - 2, None)
@@ -570,15 +693,16 @@ def _chain_hvp(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, a
   _, tape, s_last = _forward_tape(prog, cfg, ctx, params, arch_weights, images)
   _accumulate(prog, mu, n - 1, prog.head_hvp(params["classifier"], s_last, labels, v["classifier"], lam[n - 1]))
   del lam, s_last
-  # Backward sweep: the second-order terms of the cells' inputs, carried back to the op weights.
+  # Backward sweep: the second-order terms of the cells' states, carried back to the op weights.
   for i in reversed(range(n)):
     t = tape[i]
     tape[i] = None
-    g_p0, g_p1, g_w, g_e = prog.pullback_inputs(t.body_vjp, mu.pop(i))
+    _, g_states, g_w, g_e = _body_backward(prog, cfg, t.body_vjps, mu.pop(i), t.kind == "reduce", False,
+                                           extra=d_states[i])
     _accumulate(prog, out, t.kind, g_w)
     _accumulate(prog, out, t.kind + "_edge", g_e)
     if i >= 1:
-      g_s0, g_s1 = prog.pullback_inputs(t.pre_vjp, prog.add((g_p0, g_p1), d_pre[i]))
+      g_s0, g_s1 = prog.pullback_inputs(t.pre_vjp, tuple(g_states[:2]))
       for j, g in ((i - 2, g_s0), (i - 1, g_s1)):
         if j >= 0:
           _accumulate(prog, mu, j, g)

@@ -104,11 +104,11 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
     return bilevel.cross_entropy(logits, batch["label"]), jnp.mean(jnp.argmax(logits, -1) == batch["label"])
 
   (want_loss, want_acc), want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, weights)
-  body_fwd = supernet._cell_programs(None).body_fwd
-  bodies = body_fwd._cache_size()
+  edge_fwd = supernet._cell_programs(None).edge_fwd
+  edges = edge_fwd._cache_size()
   got_loss, got_acc, *got = supernet.cellwise_grads(cfg, cpu_opt_level=None)(params, weights, batch)
   # 6 cells: normal, normal | reduce, normal | reduce, normal -> 5 distinct bodies
-  assert body_fwd._cache_size() - bodies == 5
+  assert edge_fwd._cache_size() - edges == 5
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
   assert float(got_acc) == float(want_acc)
   assert jax.tree.structure(tuple(got)) == jax.tree.structure(want)
@@ -185,6 +185,8 @@ def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradi
     b, mb = cells(b, tb, vb)
     for k in ma:
       np.testing.assert_allclose(ma[k], mb[k], rtol=2e-5, atol=1e-6, err_msg=f"step {i} {k}")
+  # The chain sums a node's edges one by one where `apply` sums vmapped waves: after two steps on this tiny
+  # network (BatchNorm over 4 images) rounding reaches about 1.5e-5 of a leaf's largest entry.
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(x, y, rtol=2e-5, atol=3e-5 * float(np.max(np.abs(x))))
   assert not np.allclose(b.alphas["normal"], init().alphas["normal"])
