@@ -308,17 +308,35 @@ def _preprocess_fwd(pre_params, s0, s1, reduction_prev, ctx):
   return jax.vjp(lambda p, a, b: _preprocess(p, a, b, reduction_prev, ctx), pre_params, s0, s1)
 
 
-def _edge(edge_params, x, row, scale, space, stride, ctx, partial_channels):
-  """One edge's share of its node: Σ_o a_o · o(x) with a = row · scale, as in `mixed_cell_apply`. With
-  partial channels the bypassed channels come along (scaled, max-pooled at stride 2) and the result is
-  channel-shuffled: both are linear, so a node is the plain sum of its edges' shares."""
+def _shared_names(space: SearchSpace, stride: int) -> Tuple[str, ...]:
+  """The weight-free ops other than identity and `none` (pooling + non-affine BatchNorm): they give the same
+  result on every edge leaving a state, so the chain computes them once per state."""
+  return tuple(n for n in space.primitives if ops.is_weight_free(n, stride) and n not in ("none", "skip_connect"))
+
+
+def _shared(x, space, stride, ctx, partial_channels):
+  c = x.shape[-1] // partial_channels
+  return {n: ops.get_op(n, search=True).apply({}, {}, x[..., :c], stride, ctx)[0]
+          for n in _shared_names(space, stride)}
+
+
+def _shared_fwd(x, space, stride, ctx, partial_channels):
+  return jax.vjp(lambda x: _shared(x, space, stride, ctx, partial_channels), x)
+
+
+def _edge(edge_params, x, shared, row, scale, space, stride, ctx, partial_channels):
+  """One edge's share of its node: Σ_o a_o · o(x) with a = row · scale, as in `mixed_cell_apply`, taking the
+  weight-free ops' outputs from `shared` (`_shared` of x). With partial channels the bypassed channels come
+  along (scaled, max-pooled at stride 2) and the result is channel-shuffled: both are linear, so a node is
+  the plain sum of its edges' shares."""
   a = row if scale is None else row * scale
   c = x.shape[-1] // partial_channels
   out = None
   for o, name in enumerate(space.primitives):
     if name != "none":
-      y = a[o] * ops.get_op(name, search=True).apply(edge_params.get(name, {}), {}, x[..., :c], stride, ctx)[0]
-      out = y if out is None else out + y
+      y = shared[name] if name in shared else ops.get_op(name, search=True).apply(
+          edge_params.get(name, {}), {}, x[..., :c], stride, ctx)[0]
+      out = a[o] * y if out is None else out + a[o] * y
   if out is None:   # a space of `none` alone
     out = ops.get_op("none", search=True).apply({}, {}, x[..., :c], stride, ctx)[0]
   if partial_channels > 1:
@@ -328,9 +346,9 @@ def _edge(edge_params, x, row, scale, space, stride, ctx, partial_channels):
   return out
 
 
-def _edge_fwd(edge_params, x, row, scale, space, stride, ctx, partial_channels):
-  f = lambda p, x, r, s: _edge(p, x, r, s, space, stride, ctx, partial_channels)
-  return jax.vjp(f, edge_params, x, row, scale)
+def _edge_fwd(edge_params, x, shared, row, scale, space, stride, ctx, partial_channels):
+  f = lambda p, x, h, r, s: _edge(p, x, h, r, s, space, stride, ctx, partial_channels)
+  return jax.vjp(f, edge_params, x, shared, row, scale)
 
 
 def _split_params(body, space, reduction):
@@ -394,12 +412,21 @@ def _preprocess_dd(pre_params, s0, s1, ct, v, lam0, lam1, reduction_prev, ctx):
   return jax.grad(phi, argnums=(0, 1, 2))(s0, s1, ct)
 
 
-def _edge_dd(edge_params, x, row, scale, ct, v, lam, space, stride, ctx, partial_channels):
-  """`_preprocess_dd` for one edge, whose op weights (and edge factor) get their second-order term too."""
-  def phi(x, r, s, c):
-    f = lambda p, x: _edge(p, x, r, s, space, stride, ctx, partial_channels)
-    return optax.tree_utils.tree_vdot(jax.vjp(f, edge_params, x)[1](c), (v, lam))
-  return jax.grad(phi, argnums=(0, 1, 2, 3))(x, row, scale, ct)
+def _shared_dd(x, ct, lam, space, stride, ctx, partial_channels):
+  """`_preprocess_dd` for a state's weight-free ops: (the direct term of the state, the ops' λ)."""
+  def phi(x, c):
+    return optax.tree_utils.tree_vdot(jax.vjp(lambda x: _shared(x, space, stride, ctx, partial_channels), x)[1](c),
+                                      (lam,))
+  return jax.grad(phi, argnums=(0, 1))(x, ct)
+
+
+def _edge_dd(edge_params, x, shared, row, scale, ct, v, lam, lam_shared, space, stride, ctx, partial_channels):
+  """`_preprocess_dd` for one edge, whose op weights (and edge factor) get their second-order term too:
+  (the direct terms of x, of the shared ops' outputs, of the op weights and edge factor, the edge's λ)."""
+  def phi(x, h, r, s, c):
+    f = lambda p, x, h: _edge(p, x, h, r, s, space, stride, ctx, partial_channels)
+    return optax.tree_utils.tree_vdot(jax.vjp(f, edge_params, x, h)[1](c), (v, lam, lam_shared))
+  return jax.grad(phi, argnums=(0, 1, 2, 3, 4))(x, shared, row, scale, ct)
 
 
 def _head_hvp(classifier, s, labels, v, lam):
@@ -416,6 +443,8 @@ def _add(a, b):
 class _CellPrograms(NamedTuple):
   stem_fwd: Any
   preprocess_fwd: Any
+  shared: Any
+  shared_fwd: Any
   edge_fwd: Any
   head_grads: Any
   pullback: Any
@@ -429,6 +458,7 @@ class _CellPrograms(NamedTuple):
   split_out: Any
   stem_jvp: Any
   preprocess_dd: Any
+  shared_dd: Any
   edge_dd: Any
   head_hvp: Any
 
@@ -439,11 +469,12 @@ def _cell_programs(opt_level: Optional[int]) -> _CellPrograms:
   every `cellwise_grads` that uses it so that their compiled programs are too."""
   options = None if opt_level is None else {"xla_backend_optimization_level": opt_level}
   jit = lambda f, static=(): jax.jit(f, static_argnums=static, compiler_options=options)
-  return _CellPrograms(jit(_stem_fwd, (2,)), jit(_preprocess_fwd, (3, 4)), jit(_edge_fwd, (4, 5, 6, 7)),
-                       jit(_head_grads), jit(_pullback), jit(_pullback_inputs), jit(_add),
-                       jit(_split_params, (1, 2)), jit(_merge_params, (1, 2)), jit(_split_arch), jit(_merge_arch),
-                       jit(_concat), jit(_split_out, (1,)), jit(_stem_jvp, (3,)), jit(_preprocess_dd, (7, 8)),
-                       jit(_edge_dd, (7, 8, 9, 10)), jit(_head_hvp))
+  return _CellPrograms(jit(_stem_fwd, (2,)), jit(_preprocess_fwd, (3, 4)), jit(_shared, (1, 2, 3, 4)),
+                       jit(_shared_fwd, (1, 2, 3, 4)), jit(_edge_fwd, (5, 6, 7, 8)), jit(_head_grads),
+                       jit(_pullback), jit(_pullback_inputs), jit(_add), jit(_split_params, (1, 2)),
+                       jit(_merge_params, (1, 2)), jit(_split_arch), jit(_merge_arch), jit(_concat),
+                       jit(_split_out, (1,)), jit(_stem_jvp, (3,)), jit(_preprocess_dd, (7, 8)),
+                       jit(_shared_dd, (3, 4, 5, 6)), jit(_edge_dd, (9, 10, 11, 12)), jit(_head_hvp))
 
 
 def _dag(space: SearchSpace, reduction: bool):
@@ -452,16 +483,25 @@ def _dag(space: SearchSpace, reduction: bool):
           for e, edge in enumerate(space.edges)]
 
 
+class _BodyVJPs(NamedTuple):
+  edges: List           # per edge, in the space's order
+  shared: Dict[int, Any]  # per source state with weight-free ops to share
+
+
 def _body_forward(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, p0, p1, weights, edge_scale,
                   reduction: bool):
-  """A cell body edge by edge: (its output, the edges' VJPs, every state of the cell)."""
-  edge_params = prog.split_params(body, cfg.space, reduction)
+  """A cell body edge by edge: (its output, `_BodyVJPs`, every state of the cell)."""
+  space, pc = cfg.space, cfg.partial_channels
+  edge_params = prog.split_params(body, space, reduction)
   rows, scales = prog.split_arch(weights, edge_scale)
-  states, vjps = [p0, p1], []
-  for e, src, dst, stride in _dag(cfg.space, reduction):
-    y, vjp = prog.edge_fwd(edge_params[e], states[src], rows[e], scales[e], cfg.space, stride, ctx,
-                           cfg.partial_channels)
-    vjps.append(vjp)
+  states, shared, vjps = [p0, p1], {}, _BodyVJPs([], {})
+  for e, src, dst, stride in _dag(space, reduction):
+    if src not in shared:
+      shared[src] = {}
+      if _shared_names(space, stride):
+        shared[src], vjps.shared[src] = prog.shared_fwd(states[src], space, stride, ctx, pc)
+    y, vjp = prog.edge_fwd(edge_params[e], states[src], shared[src], rows[e], scales[e], space, stride, ctx, pc)
+    vjps.edges.append(vjp)
     if dst == len(states):
       states.append(y)
     else:
@@ -469,48 +509,75 @@ def _body_forward(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, 
   return prog.concat(tuple(states[-cfg.multiplier:])), vjps, states
 
 
-def _body_backward(prog: _CellPrograms, cfg: SupernetConfig, vjps: List, ct, reduction: bool, wrt_params: bool,
-                   arch_only_programs: bool = True, extra: Optional[Dict] = None):
-  """The backward pass of `_body_forward`: (∂body or None, the cotangents of every state of the cell, ∂weights,
-  ∂edge_scale). `extra` adds cotangents to states (`_chain_hvp`'s second-order terms). Frees each edge's
-  residuals once its backward has run."""
+def _body_backward(prog: _CellPrograms, cfg: SupernetConfig, vjps: _BodyVJPs, ct, reduction: bool,
+                   wrt_params: bool, arch_only_programs: bool = True, extra: Optional[Dict] = None,
+                   extra_shared: Optional[Dict] = None):
+  """The backward pass of `_body_forward`: (∂body or None, the cotangents of every state of the cell and of
+  its shared ops' outputs, ∂weights, ∂edge_scale). `extra` and `extra_shared` add cotangents to states and
+  shared outputs (`_chain_hvp`'s second-order terms). Frees each edge's residuals once its backward has run."""
   space = cfg.space
   n = space.num_inputs + space.num_nodes
   cts = dict(zip(range(n - cfg.multiplier, n), prog.split_out(ct, cfg.multiplier)))
-  for s, d in (extra or {}).items():
-    _accumulate(prog, cts, s, d)
+  ct_shared = {}
+  for into, more in ((cts, extra), (ct_shared, extra_shared)):
+    for s, d in (more or {}).items():
+      _accumulate(prog, into, s, d)
+
+  def finish(s):   # every edge leaving state s has run backward: add its shared ops' share
+    if s in vjps.shared:
+      (g_x,) = prog.pullback(vjps.shared.pop(s), ct_shared[s])
+      _accumulate(prog, cts, s, g_x)
+
   g_params, g_rows, g_scales = ([None] * space.num_edges for _ in range(3))
+  last_dst = None
   for e, src, dst, _ in reversed(_dag(space, reduction)):
-    vjp, vjps[e] = vjps[e], None
+    if dst != last_dst:
+      finish(dst)
+      last_dst = dst
+    vjp, vjps.edges[e] = vjps.edges[e], None
     if wrt_params or not arch_only_programs:
-      g_params[e], g_x, g_rows[e], g_scales[e] = prog.pullback(vjp, cts[dst])
+      g_params[e], g_x, g_h, g_rows[e], g_scales[e] = prog.pullback(vjp, cts[dst])
     else:   # no weight cotangents: the programs leave out the kernel gradients
-      g_x, g_rows[e], g_scales[e] = prog.pullback_inputs(vjp, cts[dst])
+      g_x, g_h, g_rows[e], g_scales[e] = prog.pullback_inputs(vjp, cts[dst])
     _accumulate(prog, cts, src, g_x)
+    if g_h:
+      _accumulate(prog, ct_shared, src, g_h)
+  for s in range(space.num_inputs):
+    finish(s)
   g_body = prog.merge_params(tuple(g_params), space, reduction) if wrt_params else None
-  return (g_body, [cts[s] for s in range(n)], *prog.merge_arch(tuple(g_rows), tuple(g_scales)))
+  return (g_body, [cts[s] for s in range(n)], ct_shared, *prog.merge_arch(tuple(g_rows), tuple(g_scales)))
 
 
-def _body_dd(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, states, weights, edge_scale, cts, v,
-             lam0, lam1, reduction: bool):
+def _body_dd(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, states, weights, edge_scale, cts,
+             ct_shared, v, lam0, lam1, reduction: bool):
   """The second-order sweep of a cell body (see `cellwise_grads_and_hvp`), edge by edge: (the direct terms of
-  every state of the cell, of the op weights and of the edge factors, the cell output's λ)."""
-  space = cfg.space
+  every state of the cell, of its shared ops' outputs, of the op weights and of the edge factors, the cell
+  output's λ)."""
+  space, pc = cfg.space, cfg.partial_channels
   edge_params = prog.split_params(body, space, reduction)
   v_edges = prog.split_params(v, space, reduction)
   rows, scales = prog.split_arch(weights, edge_scale)
-  lam, d_states = [lam0, lam1], {}
+  lam, shared, lam_shared, d_states, d_shared = [lam0, lam1], {}, {}, {}, {}
   d_rows, d_scales = [None] * space.num_edges, [None] * space.num_edges
   for e, src, dst, stride in _dag(space, reduction):
-    d_x, d_rows[e], d_scales[e], lam_y = prog.edge_dd(edge_params[e], states[src], rows[e], scales[e], cts[dst],
-                                                       v_edges[e], lam[src], space, stride, ctx,
-                                                       cfg.partial_channels)
+    if src not in shared:
+      shared[src] = lam_shared[src] = {}
+      if _shared_names(space, stride):
+        shared[src] = prog.shared(states[src], space, stride, ctx, pc)
+        d_x, lam_shared[src] = prog.shared_dd(states[src], ct_shared[src], lam[src], space, stride, ctx, pc)
+        _accumulate(prog, d_states, src, d_x)
+    d_x, d_h, d_rows[e], d_scales[e], lam_y = prog.edge_dd(
+        edge_params[e], states[src], shared[src], rows[e], scales[e], cts[dst], v_edges[e], lam[src],
+        lam_shared[src], space, stride, ctx, pc)
     _accumulate(prog, d_states, src, d_x)
+    if d_h:
+      _accumulate(prog, d_shared, src, d_h)
     if dst == len(lam):
       lam.append(lam_y)
     else:
       lam[dst] = prog.add(lam[dst], lam_y)
-  return (d_states, *prog.merge_arch(tuple(d_rows), tuple(d_scales)), prog.concat(tuple(lam[-cfg.multiplier:])))
+  return (d_states, d_shared, *prog.merge_arch(tuple(d_rows), tuple(d_scales)),
+          prog.concat(tuple(lam[-cfg.multiplier:])))
 
 
 class _Taped(NamedTuple):
@@ -621,6 +688,7 @@ class _Record(NamedTuple):
   """What `_chain_hvp` needs of a gradient pass: per cell, its inputs and states and their cotangents."""
   cells: List[_Taped]             # without the VJPs
   cts: List[List[jax.Array]]      # the cotangent of each state of each cell
+  ct_shared: List[Dict]           # ... and of its states' shared weight-free ops
 
 
 def _accumulate(prog: _CellPrograms, into: Dict, key, value):
@@ -638,16 +706,16 @@ def _chain_grads(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params,
   cts = {n - 1: g_out}
   g_cells = [None] * n
   g_arch = {}
-  rec = _Record([t._replace(pre_vjp=None, body_vjps=None) for t in tape], [None] * n) if record else None
+  rec = _Record([t._replace(pre_vjp=None, body_vjps=None) for t in tape], [None] * n, [None] * n) if record else None
   pull = prog.pullback if wrt_params or not arch_only_programs else (
       lambda vjp_fn, ct: (None, *prog.pullback_inputs(vjp_fn, ct)))
   for i in reversed(range(n)):
     kind, pre_vjp, body_vjps = tape[i].kind, tape[i].pre_vjp, tape[i].body_vjps
     tape[i] = None   # frees the cell's residuals as its backward programs run
-    g_body, g_states, g_w, g_e = _body_backward(prog, cfg, body_vjps, cts.pop(i), kind == "reduce", wrt_params,
-                                                arch_only_programs)
+    g_body, g_states, g_shared, g_w, g_e = _body_backward(prog, cfg, body_vjps, cts.pop(i), kind == "reduce",
+                                                          wrt_params, arch_only_programs)
     if record:
-      rec.cts[i] = g_states
+      rec.cts[i], rec.ct_shared[i] = g_states, g_shared
     g_s0 = g_s1 = None
     if wrt_params or i >= 1:   # cell 0's inputs are the stem's output, whose cotangent only ∂params needs
       g_pre, g_s0, g_s1 = pull(pre_vjp, tuple(g_states[:2]))
@@ -672,7 +740,7 @@ def _chain_hvp(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, a
   n = len(rec.cells)
   # Forward sweep: λ of every cell output (-1: the stem) and the direct second-order terms.
   lam = {-1: prog.stem_jvp(params["stem"], images, v["stem"], ctx)}
-  mu, d_states, out = {}, [None] * n, {}
+  mu, d_states, d_shared, out = {}, [None] * n, [None] * n, {}
   for i, t in enumerate(rec.cells):
     pre, body = _split_cell(params["cells"][i])
     v_pre, v_body = _split_cell(v["cells"][i])
@@ -682,9 +750,9 @@ def _chain_hvp(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, a
     for j, d in ((j0, d_s0), (j1, d_s1)):
       if j >= 0:
         _accumulate(prog, mu, j, d)
-    d_states[i], d_w, d_e, lam[i] = _body_dd(prog, cfg, ctx, body, t.states, arch_weights[t.kind],
-                                             arch_weights.get(t.kind + "_edge"), rec.cts[i], v_body, lam_p0, lam_p1,
-                                             t.kind == "reduce")
+    d_states[i], d_shared[i], d_w, d_e, lam[i] = _body_dd(
+        prog, cfg, ctx, body, t.states, arch_weights[t.kind], arch_weights.get(t.kind + "_edge"), rec.cts[i],
+        rec.ct_shared[i], v_body, lam_p0, lam_p1, t.kind == "reduce")
     _accumulate(prog, out, t.kind, d_w)
     _accumulate(prog, out, t.kind + "_edge", d_e)
     lam.pop(i - 2, None)
@@ -697,8 +765,8 @@ def _chain_hvp(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, a
   for i in reversed(range(n)):
     t = tape[i]
     tape[i] = None
-    _, g_states, g_w, g_e = _body_backward(prog, cfg, t.body_vjps, mu.pop(i), t.kind == "reduce", False,
-                                           extra=d_states[i])
+    _, g_states, _, g_w, g_e = _body_backward(prog, cfg, t.body_vjps, mu.pop(i), t.kind == "reduce", False,
+                                              extra=d_states[i], extra_shared=d_shared[i])
     _accumulate(prog, out, t.kind, g_w)
     _accumulate(prog, out, t.kind + "_edge", g_e)
     if i >= 1:
