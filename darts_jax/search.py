@@ -140,7 +140,10 @@ def search(config, workdir: str) -> Dict[str, Any]:
   state, start, elapsed = ckpt.restore_or_init(state)
   log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True))
 
-  cells = bool(config.get("compile_cells", False)) and model.grads is not None
+  cells = config.get("compile_cells")
+  # None: on a CPU, where the chain of small programs compiles and runs faster than one program for the step;
+  # on a GPU or TPU the many small launches would likely cost more than they save (not measured).
+  cells = (jax.default_backend() == "cpu" if cells is None else bool(cells)) and model.grads is not None
   once = (bool(config.get("compile_once", False)) or cells) and bilevel.supports_compile_once(problem, hp)
   if once and cells:
     problem = problem._replace(grads=model.grads, grads_and_hvp=model.grads_and_hvp)
