@@ -3,7 +3,7 @@
   python benchmarks/search_step.py                       # the configuration, all modes
   python benchmarks/search_step.py --C=8 --layers=5 --batch=32 --image=28 --in_channels=1 --modes=first_order
   python benchmarks/search_step.py --compile_once     # bilevel.SharedPassStep, every mode
-  python benchmarks/search_step.py --compile_cells    # the same, one program per distinct cell shape
+  python benchmarks/search_step.py --compile_cells    # the same, one program per distinct edge shape
   python benchmarks/search_step.py --compile_cells --noarch_only_programs   # fewer programs, slower α passes
 
 XLA flags are read from the environment as usual (e.g. XLA_FLAGS=--xla_backend_optimization_level=0), so
@@ -32,7 +32,9 @@ _STEPS = flags.DEFINE_integer("steps", 5, "timed steps after the first")
 _DW = flags.DEFINE_string("dw_impl", "auto", "depthwise implementation: auto, shift, loop, chunked or xla")
 _ONCE = flags.DEFINE_bool("compile_once", False, "bilevel.SharedPassStep: one network-gradient program per pass")
 _CELLS = flags.DEFINE_bool("compile_cells", False, "compile_once with supernet.cellwise_grads: one program "
-                           "per distinct cell shape")
+                           "per distinct edge shape")
+_OPT = flags.DEFINE_integer("cpu_opt_level", 1, "compile_cells: XLA backend optimization level of the chain's "
+                            "programs on a CPU (-1: XLA's default)")
 _ARCH_ONLY = flags.DEFINE_bool("arch_only_programs", True, "compile_cells: passes that need only the α "
                                "gradient run backward programs without the weight gradients")
 
@@ -44,11 +46,14 @@ def _peak_rss_gb() -> float:
 def run_mode(mode: str):
   cfg = supernet.SupernetConfig(C=_C.value, layers=_LAYERS.value, in_channels=_IN.value, dw_impl=_DW.value)
   hp = bilevel.SearchHParams(hypergradient=mode, steps_per_epoch=100)
+  level = None if _OPT.value < 0 else _OPT.value
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a),
-                                  grads=(supernet.cellwise_grads(cfg, arch_only_programs=_ARCH_ONLY.value)
+                                  grads=(supernet.cellwise_grads(cfg, cpu_opt_level=level,
+                                                                 arch_only_programs=_ARCH_ONLY.value)
                                          if _CELLS.value else None),
-                                  grads_and_hvp=supernet.cellwise_grads_and_hvp(cfg) if _CELLS.value else None)
+                                  grads_and_hvp=(supernet.cellwise_grads_and_hvp(cfg, cpu_opt_level=level)
+                                                 if _CELLS.value else None))
   key = jax.random.PRNGKey(0)
   state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   shape = (_BATCH.value, _IMAGE.value, _IMAGE.value, _IN.value)
@@ -81,7 +86,7 @@ def main(argv):
   del argv
   print(f"C={_C.value} layers={_LAYERS.value} batch={_BATCH.value} {_IMAGE.value}x{_IMAGE.value}x{_IN.value} "
         f"dw_impl={_DW.value} compile_once={_ONCE.value} compile_cells={_CELLS.value} "
-        f"arch_only_programs={_ARCH_ONLY.value} "
+        f"arch_only_programs={_ARCH_ONLY.value} cpu_opt_level={_OPT.value} "
         f"backend={jax.default_backend()} "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print("| mode | trace s | compile s | s/step (median) | peak RSS GB |")

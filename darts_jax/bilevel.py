@@ -127,7 +127,7 @@ class SearchProblem(NamedTuple):
     `arch_weights`, like the α step.
   grads: optional (params, arch_weights, batch, wrt_params=True) -> (loss, accuracy, ∂params, ∂arch_weights)
     of `apply`'s cross-entropy, computed otherwise than as one compiled program (`supernet.cellwise_grads`:
-    one program per distinct cell shape, chained); `SharedPassStep` calls it for every pass, with
+    one program per distinct edge shape, chained); `SharedPassStep` calls it for every pass, with
     wrt_params=False (∂params None, and not computed) where only ∂arch_weights is used. None: jit of the
     gradient.
   grads_and_hvp: optional (params, arch_weights, batch) -> (loss, accuracy, ∂params, ∂arch_weights, hvp) with
@@ -283,7 +283,7 @@ class SharedPassStep:
   Hessian-vector program (reverse over reverse through the training loss only), which is the exact gradient
   through the unrolled step. Results equal `search_step` up to float rounding (tested); the warm-up step (no
   α update) reuses the same program. A problem that carries its own `grads` (`supernet.cellwise_grads`:
-  one program per distinct cell shape, chained) has that called for every pass instead, and its own
+  one program per distinct edge shape, chained) has that called for every pass instead, and its own
   `grads_and_hvp` (`supernet.cellwise_grads_and_hvp`) for the exact second order's training pass and term.
   """
 

@@ -42,7 +42,7 @@ class SearchModel:
   init: Any          # key -> params
   apply: Any         # (params, images, arch_weights) -> logits
   num_params: int
-  grads: Any = None  # the cell-by-cell network gradient (`supernet.cellwise_grads`), DARTS space only
+  grads: Any = None  # the edge-by-edge network gradient (`supernet.cellwise_grads`), DARTS space only
   grads_and_hvp: Any = None   # ... and the exact second order's (`supernet.cellwise_grads_and_hvp`)
 
 

@@ -302,7 +302,7 @@ def apply(params: Params, x: jax.Array, arch_weights: Params, cfg: SupernetConfi
 
 
 # --------------------------------------------------------------------------------------------------------
-# The network gradient cell by cell: one compiled program per distinct cell shape.
+# The network gradient as a chain of small programs: one per distinct stem, preprocessing, edge, state and head.
 
 
 def _stem_fwd(stem_params, x, ctx):

@@ -93,9 +93,9 @@ def _partial_channel_problem(layers):
 
 
 def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
-  """`supernet.cellwise_grads` chains one forward and one backward program per distinct cell shape: it gives
+  """`supernet.cellwise_grads` chains one forward and one backward program per distinct unit shape: it gives
   `jax.grad`'s numbers through `apply` for the weights and the op weights (here with PC-DARTS' partial
-  channels and edge factors), a stage's two normal cells run the same compiled body, and with
+  channels and edge factors), the edges of one stride and resolution run the same compiled mixed op, and with
   wrt_params=False it gives the same op-weight gradients without the weights' backward programs."""
   cfg, params, weights, batch = _partial_channel_problem(layers=6)
 
@@ -107,7 +107,8 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
   edge_fwd = supernet._cell_programs(None).edge_fwd
   edges = edge_fwd._cache_size()
   got_loss, got_acc, *got = supernet.cellwise_grads(cfg, cpu_opt_level=None)(params, weights, batch)
-  # 6 cells: normal, normal | reduce, normal | reduce, normal -> 5 distinct bodies
+  # 6 cells: normal, normal | reduce, normal | reduce, normal -> stride-1 edges at 3 resolutions, stride-2
+  # edges into 2 reductions
   assert edge_fwd._cache_size() - edges == 5
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
   assert float(got_acc) == float(want_acc)
@@ -135,7 +136,7 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
 @pytest.mark.slow   # about 90 s on 2 busy cores, most of it compiling the whole-network double backward
 def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
   """`supernet.cellwise_grads_and_hvp` gives the network gradient and, from what that pass recorded,
-  double-backward programs per distinct cell chained forwards then backwards give the mixed second
+  double-backward programs per distinct edge chained forwards then backwards give the mixed second
   derivative ∇_{op weights}⟨∇_params L, v⟩ of differentiating `apply` twice; here with partial channels and
   edge factors, max pooling, a separable convolution and both kinds of preprocessing (after a normal cell
   and after a reduction)."""
@@ -164,8 +165,8 @@ def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
                                            pytest.param("second_order_exact", marks=pytest.mark.slow)])
 def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradient):
   """`bilevel.SharedPassStep` calls a problem's own `grads` for every pass (and its own `grads_and_hvp` for
-  the exact second order): with the cell-by-cell programs, a DARTS step (first order, finite differences with its five
-  passes, the exact second order) equals the one-program gradient's."""
+  the exact second order): with the edge-by-edge programs, a DARTS step (first order, finite differences with
+  its five passes, the exact second order) equals the one-program gradient's, without host transfers."""
   cfg = supernet.SupernetConfig(C=2, layers=3, num_classes=3, in_channels=1, space=SMALL_SPACE, multiplier=2)
   hp = bilevel.SearchHParams(epochs=2, steps_per_epoch=2, hypergradient=hypergradient)
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
@@ -185,6 +186,10 @@ def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradi
     b, mb = cells(b, tb, vb)
     for k in ma:
       np.testing.assert_allclose(ma[k], mb[k], rtol=2e-5, atol=1e-6, err_msg=f"step {i} {k}")
+  # The chain runs from Python but never moves data between host and device.
+  tb = {"image": jax.random.normal(jax.random.PRNGKey(12), (4, 8, 8, 1)), "label": jnp.arange(4) % 3}
+  with jax.transfer_guard("disallow"):
+    jax.block_until_ready(cells(init(), tb, tb))
   # The chain sums a node's edges one by one where `apply` sums vmapped waves: after two steps on this tiny
   # network (BatchNorm over 4 images) rounding reaches about 1.5e-5 of a leaf's largest entry.
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
