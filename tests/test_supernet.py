@@ -187,9 +187,9 @@ def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradi
     for k in ma:
       np.testing.assert_allclose(ma[k], mb[k], rtol=2e-5, atol=1e-6, err_msg=f"step {i} {k}")
   # The chain runs from Python but never moves data between host and device.
-  tb = {"image": jax.random.normal(jax.random.PRNGKey(12), (4, 8, 8, 1)), "label": jnp.arange(4) % 3}
+  c, tb = init(), {"image": jax.random.normal(jax.random.PRNGKey(12), (4, 8, 8, 1)), "label": jnp.arange(4) % 3}
   with jax.transfer_guard("disallow"):
-    jax.block_until_ready(cells(init(), tb, tb))
+    jax.block_until_ready(cells(c, tb, tb))
   # The chain sums a node's edges one by one where `apply` sums vmapped waves: after two steps on this tiny
   # network (BatchNorm over 4 images) rounding reaches about 1.5e-5 of a leaf's largest entry.
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
