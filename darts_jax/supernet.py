@@ -418,11 +418,12 @@ def _preprocess_dd(pre_params, s0, s1, ct, v, lam0, lam1, reduction_prev, ctx):
 
 
 def _shared_dd(x, ct, lam, space, stride, ctx, partial_channels):
-  """`_preprocess_dd` for a state's weight-free ops: (the direct term of the state, the ops' λ)."""
+  """`_preprocess_dd` for a state's weight-free ops: ((the direct term of the state, the ops' λ), the ops'
+  outputs, which the edges' double backward takes as inputs)."""
   def phi(x, c):
-    return optax.tree_utils.tree_vdot(jax.vjp(lambda x: _shared(x, space, stride, ctx, partial_channels), x)[1](c),
-                                      (lam,))
-  return jax.grad(phi, argnums=(0, 1))(x, ct)
+    out, vjp_fn = jax.vjp(lambda x: _shared(x, space, stride, ctx, partial_channels), x)
+    return optax.tree_utils.tree_vdot(vjp_fn(c), (lam,)), out
+  return jax.grad(phi, argnums=(0, 1), has_aux=True)(x, ct)
 
 
 def _edge_dd(edge_params, x, shared, row, scale, ct, v, lam, lam_shared, space, stride, ctx, partial_channels):
@@ -448,7 +449,6 @@ def _add(a, b):
 class _CellPrograms(NamedTuple):
   stem_fwd: Any
   preprocess_fwd: Any
-  shared: Any
   shared_fwd: Any
   edge_fwd: Any
   head_grads: Any
@@ -474,7 +474,7 @@ def _cell_programs(opt_level: Optional[int]) -> _CellPrograms:
   every `cellwise_grads` that uses it so that their compiled programs are too."""
   options = None if opt_level is None else {"xla_backend_optimization_level": opt_level}
   jit = lambda f, static=(): jax.jit(f, static_argnums=static, compiler_options=options)
-  return _CellPrograms(jit(_stem_fwd, (2,)), jit(_preprocess_fwd, (3, 4)), jit(_shared, (1, 2, 3, 4)),
+  return _CellPrograms(jit(_stem_fwd, (2,)), jit(_preprocess_fwd, (3, 4)),
                        jit(_shared_fwd, (1, 2, 3, 4)), jit(_edge_fwd, (5, 6, 7, 8)), jit(_head_grads),
                        jit(_pullback), jit(_pullback_inputs), jit(_add), jit(_split_params, (1, 2)),
                        jit(_merge_params, (1, 2)), jit(_split_arch), jit(_merge_arch), jit(_concat),
@@ -488,6 +488,12 @@ def _dag(space: SearchSpace, reduction: bool):
           for e, edge in enumerate(space.edges)]
 
 
+def _outputs(cfg: SupernetConfig, states: Dict[int, Any]) -> Tuple:
+  """The states a cell concatenates into its output: its last `multiplier` nodes."""
+  n = cfg.space.num_inputs + cfg.space.num_nodes
+  return tuple(states[s] for s in range(n - cfg.multiplier, n))
+
+
 class _BodyVJPs(NamedTuple):
   edges: List           # per edge, in the space's order
   shared: Dict[int, Any]  # per source state with weight-free ops to share
@@ -495,11 +501,11 @@ class _BodyVJPs(NamedTuple):
 
 def _body_forward(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, p0, p1, weights, edge_scale,
                   reduction: bool):
-  """A cell body edge by edge: (its output, `_BodyVJPs`, every state of the cell)."""
+  """A cell body edge by edge: (its output, `_BodyVJPs`, every state of the cell by index)."""
   space, pc = cfg.space, cfg.partial_channels
   edge_params = prog.split_params(body, space, reduction)
   rows, scales = prog.split_arch(weights, edge_scale)
-  states, shared, vjps = [p0, p1], {}, _BodyVJPs([], {})
+  states, shared, vjps = {0: p0, 1: p1}, {}, _BodyVJPs([], {})
   for e, src, dst, stride in _dag(space, reduction):
     if src not in shared:
       shared[src] = {}
@@ -507,11 +513,8 @@ def _body_forward(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, 
         shared[src], vjps.shared[src] = prog.shared_fwd(states[src], space, stride, ctx, pc)
     y, vjp = prog.edge_fwd(edge_params[e], states[src], shared[src], rows[e], scales[e], space, stride, ctx, pc)
     vjps.edges.append(vjp)
-    if dst == len(states):
-      states.append(y)
-    else:
-      states[dst] = prog.add(states[dst], y)
-  return prog.concat(tuple(states[-cfg.multiplier:])), vjps, states
+    _accumulate(prog, states, dst, y)
+  return prog.concat(_outputs(cfg, states)), vjps, states
 
 
 def _body_backward(prog: _CellPrograms, cfg: SupernetConfig, vjps: _BodyVJPs, ct, reduction: bool,
@@ -562,14 +565,14 @@ def _body_dd(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, state
   edge_params = prog.split_params(body, space, reduction)
   v_edges = prog.split_params(v, space, reduction)
   rows, scales = prog.split_arch(weights, edge_scale)
-  lam, shared, lam_shared, d_states, d_shared = [lam0, lam1], {}, {}, {}, {}
+  lam, shared, lam_shared, d_states, d_shared = {0: lam0, 1: lam1}, {}, {}, {}, {}
   d_rows, d_scales = [None] * space.num_edges, [None] * space.num_edges
   for e, src, dst, stride in _dag(space, reduction):
     if src not in shared:
       shared[src] = lam_shared[src] = {}
       if _shared_names(space, stride):
-        shared[src] = prog.shared(states[src], space, stride, ctx, pc)
-        d_x, lam_shared[src] = prog.shared_dd(states[src], ct_shared[src], lam[src], space, stride, ctx, pc)
+        (d_x, lam_shared[src]), shared[src] = prog.shared_dd(states[src], ct_shared[src], lam[src], space, stride,
+                                                             ctx, pc)
         _accumulate(prog, d_states, src, d_x)
     d_x, d_h, d_rows[e], d_scales[e], lam_y = prog.edge_dd(
         edge_params[e], states[src], shared[src], rows[e], scales[e], cts[dst], v_edges[e], lam[src],
@@ -577,12 +580,8 @@ def _body_dd(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, state
     _accumulate(prog, d_states, src, d_x)
     if d_h:
       _accumulate(prog, d_shared, src, d_h)
-    if dst == len(lam):
-      lam.append(lam_y)
-    else:
-      lam[dst] = prog.add(lam[dst], lam_y)
-  return (d_states, d_shared, *prog.merge_arch(tuple(d_rows), tuple(d_scales)),
-          prog.concat(tuple(lam[-cfg.multiplier:])))
+    _accumulate(prog, lam, dst, lam_y)
+  return d_states, d_shared, *prog.merge_arch(tuple(d_rows), tuple(d_scales)), prog.concat(_outputs(cfg, lam))
 
 
 class _Taped(NamedTuple):
@@ -592,7 +591,7 @@ class _Taped(NamedTuple):
   reduction_prev: bool
   s0: jax.Array
   s1: jax.Array
-  states: List[jax.Array]
+  states: Dict[int, jax.Array]
   pre_vjp: Any
   body_vjps: List
 
