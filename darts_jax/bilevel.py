@@ -247,9 +247,21 @@ def _weight_update(hp: SearchHParams, params, w_opt, alphas, g_w, loss, acc, ste
   return params, w_opt, metrics
 
 
+def _jit_step(fn, donate: bool, shardings, **kwargs):
+  """jit of `(state, train_batch, val_batch) -> (state, metrics)`; `shardings` = (state's, batches') places
+  the state, the batches and the metrics (with the state's sharding) on a mesh (`parallel.Layout`)."""
+  if shardings is not None:
+    state_sh, batch_sh = shardings
+    kwargs.update(in_shardings=(state_sh, batch_sh, batch_sh), out_shardings=(state_sh, state_sh))
+  return jax.jit(fn, donate_argnums=(0,) if donate else (), **kwargs)
+
+
 def make_search_step(problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True,
-                     donate: bool = True, compile_once: bool = False):
+                     donate: bool = True, compile_once: bool = False, shardings=None):
   """The jitted step `(state, train_batch, val_batch) -> (state, metrics)`, state donated.
+
+  shardings: optional (state sharding, batch sharding), e.g. `parallel.Layout.step_shardings()`: the
+    step runs data-parallel on that mesh (the fused step only), gradients over the global batch.
 
   compile_once: run the step as `SharedPassStep` (same numbers up to float rounding): one compiled network
     gradient serves every pass of the step (plus, for the exact second order, one Hessian-vector program),
@@ -257,9 +269,11 @@ def make_search_step(problem: SearchProblem, hp: SearchHParams, update_alphas: b
     (unless the problem's own `grads` can skip them, as `supernet.cellwise_grads` does).
   """
   if compile_once:
+    if shardings is not None:
+      raise ValueError("compile_once runs on one device; use the fused step on a mesh of several devices")
     return SharedPassStep(problem, hp, update_alphas, donate)
   fn = lambda state, tb, vb: search_step(problem, hp, state, tb, vb, update_alphas)
-  return jax.jit(fn, donate_argnums=(0,) if donate else ())
+  return _jit_step(fn, donate, shardings)
 
 
 def supports_compile_once(problem: SearchProblem, hp: SearchHParams) -> bool:
@@ -406,8 +420,9 @@ class SharedPassStep:
     return state, metrics
 
 
-def make_eval_step(problem: SearchProblem):
-  """Jitted `(params, alphas, batch) -> (sum of losses, number correct, count)`, masked for padding."""
+def make_eval_step(problem: SearchProblem, out_sharding=None):
+  """Jitted `(params, alphas, batch) -> (sum of losses, number correct, count)`, masked for padding
+  (`out_sharding`: where the sums go, e.g. replicated on a mesh)."""
   def fn(params, alphas, batch, rng, step):
     weights = problem.arch_weights(alphas, rng, step)
     logits = problem.apply(params, batch["image"], weights)
@@ -415,7 +430,7 @@ def make_eval_step(problem: SearchProblem):
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     return jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask)
-  return jax.jit(fn)
+  return jax.jit(fn) if out_sharding is None else jax.jit(fn, out_shardings=out_sharding)
 
 
 def init_seeds(init_params: Callable, init_alphas: Callable, hp: SearchHParams, seeds) -> SearchState:
@@ -433,11 +448,14 @@ def init_seeds(init_params: Callable, init_alphas: Callable, hp: SearchHParams, 
 
 
 def make_multi_seed_step(problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True,
-                         donate: bool = True):
+                         donate: bool = True, shardings=None):
   """S searches as one jit-compiled program: `(states, train_batches, val_batches) -> (states, metrics)`
   with every argument stacked along a leading seed axis (each seed its own data order too). One compile
-  serves all seeds; the results equal S separate runs of `make_search_step` up to float rounding."""
+  serves all seeds; the results equal S separate runs of `make_search_step` up to float rounding.
+
+  shardings: optional (state sharding, batch sharding) of a mesh with a ``seed`` axis
+    (`parallel.make_layout(seeds=...)`): the seeds are spread over its devices, each seed's batch over its
+    ``data`` axis."""
   from darts_jax import xla_setup  # pylint: disable=g-import-not-at-top
   fn = jax.vmap(lambda state, tb, vb: search_step(problem, hp, state, tb, vb, update_alphas))
-  return jax.jit(fn, donate_argnums=(0,) if donate else (),
-                 compiler_options=xla_setup.cpu_compiler_options_without_ynn_reduce())
+  return _jit_step(fn, donate, shardings, compiler_options=xla_setup.cpu_compiler_options_without_ynn_reduce())

@@ -27,12 +27,13 @@ from darts_jax import data as data_lib
 from darts_jax import genotypes
 from darts_jax import methods as methods_lib
 from darts_jax import nb201
+from darts_jax import parallel
 from darts_jax import supernet
 from darts_jax import workdir as wd
 from darts_jax.search_space import get_space
 
 # Config keys that may change when a run is continued (e.g. asking for a longer log interval).
-RESUMABLE_KEYS = ("progress", "log_every")
+RESUMABLE_KEYS = ("progress", "log_every", "checkpoint_every", "num_devices")
 
 
 @dataclasses.dataclass
@@ -117,54 +118,96 @@ def load_search_data(config):
   return train, mean, std, w_idx, a_idx
 
 
+def _step_program(config, model, problem, hp, layout) -> str:
+  """"compile_cells", "compile_once" or "fused", from the config, the backend and the mesh."""
+  cells, once = config.get("compile_cells"), bool(config.get("compile_once", False))
+  if layout.num_devices > 1:
+    if cells or once:
+      raise ValueError(f"compile_cells/compile_once run on one device but this run has {layout.num_devices}; "
+                       "unset them (the fused step runs on the mesh) or set --config.num_devices=1")
+    return "fused"
+  # None: on a CPU, where the chain of small programs compiles and runs faster than one program for the step;
+  # on a GPU or TPU the many small launches would likely cost more than they save (not measured).
+  cells = (jax.default_backend() == "cpu" if cells is None else bool(cells)) and model.grads is not None
+  once = (once or cells) and bilevel.supports_compile_once(problem, hp)
+  return "compile_cells" if once and cells else "compile_once" if once else "fused"
+
+
+class _Batches:
+  """The (train, val) batch pairs of the search loop from `start` on: each process reads its own rows of
+  every global batch and gets them back as arrays on the mesh."""
+
+  def __init__(self, config, train, mean, std, w_idx, a_idx, start: int, layout):
+    rows = layout.rows(config.batch_size) if jax.process_count() > 1 else None
+    make = lambda idx, seed: data_lib.BatchIterator(train, config.batch_size, idx, augment=config.augment,
+                                                    seed=seed, mean=mean, std=std, start=(0, start), rows=rows)
+    put = layout.put_batch if layout.num_devices > 1 else True
+    self._it = data_lib.prefetch(zip(make(w_idx, 2 * config.seed), make(a_idx, 2 * config.seed + 1)), size=2,
+                                 device_put=put)
+
+  def __next__(self):
+    return next(self._it)
+
+  def close(self):
+    self._it.close()
+
+
 def search(config, workdir: str) -> Dict[str, Any]:
-  """Runs (or resumes) the search `config` describes in `workdir`; returns the summary it exports."""
+  """Runs (or resumes) the search `config` describes in `workdir`; returns the summary it exports.
+
+  On several devices (``config.num_devices``, 0: all, over every process) the step runs data-parallel; on
+  SIGTERM the run saves a checkpoint of its current step and raises `workdir.Preempted`."""
   method = methods_lib.get_method(config.method, **dict(config.get("method_kwargs", {}) or {}))
-  resumed = wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS)
+  layout = parallel.make_layout(int(config.get("num_devices") or 0))
+  layout.check_batch_size(config.batch_size)
+  wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS, write=layout.is_main)
   train, mean, std, w_idx, a_idx = load_search_data(config)
   model = build_model(config, method, train.num_classes, train.image_shape)
   space = model.space
+  apply = model.apply
+  bn_stats = config.get("bn_stats", "global") or "global"
+  if bn_stats == "device":
+    apply = parallel.per_device_bn(apply, layout)
+  elif bn_stats != "global":
+    raise ValueError(f"bn_stats={bn_stats!r}: use 'global' (statistics of the global batch) or 'device'")
 
   steps_per_epoch = config.get("steps_per_epoch") or len(w_idx) // config.batch_size
   hp = method.search_hparams(epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                              **bilevel.hparams_overrides(config.get("hparams")))
-  problem = method.problem(model.apply, space, hp)
+  problem = method.problem(apply, space, hp)
   total_steps = hp.epochs * steps_per_epoch
   warmup_steps = min(method.warmup_epochs if config.get("warmup_epochs") is None else config.warmup_epochs,
                      hp.epochs) * steps_per_epoch
+  checkpoint_every = int(config.get("checkpoint_every") or 0)
 
   key = jax.random.PRNGKey(config.seed)
   k_w, k_a, k_state, k_derive = jax.random.split(key, 4)
   state = bilevel.init_state(model.init(k_w), method.init_alphas(k_a, space), hp, k_state)
+  mesh_run = layout.num_devices > 1
+  if mesh_run:
+    state = layout.put_state(state)
   ckpt = wd.Checkpoints(workdir)
   state, start, elapsed = ckpt.restore_or_init(state)
-  log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True))
+  log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True),
+                      enabled=layout.is_main)
 
-  cells = config.get("compile_cells")
-  # None: on a CPU, where the chain of small programs compiles and runs faster than one program for the step;
-  # on a GPU or TPU the many small launches would likely cost more than they save (not measured).
-  cells = (jax.default_backend() == "cpu" if cells is None else bool(cells)) and model.grads is not None
-  once = (bool(config.get("compile_once", False)) or cells) and bilevel.supports_compile_once(problem, hp)
-  if once and cells:
+  step_program = _step_program(config, model, problem, hp, layout)
+  once = step_program != "fused"
+  if step_program == "compile_cells":
     problem = problem._replace(grads=model.grads, grads_and_hvp=model.grads_and_hvp)
-  step_program = "compile_cells" if once and cells else "compile_once" if once else "fused"
-  if method.update_alphas and warmup_steps < total_steps:
-    step_fn = bilevel.make_search_step(problem, hp, update_alphas=True, compile_once=once)
-  else:
-    step_fn = None
-  warm_fn = (bilevel.make_search_step(problem, hp, update_alphas=False, compile_once=once)
-             if (warmup_steps or not method.update_alphas) else None)
-  eval_fn = bilevel.make_eval_step(problem)
+  shardings = layout.step_shardings() if mesh_run else None
+  make = lambda update: bilevel.make_search_step(problem, hp, update_alphas=update, compile_once=once,
+                                                 shardings=shardings)
+  step_fn = make(True) if method.update_alphas and warmup_steps < total_steps else None
+  warm_fn = make(False) if (warmup_steps or not method.update_alphas) else None
+  eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)
+  put_eval = (lambda b: layout.put_batch(layout.local_rows(b))) if mesh_run else (lambda b: b)
 
-  w_iter = data_lib.BatchIterator(train, config.batch_size, w_idx, augment=config.augment, seed=2 * config.seed,
-                                  mean=mean, std=std, start=(0, start))
-  a_iter = data_lib.BatchIterator(train, config.batch_size, a_idx, augment=config.augment,
-                                  seed=2 * config.seed + 1, mean=mean, std=std, start=(0, start))
-  batches = data_lib.prefetch(zip(w_iter, a_iter), size=2)
+  batches = _Batches(config, train, mean, std, w_idx, a_idx, start, layout)
   val_eval_idx = a_idx[:config.eval_examples] if config.get("eval_examples") else a_idx
 
   progress = None
-  if config.get("progress", True) and start < total_steps:
+  if config.get("progress", True) and start < total_steps and layout.is_main:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     progress = tqdm(total=total_steps, initial=start, unit="step", desc=f"search {config.method}",
                     dynamic_ncols=True, mininterval=2.0)
@@ -174,39 +217,56 @@ def search(config, workdir: str) -> Dict[str, Any]:
   pending = []
   t_epoch = time.perf_counter()
   epoch_steps = 0
+
+  def save(at_step, seconds):
+    nonlocal pending, last_good
+    wd.fetch_finite(pending, at_step, last_good, ckpt.directory, "parameters at search", "lower the learning rates")
+    pending = []
+    ckpt.save_with_elapsed(at_step, state, seconds)
+    last_good = at_step
+
   try:
-    while step < total_steps:
-      tb, vb = next(batches)
-      fn = warm_fn if step < warmup_steps or step_fn is None else step_fn
-      state, metrics = fn(state, tb, vb)
-      pending.append(metrics)
-      step += 1
-      epoch_steps += 1
-      end_of_epoch = step % steps_per_epoch == 0
-      if step % config.log_every == 0 or end_of_epoch:
-        fetched = wd.fetch_finite(pending, step, last_good, ckpt.directory, "parameters at search",
-                                  "lower the learning rates")
-        pending = []
-        m = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
-        log.write(step, {"phase": "search", "epoch": (step - 1) // steps_per_epoch, **m})
-      if progress is not None:
-        progress.update(1)
-      if end_of_epoch:
-        epoch = step // steps_per_epoch - 1
-        jax.block_until_ready(state.alphas)
-        seconds = time.perf_counter() - t_epoch
-        elapsed += seconds
-        val_loss, val_acc = evaluate(eval_fn, state, train, val_eval_idx, config.batch_size, mean, std)
-        opw = jax.device_get(method.op_weights(state.alphas, space))
-        arch = method.derive(jax.device_get(state.alphas), space)
-        log.write(step, {"phase": "epoch", "epoch": epoch, "val_loss": val_loss, "val_acc": val_acc,
-                         "alpha_entropy": _entropy(opw), "genotype": arch_text(arch),
-                         "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
-                         "seconds_per_step": seconds / max(epoch_steps, 1), "elapsed": elapsed})
-        ckpt.save_with_elapsed(step, state, elapsed)
-        last_good = step
-        t_epoch = time.perf_counter()
-        epoch_steps = 0
+    with wd.TerminationWatch() as term:
+      while step < total_steps:
+        tb, vb = next(batches)
+        fn = warm_fn if step < warmup_steps or step_fn is None else step_fn
+        state, metrics = fn(state, tb, vb)
+        pending.append(metrics)
+        step += 1
+        epoch_steps += 1
+        end_of_epoch = step % steps_per_epoch == 0
+        if step % config.log_every == 0 or end_of_epoch:
+          fetched = wd.fetch_finite(pending, step, last_good, ckpt.directory, "parameters at search",
+                                    "lower the learning rates")
+          pending = []
+          m = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
+          log.write(step, {"phase": "search", "epoch": (step - 1) // steps_per_epoch, **m})
+        if progress is not None:
+          progress.update(1)
+        if end_of_epoch:
+          epoch = step // steps_per_epoch - 1
+          jax.block_until_ready(state.alphas)
+          seconds = time.perf_counter() - t_epoch
+          elapsed += seconds
+          val_loss, val_acc = evaluate(eval_fn, state, train, val_eval_idx, config.batch_size, mean, std, put_eval)
+          alphas = parallel.host(state.alphas)
+          opw = jax.device_get(method.op_weights(alphas, space))
+          arch = method.derive(alphas, space)
+          log.write(step, {"phase": "epoch", "epoch": epoch, "val_loss": val_loss, "val_acc": val_acc,
+                           "alpha_entropy": _entropy(opw), "genotype": arch_text(arch),
+                           "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
+                           "seconds_per_step": seconds / max(epoch_steps, 1), "elapsed": elapsed})
+          save(step, elapsed)
+          t_epoch = time.perf_counter()
+          epoch_steps = 0
+        elif checkpoint_every and step % checkpoint_every == 0:
+          save(step, elapsed + time.perf_counter() - t_epoch)
+        if term.requested() and step < total_steps:
+          if last_good != step:
+            save(step, elapsed + time.perf_counter() - t_epoch)
+          raise wd.Preempted(f"stopped by {term.signal_name or 'a signal to another process'} at step {step} of "
+                             f"{total_steps}; its checkpoint is in {ckpt.directory}; re-run the same command "
+                             "to resume from it")
   finally:
     batches.close()
     if progress is not None:
@@ -215,14 +275,14 @@ def search(config, workdir: str) -> Dict[str, Any]:
     ckpt.close()
 
   return export(config, workdir, method, model, state, train, mean, std, val_eval_idx, eval_fn, elapsed,
-                k_derive, step_program)
+                k_derive, step_program, layout, put_eval)
 
 
-def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std):
+def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std, put=lambda b: b):
   """Mean loss and accuracy of the supernet (current α) on `indices` of `dataset`."""
   tot_loss = tot_correct = count = 0.0
   for batch in data_lib.eval_batches(dataset, batch_size, mean=mean, std=std, indices=indices):
-    l, c, n = eval_fn(state.params, state.alphas, batch, state.rng, state.step)
+    l, c, n = eval_fn(state.params, state.alphas, put(batch), state.rng, state.step)
     tot_loss += float(l)
     tot_correct += float(c)
     count += float(n)
@@ -230,23 +290,33 @@ def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std):
 
 
 def export(config, workdir, method, model, state, train, mean, std, val_idx, eval_fn, elapsed, key,
-           step_program: str):
-  """Writes the final architecture, its pictures, the α history plot and the summary."""
+           step_program: str, layout, put=lambda b: b):
+  """Writes the final architecture, its pictures, the α history plot and the summary (process 0 only, after
+  checking that every process holds the same α and architecture)."""
   from darts_jax import visualize  # pylint: disable=g-import-not-at-top
-  alphas = jax.device_get(state.alphas)
+  alphas = parallel.host(state.alphas)
   space = model.space
   if method.select is not None:
+    fn = _weights_eval_fn(model.apply, layout.replicated if layout.num_devices > 1 else None)
+
     def score(arch_weights):
       tot = count = 0.0
-      fn = _weights_eval_fn(model.apply)
       for batch in data_lib.eval_batches(train, config.batch_size, mean=mean, std=std, indices=val_idx):
-        c, n = fn(state.params, arch_weights, batch)
+        c, n = fn(state.params, arch_weights, put(batch))
         tot += float(c)
         count += float(n)
       return tot / max(count, 1)
     arch, _ = method.select(key, space, score, config.get("num_candidates", 100))
   else:
     arch = method.derive(alphas, space, key=key)
+  parallel.check_same_on_all_processes(alphas, arch_text(arch), "α or architecture")
+  common = {"method": config.method, "space": space.name, "dataset": config.dataset, "seed": config.seed,
+            "genotype": arch_text(arch), "search_seconds": elapsed, "supernet_params": model.num_params,
+            "steps": int(parallel.host(state.step)), "step_program": step_program,
+            "num_devices": layout.num_devices, "num_processes": jax.process_count(),
+            "bn_stats": config.get("bn_stats", "global") or "global"}
+  if not layout.is_main:
+    return {**common, "val_acc": None}
   text = write_architecture(workdir, arch)
   wd.write_json(os.path.join(workdir, "alphas.json"), {k: np.asarray(v).tolist() for k, v in alphas.items()})
   if isinstance(arch, genotypes.Genotype):
@@ -257,20 +327,15 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
   if records:
     history = {k: [r["op_weights"][k] for r in records] for k in records[-1]["op_weights"]}
     visualize.plot_alpha_history(history, space.primitives, os.path.join(workdir, "alphas"))
-  summary = {"method": config.method, "space": space.name, "dataset": config.dataset, "seed": config.seed,
-             "genotype": text, "search_seconds": elapsed,
-             "val_acc": records[-1]["val_acc"] if records else None,
-             "supernet_params": model.num_params, "steps": int(state.step),
-             "step_program": step_program,
+  summary = {**common, "val_acc": records[-1]["val_acc"] if records else None,
              "versions": _versions(), "code_version": wd.code_version()}
   wd.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 
-def _weights_eval_fn(apply):
-  @jax.jit
+def _weights_eval_fn(apply, out_sharding=None):
   def fn(params, arch_weights, batch):
     logits = apply(params, batch["image"], arch_weights)
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32) * batch["mask"]
     return jnp.sum(correct), jnp.sum(batch["mask"])
-  return fn
+  return jax.jit(fn) if out_sharding is None else jax.jit(fn, out_shardings=out_sharding)

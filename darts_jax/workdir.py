@@ -30,6 +30,51 @@ class Diverged(RuntimeError):
   """Training produced NaN/Inf; the last good checkpoint is kept."""
 
 
+class Preempted(RuntimeError):
+  """The run was asked to stop (SIGTERM) and saved a checkpoint of its current step."""
+
+
+class TerminationWatch:
+  """Turns SIGTERM into a request to stop at the next step boundary, so the loop can checkpoint first.
+
+  Use as a context manager around a training loop and poll `requested()` after each step; outside the main
+  thread (where Python cannot install signal handlers) it never fires. With several processes `requested()`
+  is a collective (every process must poll it each step): all stop at the same step when any was signalled.
+  """
+
+  def __init__(self, signals=None):
+    import signal  # pylint: disable=g-import-not-at-top
+    self._signals = (signal.SIGTERM,) if signals is None else tuple(signals)
+    self._old = {}
+    self._flag = False
+    self.signal_name = None
+
+  def _handle(self, signum, frame):
+    del frame
+    import signal  # pylint: disable=g-import-not-at-top
+    self._flag = True
+    self.signal_name = signal.Signals(signum).name
+
+  def __enter__(self):
+    import signal  # pylint: disable=g-import-not-at-top
+    import threading  # pylint: disable=g-import-not-at-top
+    if threading.current_thread() is threading.main_thread():
+      for s in self._signals:
+        self._old[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    import signal  # pylint: disable=g-import-not-at-top
+    for s, old in self._old.items():
+      signal.signal(s, old)
+    self._old = {}
+    return False
+
+  def requested(self) -> bool:
+    from darts_jax import parallel  # pylint: disable=g-import-not-at-top
+    return parallel.any_process(self._flag)
+
+
 def atomic_write(path: str, data: str | bytes) -> None:
   """Writes `data` to `path` through a temporary file and a rename, so readers never see half a file."""
   directory = os.path.dirname(os.path.abspath(path))
@@ -65,11 +110,12 @@ def _jsonable(x: Any) -> Any:
   return x
 
 
-def prepare(workdir: str, config_dict: Mapping[str, Any], ignore: Iterable[str] = ()) -> bool:
+def prepare(workdir: str, config_dict: Mapping[str, Any], ignore: Iterable[str] = (), write: bool = True) -> bool:
   """Creates `workdir` and records the config; returns True if the workdir already holds this run.
 
   Raises `WorkdirError` when the workdir holds a run with a different config (keys in `ignore`, e.g. the
-  number of epochs to go on for, may differ).
+  number of epochs to go on for, may differ). ``write=False`` (the other processes of a multi-process run)
+  only checks.
   """
   path = os.path.join(workdir, "config.json")
   config_dict = _jsonable(config_dict)
@@ -85,18 +131,25 @@ def prepare(workdir: str, config_dict: Mapping[str, Any], ignore: Iterable[str] 
                     old.get(k) != config_dict.get(k))
       raise WorkdirError(f"{workdir} holds a run with a different config (differs in: {', '.join(diff)}); "
                          "use a new --workdir or the same config to resume")
-    atomic_write(path, json.dumps(config_dict, indent=2, sort_keys=True))
+    if write:
+      atomic_write(path, json.dumps(config_dict, indent=2, sort_keys=True))
     return True
   os.makedirs(workdir, exist_ok=True)
-  atomic_write(path, json.dumps(config_dict, indent=2, sort_keys=True))
+  if write:
+    atomic_write(path, json.dumps(config_dict, indent=2, sort_keys=True))
   return False
 
 
 class MetricsLog:
   """A JSON-lines metrics log beside TensorBoard event files of the same scalars."""
 
-  def __init__(self, workdir: str, resume_step: Optional[int] = None, tensorboard: bool = True):
+  def __init__(self, workdir: str, resume_step: Optional[int] = None, tensorboard: bool = True,
+               enabled: bool = True):
+    """``enabled=False`` (the other processes of a multi-process run) writes nothing."""
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self._file = self._tb = None
+    if not enabled:
+      return
     if os.path.exists(self.path):
       # Entries logged after the checkpoint we resume from are replayed by the resumed run: drop them.
       keep = [r for r in read_metrics(self.path) if resume_step is not None and r.get("step", 0) <= resume_step]
@@ -108,6 +161,8 @@ class MetricsLog:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, record: Mapping[str, Any]) -> None:
+    if self._file is None:
+      return
     record = {"step": int(step), **_jsonable(dict(record))}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
@@ -117,7 +172,8 @@ class MetricsLog:
           self._tb.add_scalar(k, v, step)
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
 
@@ -135,7 +191,10 @@ def read_metrics(path: str) -> list[Dict[str, Any]]:
 
 
 class Checkpoints:
-  """Orbax checkpoints of a training-state pytree under ``workdir/checkpoints`` (atomic; newest two kept)."""
+  """Orbax checkpoints of a training-state pytree under ``workdir/checkpoints`` (atomic; newest two kept).
+
+  With several processes every process calls every method: orbax writes replicated arrays once and
+  coordinates the processes itself."""
 
   def __init__(self, workdir: str, max_to_keep: int = 2):
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -177,7 +236,8 @@ def fetch_finite(pending: Sequence[Mapping[str, Any]], step: int, last_good: int
                  phase: str, advice: str) -> list:
   """The per-step metrics `pending` (device values; the last one is of `step`) on the host. Raises `Diverged`
   naming the first step whose ``finite`` flag is false and the last good checkpoint, which stays in place."""
-  fetched = jax.device_get(list(pending))
+  from darts_jax import parallel  # pylint: disable=g-import-not-at-top
+  fetched = [parallel.host(m) for m in pending]
   for i, m in enumerate(fetched):
     if not bool(m["finite"]):
       bad = step - len(fetched) + i + 1

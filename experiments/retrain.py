@@ -13,16 +13,19 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from darts_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "retrain config file (path[:arg])", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory (created; resumed if it holds this run)")
 flags.mark_flags_as_required(["config", "workdir"])
+_PROCESSES = cli.add_process_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from darts_jax import cli  # pylint: disable=g-import-not-at-top
-  return cli.run(lambda: cli.retrain_and_report(_CONFIG.value, _WORKDIR.value))
+  rc = cli.initialize(_PROCESSES)   # before any other JAX call
+  return rc or cli.run(lambda: cli.retrain_and_report(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -112,7 +112,8 @@ class BatchIterator:
   def __init__(self, data: DataLike, batch_size: int, indices: np.ndarray | None = None, *,
                shuffle: bool = True, augment: bool | Augmentation = False, seed: int = 0,
                mean: np.ndarray | None = None, std: np.ndarray | None = None, drop_remainder: bool = True,
-               num_epochs: int | None = None, start: Mapping[str, int] | tuple[int, int] = (0, 0)):
+               num_epochs: int | None = None, start: Mapping[str, int] | tuple[int, int] = (0, 0),
+               rows: tuple[int, int] | None = None):
     """Creates the iterator.
 
     Args:
@@ -128,6 +129,9 @@ class BatchIterator:
       drop_remainder: drop the last incomplete batch of each epoch (keeps one shape for jit).
       num_epochs: stop after this many epochs (None: never).
       start: the position to start from, ``(epoch, step)`` or a `state()` dict.
+      rows: ``[start, stop)``: yield only these rows of each global batch of `batch_size` (one process's
+        part of a multi-host batch, `parallel.Layout.rows`); the rows of all processes make the batch an
+        iterator without `rows` yields.
     """
     self._images, self._labels = _arrays(data)
     self._indices = _check_indices(indices, len(self._labels))
@@ -152,6 +156,9 @@ class BatchIterator:
       raise DataError(f"{n} examples make no batch of {self.batch_size}: lower batch_size or pass "
                       "drop_remainder=False")
     self._plan_epoch, self._plan = -1, None
+    self.rows = (0, self.batch_size) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= self.rows[0] < self.rows[1] <= self.batch_size:
+      raise DataError(f"rows {self.rows} do not lie within a batch of {self.batch_size}")
     self.set_state(start)
 
   @property
@@ -201,7 +208,7 @@ class BatchIterator:
     if not 0 <= step < self.steps_per_epoch:
       raise DataError(f"step must lie in [0, {self.steps_per_epoch}), got {step}")
     order, params = self._epoch_plan(epoch)
-    positions = slice(step * self.batch_size, (step + 1) * self.batch_size)
+    positions = slice(step * self.batch_size + self.rows[0], step * self.batch_size + self.rows[1])
     idx = order[positions]
     images = self._images[idx]
     if params is None:
@@ -267,7 +274,8 @@ class _Raised:
     self.error = error
 
 
-def prefetch(iterable: Iterable[Any], size: int = 2, device_put: bool = True) -> Iterator[Any]:
+def prefetch(iterable: Iterable[Any], size: int = 2, device_put: bool | Callable[[Any], Any] = True
+             ) -> Iterator[Any]:
   """Runs `iterable` in a background thread, `size` items ahead, yielding its items in order.
 
   An exception raised by `iterable` is re-raised here. When the consumer stops (the generator is closed,
@@ -276,15 +284,16 @@ def prefetch(iterable: Iterable[Any], size: int = 2, device_put: bool = True) ->
   Args:
     iterable: the host pipeline, e.g. a `BatchIterator`.
     size: queue capacity.
-    device_put: apply `jax.device_put` to each item in the thread, overlapping the transfer with compute.
+    device_put: apply `jax.device_put` (or this function, e.g. `parallel.Layout.put_batch`) to each item in
+      the thread, overlapping the transfer with compute.
 
   Yields:
     The items of `iterable`.
   """
   if size < 1:
     raise ValueError(f"prefetch size must be >= 1, got {size}")
-  put_fn = None
-  if device_put:
+  put_fn = device_put if callable(device_put) else None
+  if device_put is True:
     import jax  # pylint: disable=g-import-not-at-top
     put_fn = jax.device_put
   items: queue.Queue = queue.Queue(maxsize=size)

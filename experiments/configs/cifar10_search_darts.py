@@ -41,6 +41,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.compile_once = False   # one compiled network gradient for every pass (bilevel.SharedPassStep)
   # compile_once with one program per distinct edge (supernet.cellwise_grads[_and_hvp]); None: on a CPU only
   c.compile_cells = ml_collections.config_dict.placeholder(bool)
+  c.num_devices = 0           # devices of the data-parallel mesh (0: all, over every process)
+  c.bn_stats = "global"       # BatchNorm statistics of the global batch, or "device": per device's shard
+  c.checkpoint_every = 0      # also checkpoint every this many steps (0: at epoch ends only)
   c.num_candidates = 100
   c.log_every = 50
   c.progress = True
