@@ -38,7 +38,7 @@ from darts_jax import networks
 from darts_jax import workdir as wd
 
 # Config keys that may change when a run is continued.
-RESUMABLE_KEYS = ("progress", "log_every", "tensorboard")
+RESUMABLE_KEYS = ("progress", "log_every", "tensorboard", "checkpoint_every", "num_devices")
 
 
 class TrainState(NamedTuple):
@@ -91,8 +91,9 @@ def _xent(logits, labels):
 
 
 def make_train_step(net_cfg: networks.NetworkConfig, tx, *, epochs: int, steps_per_epoch: int,
-                    drop_path_prob: float, auxiliary_weight: float):
-  """A jitted ``(state, batch) -> (state, metrics)`` that donates `state`."""
+                    drop_path_prob: float, auxiliary_weight: float, shardings=None):
+  """A jitted ``(state, batch) -> (state, metrics)`` that donates `state`; `shardings` = (state's, batch's),
+  e.g. `parallel.Layout.step_shardings()`, runs it data-parallel on that mesh."""
   def step_fn(state: TrainState, batch):
     key = jax.random.fold_in(state.rng, state.step)
     if drop_path_prob > 0:
@@ -121,26 +122,30 @@ def make_train_step(net_cfg: networks.NetworkConfig, tx, *, epochs: int, steps_p
     metrics = {"loss": loss, "aux_loss": aux_loss, "acc": acc, "grad_norm": grad_norm, "finite": finite}
     return TrainState(params, new_stats, opt_state, state.step + 1, state.rng), metrics
 
-  return jax.jit(step_fn, donate_argnums=(0,))
+  if shardings is None:
+    return jax.jit(step_fn, donate_argnums=(0,))
+  state_sh, batch_sh = shardings
+  return jax.jit(step_fn, donate_argnums=(0,), in_shardings=(state_sh, batch_sh),
+                 out_shardings=(state_sh, state_sh))
 
 
-def make_eval_step(net_cfg: networks.NetworkConfig):
+def make_eval_step(net_cfg: networks.NetworkConfig, out_sharding=None):
   """A jitted ``(params, batch_stats, batch) -> (summed loss, correct, count)`` over a masked batch."""
-  @jax.jit
   def eval_fn(params, batch_stats, batch):
     logits, _, _ = networks.apply(params, batch_stats, batch["image"], net_cfg, train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     m = batch["mask"]
     return jnp.sum(losses * m), jnp.sum(correct * m), jnp.sum(m)
-  return eval_fn
+  return jax.jit(eval_fn) if out_sharding is None else jax.jit(eval_fn, out_shardings=out_sharding)
 
 
-def evaluate(eval_fn, state: TrainState, dataset, batch_size: int, mean, std):
+def evaluate(eval_fn, state: TrainState, dataset, batch_size: int, mean, std, put=lambda b: b):
   """Mean loss and accuracy on every example of `dataset` (running BatchNorm statistics)."""
+  from darts_jax import parallel  # pylint: disable=g-import-not-at-top
   tot_loss = tot_correct = count = 0.0
   for batch in data_lib.eval_batches(dataset, batch_size, mean=mean, std=std):
-    l, c, n = jax.device_get(eval_fn(state.params, state.batch_stats, batch))
+    l, c, n = parallel.host(eval_fn(state.params, state.batch_stats, put(batch)))
     tot_loss += float(l)
     tot_correct += float(c)
     count += float(n)
@@ -175,9 +180,15 @@ def _check_config(config):
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) the network `config` describes in `workdir`; returns the summary it exports."""
+  from darts_jax import parallel  # pylint: disable=g-import-not-at-top
   _check_config(config)
   genotype = resolve(config.genotype, config.seed)  # bad genotypes fail before anything is written
-  wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS)
+  layout = parallel.make_layout(int(config.get("num_devices") or 0))
+  mesh_run = layout.num_devices > 1
+  eval_bs = int(config.get("eval_batch_size") or config.batch_size)
+  layout.check_batch_size(config.batch_size)
+  layout.check_batch_size(eval_bs, "eval_batch_size")
+  wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS, write=layout.is_main)
 
   train = data_lib.load_dataset(config.dataset, "train", config.get("data_dir") or None)
   if config.get("subset"):
@@ -204,6 +215,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   params, batch_stats = networks.init(k_init, net_cfg)
   num_params = networks.count_params(params)
   state = TrainState(params, batch_stats, tx.init(params), jnp.zeros((), jnp.int32), k_rng)
+  if mesh_run:
+    state = layout.put_state(state)
+  checkpoint_every = int(config.get("checkpoint_every") or 0)
 
   ckpt = wd.Checkpoints(workdir)
   start = ckpt.latest_step() or 0
@@ -213,17 +227,19 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     with open(summary_path) as f:
       return json.load(f)
   state, start, elapsed = ckpt.restore_or_init(state, rebuild=lambda s: TrainState(*s))
-  log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True))
+  log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True),
+                      enabled=layout.is_main)
 
   step_fn = make_train_step(net_cfg, tx, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                             drop_path_prob=float(config.drop_path_prob),
-                            auxiliary_weight=float(config.auxiliary_weight))
-  eval_fn = make_eval_step(net_cfg)
-  eval_bs = int(config.get("eval_batch_size") or config.batch_size)
+                            auxiliary_weight=float(config.auxiliary_weight),
+                            shardings=layout.step_shardings() if mesh_run else None)
+  eval_fn = make_eval_step(net_cfg, layout.replicated if mesh_run else None)
+  put_eval = (lambda b: layout.put_batch(layout.local_rows(b))) if mesh_run else (lambda b: b)
   eval_every = int(config.get("eval_every") or 1)
 
   progress = None
-  if config.get("progress", True) and start < total_steps:
+  if config.get("progress", True) and start < total_steps and layout.is_main:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     progress = tqdm(total=total_steps, initial=start, unit="step", desc="retrain", dynamic_ncols=True,
                     mininterval=2.0)
@@ -232,15 +248,26 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   last = {"test_loss": None, "test_acc": None}
   step = start
   last_good = start
+  pending = []
+
+  def save(at_step, seconds):
+    nonlocal pending, last_good
+    wd.fetch_finite(pending, at_step, last_good, ckpt.directory, "gradients at retrain", "lower the learning rate")
+    pending = []
+    ckpt.save_with_elapsed(at_step, state, seconds)
+    last_good = at_step
+
+  term = wd.TerminationWatch()
   try:
     if start < total_steps:
+      rows = layout.rows(config.batch_size) if jax.process_count() > 1 else None
       it = data_lib.BatchIterator(train, config.batch_size, augment=_augmentation(config), seed=config.seed,
-                                  mean=mean, std=std, start=(0, start))  # carries over its own epochs
-      batches = data_lib.prefetch(it, size=2)
-    pending = []
+                                  mean=mean, std=std, start=(0, start), rows=rows)  # carries over its own epochs
+      batches = data_lib.prefetch(it, size=2, device_put=layout.put_batch if mesh_run else True)
     sums = {"loss": 0.0, "acc": 0.0, "n": 0}
     t_epoch = time.perf_counter()
     epoch_steps = 0
+    term.__enter__()
     while step < total_steps:
       state, metrics = step_fn(state, next(batches))
       pending.append(metrics)
@@ -271,18 +298,26 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                   "drop_path_prob": _drop_prob_at(config, epoch),
                   "seconds_per_step": seconds / max(epoch_steps, 1), "elapsed": elapsed}
         if (epoch + 1) % eval_every == 0 or step == total_steps:
-          test_loss, test_acc = evaluate(eval_fn, state, test, eval_bs, mean, std)
+          test_loss, test_acc = evaluate(eval_fn, state, test, eval_bs, mean, std, put_eval)
           record.update(test_loss=test_loss, test_acc=test_acc)
           last = {"test_loss": test_loss, "test_acc": test_acc}
           if progress is not None:
             progress.set_postfix(test_acc=f"{test_acc:.4f}", refresh=False)
         log.write(step, record)
-        ckpt.save_with_elapsed(step, state, elapsed)
-        last_good = step
+        save(step, elapsed)
         sums = {"loss": 0.0, "acc": 0.0, "n": 0}
         t_epoch = time.perf_counter()
         epoch_steps = 0
+      elif checkpoint_every and step % checkpoint_every == 0:
+        save(step, elapsed + time.perf_counter() - t_epoch)
+      if term.requested() and step < total_steps:
+        if last_good != step:
+          save(step, elapsed + time.perf_counter() - t_epoch)
+        raise wd.Preempted(f"stopped by {term.signal_name or 'a signal to another process'} at step {step} of "
+                           f"{total_steps}; its checkpoint is in {ckpt.directory}; re-run the same command "
+                           "to resume from it")
   finally:
+    term.__exit__()
     if batches is not None:
       batches.close()
     if progress is not None:
@@ -291,14 +326,18 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     ckpt.close()
 
   if last["test_acc"] is None:  # finished earlier but killed before the summary was written
-    last["test_loss"], last["test_acc"] = evaluate(eval_fn, state, test, eval_bs, mean, std)
-  return export(config, workdir, genotype, num_params, int(state.step), elapsed, last, len(train), len(test))
+    last["test_loss"], last["test_acc"] = evaluate(eval_fn, state, test, eval_bs, mean, std, put_eval)
+  parallel.check_same_on_all_processes(jax.tree.leaves(state.params)[:4], repr(last), "weights or test score")
+  return export(config, workdir, genotype, num_params, int(parallel.host(state.step)), elapsed, last, len(train),
+                len(test), layout)
 
 
-def export(config, workdir, genotype, num_params, steps, elapsed, last, train_examples, test_examples):
-  """Writes the genotype, its cell pictures and the summary."""
+def export(config, workdir, genotype, num_params, steps, elapsed, last, train_examples, test_examples, layout):
+  """Writes the genotype, its cell pictures and the summary (process 0)."""
   from darts_jax import visualize  # pylint: disable=g-import-not-at-top
   text = genotypes.to_text(genotype)
+  if not layout.is_main:
+    return {"genotype": text, "test_acc": last["test_acc"], "num_params": num_params, "train_seconds": elapsed}
   wd.atomic_write(os.path.join(workdir, "genotype.txt"), text + "\n")
   wd.atomic_write(os.path.join(workdir, "genotype.json"), genotypes.to_json(genotype, indent=2) + "\n")
   visualize.plot_genotype(genotype, os.path.join(workdir, "cells"))
@@ -306,7 +345,8 @@ def export(config, workdir, genotype, num_params, steps, elapsed, last, train_ex
              "genotype_spec": str(config.genotype), "seed": config.seed,
              "test_acc": last["test_acc"], "test_loss": last["test_loss"], "num_params": num_params,
              "train_seconds": elapsed, "epochs": config.epochs, "steps": steps,
-             "train_examples": train_examples, "test_examples": test_examples, "versions": _versions(),
+             "train_examples": train_examples, "test_examples": test_examples,
+             "num_devices": layout.num_devices, "num_processes": jax.process_count(), "versions": _versions(),
              "code_version": wd.code_version()}
   wd.write_json(os.path.join(workdir, "summary.json"), summary)
   return json.loads(json.dumps(wd._jsonable(summary)))  # pylint: disable=protected-access

@@ -47,7 +47,10 @@ class SearchModel:
   grads_and_hvp: Any = None   # ... and the exact second order's (`supernet.cellwise_grads_and_hvp`)
 
 
-def build_model(config, method: methods_lib.Method, num_classes: int, image_shape) -> SearchModel:
+def build_model(config, method: methods_lib.Method, num_classes: int, image_shape,
+                mesh_devices: int = 1) -> SearchModel:
+  """The supernet; on a mesh of several devices (`mesh_devices`) the depthwise convolutions never slice the
+  batch axis (the CPU's chunked kernels would gather the sharded batch onto every device)."""
   space = get_space(config.space)
   key = jax.random.PRNGKey(config.seed)
   h, w, c = image_shape
@@ -58,8 +61,9 @@ def build_model(config, method: methods_lib.Method, num_classes: int, image_shap
     init = lambda k: nb201.init_supernet(k, cfg)
     apply = lambda p, x, a: nb201.apply_supernet(p, x, a, cfg)
   else:
+    mesh_kw = {"dw_impl": "loop" if jax.default_backend() == "cpu" else "xla"} if mesh_devices > 1 else {}
     cfg = methods_lib.supernet_config(method, C=config.model.C, layers=config.model.layers,
-                                      num_classes=num_classes, in_channels=c, space=space)
+                                      num_classes=num_classes, in_channels=c, space=space, **mesh_kw)
     supernet.check_input(cfg, (1, h, w, c))
     init = lambda k: supernet.init(k, cfg)
     apply = lambda p, x, a: supernet.apply(p, x, a, cfg)
@@ -162,7 +166,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   layout.check_batch_size(config.batch_size)
   wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS, write=layout.is_main)
   train, mean, std, w_idx, a_idx = load_search_data(config)
-  model = build_model(config, method, train.num_classes, train.image_shape)
+  model = build_model(config, method, train.num_classes, train.image_shape, layout.num_devices)
   space = model.space
   apply = model.apply
   bn_stats = config.get("bn_stats", "global") or "global"

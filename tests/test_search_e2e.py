@@ -81,9 +81,11 @@ def _script(workdir, *extra):
 
 
 @pytest.mark.skipif(not os.path.exists(FASHION), reason="Debian package dataset-fashion-mnist not installed")
-def test_fashion_search_artifacts_resume_and_sigkill(tmp_path):
+def test_fashion_search_artifacts_resume_sigkill_and_sigterm(tmp_path):
   """A real Fashion-MNIST search writes every artifact; re-running a finished run trains nothing; a run killed
-  with SIGKILL mid-way (a real subprocess) resumes and ends with the uninterrupted run's genotype and α."""
+  with SIGKILL mid-way (a real subprocess) resumes and ends with the uninterrupted run's genotype and α; a run
+  sent SIGTERM mid-epoch saves a checkpoint of its current step, says how to resume and exits 143, and the
+  resumed run ends bit-identical to the uninterrupted one."""
   straight = str(tmp_path / "straight")
   summary = search.search(_smoke(), straight)
   g, saved = _check_artifacts(straight, epochs=2)
@@ -112,6 +114,33 @@ def test_fashion_search_artifacts_resume_and_sigkill(tmp_path):
   read = lambda d, f: open(os.path.join(d, f)).read()
   assert read(killed, "genotype.txt") == read(straight, "genotype.txt")
   a, b = json.loads(read(killed, "alphas.json")), json.loads(read(straight, "alphas.json"))
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+
+  termed = str(tmp_path / "termed")
+  proc = _script(termed, "--config.checkpoint_every=2")
+  log = os.path.join(termed, "metrics.jsonl")
+  deadline = time.time() + 900
+
+  def logged_steps():
+    return [r["step"] for r in wd.read_metrics(log) if r["phase"] == "search"] if os.path.exists(log) else []
+  while 4 not in logged_steps() and proc.poll() is None and time.time() < deadline:   # step 4: mid epoch 1
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before SIGTERM: " + proc.stderr.read()[-500:]
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 143, err[-2000:]
+  line = [l for l in err.splitlines() if "SIGTERM" in l]
+  assert len(line) == 1 and "re-run the same command" in line[0] and "Traceback" not in err, err[-2000:]
+  saved = sorted(int(d) for d in os.listdir(os.path.join(termed, "checkpoints")) if d.isdigit())
+  stopped = int(line[0].split(" at step ")[1].split()[0])
+  assert stopped % 3 and stopped == saved[-1] and stopped < 6, (stopped, saved)   # mid-epoch, that step saved
+  assert len(saved) == 2   # the newest two of steps 2 (checkpoint_every), 3 (epoch end), 4 and the stop
+  resumed = _script(termed, "--config.checkpoint_every=2")
+  _, err = resumed.communicate(timeout=900)
+  assert resumed.returncode == 0, err[-2000:]
+  assert read(termed, "genotype.txt") == read(straight, "genotype.txt")
+  a = json.loads(read(termed, "alphas.json"))
   for k in a:
     np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
 

@@ -1,0 +1,163 @@
+"""Checks that need several devices, run by tests/test_parallel.py in a subprocess whose XLA_FLAGS give 8
+virtual CPU devices (the flag must be set before JAX starts): `python tests/_mesh_checks.py CHECK [ARG]`.
+
+Each check raises AssertionError on failure and prints one line starting with ``ok`` on success.
+"""
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from darts_jax import bilevel
+from darts_jax import methods
+from darts_jax import parallel
+from darts_jax import supernet
+
+BATCH = 16
+CFG = dict(C=4, layers=3, num_classes=3, in_channels=1, dw_impl="loop")
+
+
+def _problem(method_name: str, hypergradient: str = "first_order"):
+  method = methods.get_method(method_name)
+  cfg = methods.supernet_config(method, **CFG)
+  hp = method.search_hparams(epochs=4, steps_per_epoch=2, hypergradient=hypergradient)
+  problem = method.problem(lambda p, x, w: supernet.apply(p, x, w, cfg), cfg.space, hp)
+  key = jax.random.PRNGKey(0)
+  k_w, k_a, k_s = jax.random.split(key, 3)
+  state = bilevel.init_state(supernet.init(k_w, cfg), method.init_alphas(k_a, cfg.space), hp, k_s)
+  return method, cfg, hp, problem, state
+
+
+def _batches(n: int, seed: int = 0, shape=(8, 8, 1)):
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    mk = lambda: {"image": rng.normal(size=(BATCH,) + shape).astype(np.float32),
+                  "label": rng.integers(0, 3, BATCH).astype(np.int32)}
+    out.append((mk(), mk()))
+  return out
+
+
+def _close(a, b, what, rtol=2e-5, atol_scale=2e-6):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb), what
+  worst = 0.0
+  for x, y in zip(la, lb):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    assert x.shape == y.shape, (what, x.shape, y.shape)
+    scale = max(float(np.max(np.abs(y))) if y.size else 0.0, 1e-12)
+    err = np.max(np.abs(x - y) - rtol * np.abs(y)) if y.size else 0.0
+    worst = max(worst, float(err) / scale)
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol_scale * scale, err_msg=what)
+  return worst
+
+
+def step_equality(method_name: str = "darts", hypergradient: str = "first_order"):
+  """The data-parallel step on 8 devices equals the one-device step at the same global batch: every state
+  leaf and metric after three steps (a warm-up step, then two with α); inputs and outputs are sharded as the
+  layout says, and the step makes no host transfer."""
+  assert jax.device_count() == 8, jax.devices()
+  method, _, hp, problem, state0 = _problem(method_name, hypergradient)
+  layout = parallel.make_layout()
+  batches = _batches(3)
+  one = jax.device_put(state0, jax.devices()[0])
+  steps_one = [bilevel.make_search_step(problem, hp, u, donate=False) for u in (False, method.update_alphas)]
+  sh = layout.step_shardings()
+  steps_mesh = [bilevel.make_search_step(problem, hp, u, donate=False, shardings=sh)
+                for u in (False, method.update_alphas)]
+  mesh_state = layout.put_state(state0)
+  for i, (tb, vb) in enumerate(batches):
+    k = 0 if i == 0 else 1
+    one, m_one = steps_one[k](one, jax.device_put(tb, jax.devices()[0]), jax.device_put(vb, jax.devices()[0]))
+    tbm, vbm = layout.put_batch(tb), layout.put_batch(vb)
+    assert tbm["image"].sharding.spec == P("data") and len(tbm["image"].sharding.device_set) == 8
+    assert tbm["image"].addressable_shards[0].data.shape[0] == BATCH // 8
+    with jax.transfer_guard("disallow"):
+      mesh_state, m_mesh = steps_mesh[k](mesh_state, tbm, vbm)
+    for leaf in jax.tree.leaves((mesh_state, m_mesh)):
+      assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8, leaf.sharding
+    _close(m_mesh, m_one, f"metrics of step {i}")
+  worst = _close(parallel.host(mesh_state), jax.device_get(one), "state")
+  print(f"ok {method_name} {hypergradient}: worst error {worst:.2e} of a leaf's maximum")
+
+
+def per_device_bn():
+  """`parallel.per_device_bn` normalizes with each device's shard: its logits equal the network applied to
+  each shard of the batch separately; the default (global statistics) equals one device on the whole batch."""
+  _, cfg, _, _, state = _problem("darts")
+  layout = parallel.make_layout()
+  apply = lambda p, x, w: supernet.apply(p, x, w, cfg)
+  weights = supernet.softmax_weights(state.alphas)
+  x = _batches(1)[0][0]["image"]
+  per_shard = np.concatenate([np.asarray(apply(state.params, x[i:i + 2], weights)) for i in range(0, BATCH, 2)])
+  params, w = layout.put_state(state.params), layout.put_state(weights)
+  got = jax.jit(parallel.per_device_bn(apply, layout))(params, layout.put_batch({"x": x})["x"], w)
+  np.testing.assert_allclose(np.asarray(got), per_shard, rtol=1e-4, atol=1e-5)
+  whole = np.asarray(apply(state.params, x, weights))
+  glob = jax.jit(apply)(params, layout.put_batch({"x": x})["x"], w)
+  np.testing.assert_allclose(np.asarray(glob), whole, rtol=1e-4, atol=1e-5)
+  assert np.max(np.abs(per_shard - whole)) > 1e-3, "per-device statistics should change the logits"
+  # The gradient of the global batch's mean loss is the mean of the shards' gradients.
+  y = np.arange(BATCH) % 3
+  loss = lambda f, p, x, w, y: bilevel.cross_entropy(f(p, x, w), y)
+  g_mesh = jax.jit(jax.grad(lambda p, x, w, y: loss(parallel.per_device_bn(apply, layout), p, x, w, y),
+                            argnums=(0, 2)))(params, layout.put_batch({"x": x})["x"], w, layout.put_batch({"y": y})["y"])
+  g_shards = [jax.grad(lambda p, w: loss(apply, p, x[i:i + 2], w, y[i:i + 2]), argnums=(0, 1))(state.params, weights)
+              for i in range(0, BATCH, 2)]
+  # BatchNorm over 2 images is ill-conditioned (rounding moves these gradients by ~1e-3 relative); a missing or
+  # doubled sum over the devices would be off by a factor of 8.
+  _close(parallel.host(g_mesh), jax.tree.map(lambda *g: np.mean(np.stack(g), 0), *g_shards), "gradients",
+         rtol=1e-2, atol_scale=1e-3)
+  print("ok per-device BatchNorm")
+
+
+def multi_seed(method_name: str = "gdas"):
+  """The vmapped multi-seed step with its seed axis sharded over a (seed=2, data=4) mesh equals separate
+  one-device runs of each seed, on every state leaf."""
+  seeds = (3, 11)
+  method = methods.get_method(method_name)
+  cfg = methods.supernet_config(method, **CFG)
+  hp = method.search_hparams(epochs=4, steps_per_epoch=2)
+  problem = method.problem(lambda p, x, w: supernet.apply(p, x, w, cfg), cfg.space, hp)
+  init_p = lambda k: supernet.init(k, cfg)
+  init_a = lambda k: method.init_alphas(k, cfg.space)
+  layout = parallel.make_layout(seeds=2)
+  assert layout.seed_size == 2 and layout.data_size == 4
+  states = layout.put_state(bilevel.init_seeds(init_p, init_a, hp, seeds))
+  step = bilevel.make_multi_seed_step(problem, hp, donate=False, shardings=layout.step_shardings())
+  per_seed = [_batches(2, seed=s) for s in seeds]
+  stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
+  for i in range(2):
+    tb = layout.put_batch(stack([b[i][0] for b in per_seed]))
+    vb = layout.put_batch(stack([b[i][1] for b in per_seed]))
+    assert tb["image"].sharding.spec == P("seed", "data")
+    states, _ = step(states, tb, vb)
+  for leaf in jax.tree.leaves(states):
+    assert leaf.sharding.spec == P("seed"), leaf.sharding
+  single = bilevel.make_search_step(problem, hp, donate=False)
+  for s_i, seed in enumerate(seeds):
+    k_w, k_a, k_s = jax.random.split(jax.random.PRNGKey(seed), 3)   # as a separate run with this seed
+    st = bilevel.init_state(init_p(k_w), init_a(k_a), hp, k_s)
+    for tb, vb in per_seed[s_i]:
+      st, _ = single(st, tb, vb)
+    _close(jax.tree.map(lambda x: np.asarray(x)[s_i], states), jax.device_get(st), f"seed {seed}",
+           rtol=1e-4, atol_scale=1e-5)
+  print(f"ok multi-seed {method_name} over the seed axis")
+
+
+def bad_batch():
+  """A global batch that does not divide over the data axis is refused in one line."""
+  layout = parallel.make_layout()
+  try:
+    layout.check_batch_size(12)
+  except ValueError as e:
+    assert "does not divide" in str(e) and "\n" not in str(e), e
+    print("ok", e)
+    return
+  raise AssertionError("batch 12 over 8 devices was accepted")
+
+
+if __name__ == "__main__":
+  globals()[sys.argv[1]](*sys.argv[2:])
