@@ -14,6 +14,12 @@ fast on GPU/TPU) and sums of k² shifted multiply-adds with hand-written VJPs, u
 over the taps ("loop") or as a loop over cache-sized chunks of images with the taps unrolled inside
 ("chunked"); XLA's CPU grouped convolution is slow, see `benchmarks/`. `Ctx.dw_impl` picks one; "auto" is
 "xla" off CPU and "loop" on CPU (the supernet resolves its own "auto" to "chunked" on CPU).
+
+Ops compute in their input's dtype: a bfloat16 input (`supernet.SupernetConfig.compute_dtype`) runs the
+convolutions on bfloat16 operands with float32 weights cast at use (so their gradients are float32) and
+returns a bfloat16 output, while the dense and 1×1 convolutions accumulate into float32 for the BatchNorm after
+them, BatchNorm computes its statistics and normalization in float32, and the depthwise kernel gradients
+accumulate in float32. A float32 input computes exactly as before.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import math
 from typing import Any, Callable, Dict, NamedTuple, Tuple
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
@@ -29,6 +36,9 @@ import numpy as np
 Params = Dict[str, Any]
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
+# The name of every convolution's output (`jax.ad_checkpoint.checkpoint_name`), for rematerialization
+# policies that save the convolutions and recompute the rest (`supernet.SupernetConfig.remat_policy="convs"`).
+CONV_NAME = "conv"
 
 
 class Ctx(NamedTuple):
@@ -72,6 +82,8 @@ def bn_init(c, affine, track):
 def batch_norm(x, params, stats, ctx: Ctx):
   """BatchNorm over N, H, W. Uses batch statistics in training mode or when no running statistics are
   tracked; updates tracked statistics like PyTorch (momentum 0.1, unbiased variance)."""
+  dtype = x.dtype
+  x = x.astype(jnp.promote_types(dtype, jnp.float32))   # statistics and normalization in float32
   if ctx.train or not stats:
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x, axes)
@@ -85,19 +97,27 @@ def batch_norm(x, params, stats, ctx: Ctx):
   y = (x - mean) * lax.rsqrt(var + BN_EPS)
   if params:
     y = y * params["scale"] + params["bias"]
-  return y, stats
+  return y.astype(dtype), stats
 
 
 def conv(x, w, stride=1, padding=0, dilation=1):
-  """Dense convolution, NHWC input and HWIO kernel."""
+  """Dense convolution, NHWC input and HWIO kernel, in the input's dtype, accumulating and returning float32 for
+  a bfloat16 input (a convolution's output goes into BatchNorm, whose statistics it keeps exact)."""
   if w.shape[0] == 1 and w.shape[1] == 1 and padding == 0:
     if stride > 1:
       x = x[:, ::stride, ::stride, :]
-    return x @ w[0, 0]
+    return _pointwise(x, w[0, 0])
   pad = padding if isinstance(padding, tuple) else ((padding, padding), (padding, padding))
-  return lax.conv_general_dilated(x, w, (stride, stride) if isinstance(stride, int) else stride, pad,
-                                  rhs_dilation=(dilation, dilation),
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return checkpoint_name(lax.conv_general_dilated(x, w.astype(x.dtype),
+                                                  (stride, stride) if isinstance(stride, int) else stride, pad,
+                                                  rhs_dilation=(dilation, dilation),
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                  preferred_element_type=_acc_dtype(x.dtype)), CONV_NAME)
+
+
+def _pointwise(x, w):
+  """1×1 convolution (`w`: C_in×C_out) in the input's dtype, with `conv`'s float32 output."""
+  return checkpoint_name(jnp.matmul(x, w.astype(x.dtype), preferred_element_type=_acc_dtype(x.dtype)), CONV_NAME)
 
 
 def _out_size(size, k, stride, dilation, pad):
@@ -106,6 +126,7 @@ def _out_size(size, k, stride, dilation, pad):
 
 def _shifted_sum(xp, w, stride, dilation, ho, wo):
   n, _, _, c = xp.shape
+  w = w.astype(xp.dtype)
   out = None
   for i in range(w.shape[0]):
     for j in range(w.shape[1]):
@@ -161,8 +182,8 @@ def _dw_bwd(stride, dilation, pad, res, g):
                      (n, i * dilation + stride * (ho - 1) + 1, j * dilation + stride * (wo - 1) + 1, c),
                      (1, stride, stride, 1))
       # A dot over (N, H, W) per channel: faster on XLA:CPU than a multiply-and-reduce fusion.
-      taps.append(jnp.einsum("nhwc,nhwc->c", sl, g))
-  dw = jnp.stack(taps).reshape(k, k, c)
+      taps.append(jnp.einsum("nhwc,nhwc->c", sl, g, preferred_element_type=_acc_dtype(x.dtype)))
+  dw = jnp.stack(taps).reshape(k, k, c).astype(w.dtype)
   return dx, dw
 
 
@@ -196,6 +217,7 @@ def _looped_sum(xp, w, stride, dilation, ho, wo, chunk):
   chunk) as a loop over chunks of images with the k² taps unrolled and fused inside. Jitted so that tracing
   the unrolled taps happens once per shape, not at every call site."""
   n, c = xp.shape[0], xp.shape[-1]
+  w = w.astype(xp.dtype)
   nb = _batch_chunk(n, ho, wo, c, chunk)
   if nb == n:
     k = w.shape[0]
@@ -240,7 +262,7 @@ def _dwl_input_grad(g, w, x_shape, stride, dilation, pad, chunk):
 def _dwl_bwd(stride, dilation, pad, chunk, res, g):
   x, w = res
   return (_dwl_input_grad(g, w, x.shape, stride, dilation, pad, chunk),
-          depthwise_kernel_grad(x, g, w.shape[0], stride, dilation, pad, chunk))
+          depthwise_kernel_grad(x, g, w.shape[0], stride, dilation, pad, chunk).astype(w.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
@@ -249,7 +271,8 @@ def depthwise_kernel_grad(x, g, k, stride, dilation, pad, chunk=0):
 
   A primitive of its own (bilinear in x and g, with a VJP made of depthwise convolutions) so that second-order
   derivatives never differentiate through its tap loop: JAX would store every iteration's input window, k²
-  activation-sized buffers per convolution (the exact second-order step ran out of memory that way)."""
+  activation-sized buffers per convolution (the exact second-order step ran out of memory that way).
+  Accumulates, and returns, float32 for bfloat16 inputs."""
   n, c = x.shape[0], x.shape[-1]
   xp, ho, wo = _padded_input(x, k, stride, dilation, pad)
   nb = _batch_chunk(n, ho, wo, c, chunk)
@@ -259,10 +282,17 @@ def depthwise_kernel_grad(x, g, k, stride, dilation, pad, chunk=0):
     gc = lax.dynamic_slice_in_dim(g, i * nb, nb, 0)
 
     def tap(t, dw):
-      return dw.at[t].add(jnp.sum(_tap_slice(xc, t, k, stride, dilation, ho, wo) * gc, axis=(0, 1, 2)))
+      return dw.at[t].add(jnp.sum(_tap_slice(xc, t, k, stride, dilation, ho, wo) * gc, axis=(0, 1, 2),
+                                  dtype=acc))
     return lax.fori_loop(0, k * k, tap, dw)
 
-  return lax.fori_loop(0, n // nb, step, jnp.zeros((k * k, c), x.dtype)).reshape(k, k, c)
+  acc = _acc_dtype(x.dtype)
+  return lax.fori_loop(0, n // nb, step, jnp.zeros((k * k, c), acc)).reshape(k, k, c)
+
+
+def _acc_dtype(dtype):
+  """The accumulation dtype of a kernel gradient: float32 for bfloat16 (and float16) activations."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def _kg_fwd(x, g, k, stride, dilation, pad, chunk):
@@ -284,7 +314,7 @@ depthwise_conv_loop.defvjp(_dwl_fwd, _dwl_bwd)
 
 
 def depthwise_conv_xla(x, w, stride, dilation, pad):
-  return lax.conv_general_dilated(x, w[:, :, None, :], (stride, stride), ((pad, pad), (pad, pad)),
+  return lax.conv_general_dilated(x, w.astype(x.dtype)[:, :, None, :], (stride, stride), ((pad, pad), (pad, pad)),
                                   rhs_dilation=(dilation, dilation),
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                   feature_group_count=x.shape[-1])
@@ -303,6 +333,10 @@ def _choose_dw_impl(ctx: Ctx, k: int, stride: int) -> str:
 
 
 def depthwise_conv(x, w, stride, dilation, pad, ctx: Ctx):
+  return checkpoint_name(_depthwise_conv(x, w, stride, dilation, pad, ctx), CONV_NAME)
+
+
+def _depthwise_conv(x, w, stride, dilation, pad, ctx: Ctx):
   impl = _choose_dw_impl(ctx, w.shape[0], stride)
   if impl == "shift":
     return depthwise_conv_shift(x, w, stride, dilation, pad)
@@ -426,7 +460,7 @@ def relu_conv_bn_init(key, c_in, c_out, k, affine, track):
 def relu_conv_bn_apply(p, s, x, stride, padding, ctx):
   y = conv(jax.nn.relu(x), p["conv"], stride, padding)
   y, bn_s = batch_norm(y, p.get("bn", {}), s.get("bn", {}), ctx)
-  return y, ({"bn": bn_s} if bn_s else {})
+  return y.astype(x.dtype), ({"bn": bn_s} if bn_s else {})
 
 
 def factorized_reduce_init(key, c_in, c_out, affine, track):
@@ -446,9 +480,9 @@ def factorized_reduce_apply(p, s, x, ctx):
   b = x[:, 1::2, 1::2, :]
   # Odd sizes: the reference would fail to concatenate; pad the shifted path so both have ceil(H/2).
   b = jnp.pad(b, ((0, 0), (0, a.shape[1] - b.shape[1]), (0, a.shape[2] - b.shape[2]), (0, 0)))
-  y = jnp.concatenate([a @ p["conv1"], b @ p["conv2"]], axis=-1)
+  y = jnp.concatenate([_pointwise(a, p["conv1"]), _pointwise(b, p["conv2"])], axis=-1)
   y, bn_s = batch_norm(y, p.get("bn", {}), s.get("bn", {}), ctx)
-  return y, ({"bn": bn_s} if bn_s else {})
+  return y.astype(x.dtype), ({"bn": bn_s} if bn_s else {})
 
 
 def _skip_init(key, c, stride, affine, track):
@@ -483,11 +517,11 @@ def _make_sep_conv(k: int):
     return p, s
 
   def apply(p, s, x, stride, ctx):
-    y = depthwise_conv(jax.nn.relu(x), p["dw1"], stride, 1, pad, ctx) @ p["pw1"]
+    y = _pointwise(depthwise_conv(jax.nn.relu(x), p["dw1"], stride, 1, pad, ctx), p["pw1"])
     y, s1 = batch_norm(y, p.get("bn1", {}), s.get("bn1", {}), ctx)
-    y = depthwise_conv(jax.nn.relu(y), p["dw2"], 1, 1, pad, ctx) @ p["pw2"]
+    y = _pointwise(depthwise_conv(jax.nn.relu(y.astype(x.dtype)), p["dw2"], 1, 1, pad, ctx), p["pw2"])
     y, s2 = batch_norm(y, p.get("bn2", {}), s.get("bn2", {}), ctx)
-    return y, ({"bn1": s1, "bn2": s2} if s1 else {})
+    return y.astype(x.dtype), ({"bn1": s1, "bn2": s2} if s1 else {})
 
   return OpDef(init, apply, weight_free=False)
 
@@ -503,9 +537,9 @@ def _make_dil_conv(k: int, dilation: int = 2):
     return p, s
 
   def apply(p, s, x, stride, ctx):
-    y = depthwise_conv(jax.nn.relu(x), p["dw"], stride, dilation, pad, ctx) @ p["pw"]
+    y = _pointwise(depthwise_conv(jax.nn.relu(x), p["dw"], stride, dilation, pad, ctx), p["pw"])
     y, bn_s = batch_norm(y, p.get("bn", {}), s.get("bn", {}), ctx)
-    return y, ({"bn": bn_s} if bn_s else {})
+    return y.astype(x.dtype), ({"bn": bn_s} if bn_s else {})
 
   return OpDef(init, apply, weight_free=False)
 
@@ -519,10 +553,10 @@ def _conv_7x1_1x7_init(key, c, stride, affine, track):
 
 
 def _conv_7x1_1x7_apply(p, s, x, stride, ctx):
-  y = conv(jax.nn.relu(x), p["conv1"], (1, stride), ((0, 0), (3, 3)))
+  y = conv(jax.nn.relu(x), p["conv1"], (1, stride), ((0, 0), (3, 3))).astype(x.dtype)
   y = conv(y, p["conv2"], (stride, 1), ((3, 3), (0, 0)))
   y, bn_s = batch_norm(y, p.get("bn", {}), s.get("bn", {}), ctx)
-  return y, ({"bn": bn_s} if bn_s else {})
+  return y.astype(x.dtype), ({"bn": bn_s} if bn_s else {})
 
 
 def _make_nor_conv(k: int):

@@ -62,8 +62,9 @@ def build_model(config, method: methods_lib.Method, num_classes: int, image_shap
     apply = lambda p, x, a: nb201.apply_supernet(p, x, a, cfg)
   else:
     mesh_kw = {"dw_impl": "loop" if jax.default_backend() == "cpu" else "xla"} if mesh_devices > 1 else {}
+    memory_kw = {k: config.model[k] for k in ("remat", "remat_policy", "compute_dtype") if k in config.model}
     cfg = methods_lib.supernet_config(method, C=config.model.C, layers=config.model.layers,
-                                      num_classes=num_classes, in_channels=c, space=space, **mesh_kw)
+                                      num_classes=num_classes, in_channels=c, space=space, **mesh_kw, **memory_kw)
     supernet.check_input(cfg, (1, h, w, c))
     init = lambda k: supernet.init(k, cfg)
     apply = lambda p, x, a: supernet.apply(p, x, a, cfg)

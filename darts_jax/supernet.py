@@ -14,6 +14,14 @@ every edge leaving it. `none` costs nothing. The numbers are those of the refere
 order's Hessian-vector term) another way: as a chain of small programs, one per distinct unit (stem,
 preprocessing, an edge's mixed op, a state's shared weight-free ops, the head), run from Python. They compile
 far less than one program for a step and, on a CPU, run faster.
+
+Memory (`SupernetConfig.remat`, `remat_policy`, `compute_dtype`): ``remat="op"`` wraps each unit (a wave's
+mixed op in `apply`, an edge, a state's shared weight-free ops, a cell's preprocessing and the stem in the
+chain) in `jax.checkpoint`, so its backward recomputes what the policy does not save; ``remat="cell"`` does so
+per cell (in the chain: a cell's forward programs run again before its backward, from the cell's two inputs).
+``compute_dtype="bfloat16"`` runs activations and convolutions in bfloat16 (the image is cast after loading;
+`darts_jax.ops` computes in its input's dtype), while the weights, α, the op-weight softmax, BatchNorm
+statistics and normalization, the logits and the loss stay float32.
 """
 from __future__ import annotations
 
@@ -94,9 +102,51 @@ def _weighted_sum(a, y):
   return jnp.sum(a * y, axis=0)
 
 
+REMAT_MODES = ("auto", "none", "op", "cell")
+REMAT_POLICIES = ("nothing", "dots", "convs")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def remat_policy(name: str):
+  """The `jax.checkpoint` policy of a `SupernetConfig.remat_policy` name: "nothing" saves nothing (the backward
+  recomputes the whole unit from its inputs), "dots" saves matrix products and XLA convolutions
+  (`jax.checkpoint_policies.dots_saveable`), "convs" saves every convolution's output, depthwise ones
+  included (`ops.CONV_NAME`), and recomputes ReLU, BatchNorm, pooling and the weighted sums."""
+  if name == "nothing":
+    return jax.checkpoint_policies.nothing_saveable
+  if name == "dots":
+    return jax.checkpoint_policies.dots_saveable
+  if name == "convs":
+    return jax.checkpoint_policies.save_only_these_names(ops.CONV_NAME)
+  raise ValueError(f"unknown remat_policy {name!r}; choose one of {', '.join(REMAT_POLICIES)}")
+
+
+def _checkpointed(f, policy: Optional[str]):
+  """f under `jax.checkpoint` with the named policy; f itself for None."""
+  return f if policy is None else jax.checkpoint(f, policy=remat_policy(policy))
+
+
+def _wave_mixed_op(wave_params, xs, A, space, stride, ctx):
+  """Σ_o A[s, d, o] · o(xs[s]) for every edge (s, d) of a wave: (D, ...) sums over the wave's sources."""
+  out = None
+  for o, name in enumerate(space.primitives):
+    if name == "none":
+      continue
+    op = ops.get_op(name, search=True)
+    if ops.is_weight_free(name, stride):
+      y = jax.vmap(lambda x: op.apply({}, {}, x, stride, ctx)[0])(xs)
+      term = _weighted_sum(A[..., o], y[:, None])
+    else:
+      f = lambda p, x: op.apply(p, {}, x, stride, ctx)[0]
+      y = jax.vmap(jax.vmap(f, in_axes=(0, None)), in_axes=(0, 0))(wave_params[name], xs)
+      term = _weighted_sum(A[..., o], y)
+    out = term if out is None else out + term
+  return out
+
+
 def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: jax.Array, space: SearchSpace,
                      reduction: bool, ctx: ops.Ctx, partial_channels: int = 1,
-                     edge_scale: Optional[jax.Array] = None) -> List[jax.Array]:
+                     edge_scale: Optional[jax.Array] = None, remat: Optional[str] = None) -> List[jax.Array]:
   """Returns the intermediate node states of a mixed cell.
 
   Args:
@@ -105,6 +155,7 @@ def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: 
     partial_channels: K of PC-DARTS: only the first C/K channels go through the mixed op; the rest bypass it
       (max-pooled at stride 2) and the node output is channel-shuffled with K groups.
     edge_scale: optional (num_edges,) factor per edge (PC-DARTS' edge normalization).
+    remat: a `remat_policy` name: each wave's mixed op runs under `jax.checkpoint` with it (None: no remat).
   """
   states = list(inputs)
   acc: Dict[int, jax.Array] = {}
@@ -118,19 +169,8 @@ def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: 
     A = _static_take(weights, wave.edge_ids)  # (S, D, O)
     if edge_scale is not None:
       A = A * _static_take(edge_scale, wave.edge_ids)[..., None]
-    out = None
-    for o, name in enumerate(space.primitives):
-      if name == "none":
-        continue
-      op = ops.get_op(name, search=True)
-      if ops.is_weight_free(name, wave.stride):
-        y = jax.vmap(lambda x: op.apply({}, {}, x, wave.stride, ctx)[0])(xs)
-        term = _weighted_sum(A[..., o], y[:, None])
-      else:
-        f = lambda p, x: op.apply(p, {}, x, wave.stride, ctx)[0]
-        y = jax.vmap(jax.vmap(f, in_axes=(0, None)), in_axes=(0, 0))(wave_params[name], xs)
-        term = _weighted_sum(A[..., o], y)
-      out = term if out is None else out + term
+    out = _checkpointed(functools.partial(_wave_mixed_op, space=space, stride=wave.stride, ctx=ctx),
+                        remat)(wave_params, xs, A)
     if partial_channels > 1:
       if wave.stride > 1:
         rest = jax.vmap(lambda x: ops.max_pool_2x2(x))(rest)
@@ -154,7 +194,14 @@ def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: 
 
 @dataclasses.dataclass(frozen=True)
 class SupernetConfig:
-  """Shape of the DARTS search network. Reduction cells sit at layers//3 and 2·layers//3."""
+  """Shape of the DARTS search network. Reduction cells sit at layers//3 and 2·layers//3.
+
+  remat: "none", "op" (`jax.checkpoint` around each mixed op, edge, shared weight-free ops, preprocessing and
+  the stem) or "cell" (around each cell), in `apply` and in the edge chain (`cellwise_grads`); the results are
+  the same. "auto" (the default) is "op" in the edge chain and "none" in `apply` (see `remat_for`).
+  remat_policy: what a checkpointed unit saves (`remat_policy`). compute_dtype: "float32" or "bfloat16"
+  (activations and convolutions; see the module docstring).
+  """
   C: int = 16
   num_classes: int = 10
   layers: int = 8
@@ -164,8 +211,16 @@ class SupernetConfig:
   space: SearchSpace = DARTS_SPACE
   partial_channels: int = 1
   dw_impl: str = "auto"
+  remat: str = "none"
+  remat_policy: str = "nothing"
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
+    if self.remat not in REMAT_MODES:
+      raise ValueError(f"unknown remat {self.remat!r}; choose one of {', '.join(REMAT_MODES)}")
+    remat_policy(self.remat_policy)
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"unknown compute_dtype {self.compute_dtype!r}; choose one of {', '.join(COMPUTE_DTYPES)}")
     if self.layers < 3:
       raise ValueError(f"layers={self.layers}: the DARTS network needs at least 3 layers "
                        "(reduction cells sit at layers//3 and 2*layers//3)")
@@ -184,6 +239,18 @@ class SupernetConfig:
   @property
   def min_input_size(self) -> int:
     return 4
+
+  def remat_for(self, unit: str, chain: bool = False) -> Optional[str]:
+    """The policy name that `unit` ("op" or "cell") runs `jax.checkpoint` with in `apply` (or, with ``chain``,
+    in the edge chain), None if it does not.
+
+    remat="auto" is "op" in the edge chain and "none" in `apply`. In the chain a checkpointed edge's forward
+    program writes its inputs only, 12 MB instead of 154 MB of residuals for an edge at C=16, batch 64, 32x32
+    (and runs in 22 instead of 54 ms), while its backward program, which recomputes the edge, takes about as
+    long as the one that read the residuals (113 vs 111 ms; 59 vs 23 ms without the weights' gradients): the
+    first-order step at C=16, 8 layers, batch 64 peaks at 3.2 instead of 17.2 GB of RSS (`benchmarks/memory.py`)."""
+    remat = self.remat if self.remat != "auto" else "op" if chain else "none"
+    return self.remat_policy if remat == unit else None
 
 
 def check_input(cfg: SupernetConfig, x_shape) -> None:
@@ -251,9 +318,9 @@ def _network_ctx(cfg: SupernetConfig, ctx: ops.Ctx) -> ops.Ctx:
   return ctx._replace(train=True, dw_impl=dw_impl)
 
 
-def _stem(stem_params, x, ctx):
-  s = ops.conv(x, stem_params["conv"], 1, 1)
-  return ops.batch_norm(s, stem_params["bn"], {}, ctx)[0]
+def _stem(stem_params, x, ctx, dtype="float32"):
+  s = ops.conv(x.astype(dtype), stem_params["conv"], 1, 1)
+  return ops.batch_norm(s, stem_params["bn"], {}, ctx)[0].astype(dtype)
 
 
 def _preprocess(cell_params, s0, s1, reduction_prev: bool, ctx):
@@ -265,13 +332,23 @@ def _preprocess(cell_params, s0, s1, reduction_prev: bool, ctx):
   return p0, p1
 
 
-def _cell_body(cell_params, p0, p1, weights, edge_scale, space, reduction, ctx, partial_channels, multiplier):
-  nodes = mixed_cell_apply(cell_params, [p0, p1], weights, space, reduction, ctx, partial_channels, edge_scale)
+def _cell_body(cell_params, p0, p1, weights, edge_scale, space, reduction, ctx, partial_channels, multiplier,
+               remat=None):
+  nodes = mixed_cell_apply(cell_params, [p0, p1], weights, space, reduction, ctx, partial_channels, edge_scale,
+                           remat)
   return jnp.concatenate(nodes[-multiplier:], axis=-1)
 
 
+def _cell(cell, s0, s1, weights, edge_scale, cfg: SupernetConfig, reduction, reduction_prev, ctx):
+  """One cell of `apply`: preprocessing and body (with ``remat="op"``, the preprocessing is checkpointed)."""
+  op_remat = cfg.remat_for("op")
+  p0, p1 = _checkpointed(lambda c, a, b: _preprocess(c, a, b, reduction_prev, ctx), op_remat)(cell, s0, s1)
+  return _cell_body(cell, p0, p1, weights, edge_scale, cfg.space, reduction, ctx, cfg.partial_channels,
+                    cfg.multiplier, op_remat)
+
+
 def _classify(classifier, s):
-  return jnp.mean(s, axis=(1, 2)) @ classifier["w"] + classifier["b"]
+  return jnp.mean(s.astype(jnp.float32), axis=(1, 2)) @ classifier["w"] + classifier["b"]
 
 
 def _head(classifier, s, labels):
@@ -285,17 +362,18 @@ def apply(params: Params, x: jax.Array, arch_weights: Params, cfg: SupernetConfi
   """Logits of the supernet. `arch_weights` holds (num_edges, num_ops) op weights under "normal" and
   "reduce", and optionally (num_edges,) edge factors under "normal_edge" and "reduce_edge".
 
-  BatchNorm always uses the batch's statistics (the search network tracks no running statistics).
+  BatchNorm always uses the batch's statistics (the search network tracks no running statistics). The logits
+  are float32 whatever `cfg.compute_dtype`.
   """
   ctx = _network_ctx(cfg, ctx)
-  s0 = s1 = _stem(params["stem"], x, ctx)
+  s0 = s1 = _checkpointed(lambda p, x: _stem(p, x, ctx, cfg.compute_dtype), cfg.remat_for("op"))(params["stem"], x)
   reduction_prev = False
   for i, cell in enumerate(params["cells"]):
     reduction = i in cfg.reduction_layers
     kind = "reduce" if reduction else "normal"
-    p0, p1 = _preprocess(cell, s0, s1, reduction_prev, ctx)
-    out = _cell_body(cell, p0, p1, arch_weights[kind], arch_weights.get(kind + "_edge"), cfg.space, reduction, ctx,
-                     cfg.partial_channels, cfg.multiplier)
+    cell_fn = functools.partial(_cell, cfg=cfg, reduction=reduction, reduction_prev=reduction_prev, ctx=ctx)
+    out = _checkpointed(cell_fn, cfg.remat_for("cell"))(cell, s0, s1, arch_weights[kind],
+                                                        arch_weights.get(kind + "_edge"))
     s0, s1 = s1, out
     reduction_prev = reduction
   return _classify(params["classifier"], s1)
@@ -305,12 +383,17 @@ def apply(params: Params, x: jax.Array, arch_weights: Params, cfg: SupernetConfi
 # The network gradient as a chain of small programs: one per distinct stem, preprocessing, edge, state and head.
 
 
-def _stem_fwd(stem_params, x, ctx):
-  return jax.vjp(lambda p: _stem(p, x, ctx), stem_params)
+def _stem_fwd(stem_params, x, ctx, dtype="float32", remat=None):
+  stem = _checkpointed(lambda p, x: _stem(p, x, ctx, dtype), remat)
+  return jax.vjp(lambda p: stem(p, x), stem_params)
 
 
-def _preprocess_fwd(pre_params, s0, s1, reduction_prev, ctx):
-  return jax.vjp(lambda p, a, b: _preprocess(p, a, b, reduction_prev, ctx), pre_params, s0, s1)
+def _preprocess_fwd(pre_params, s0, s1, reduction_prev, ctx, remat=None):
+  """The forward program of a unit: its output and its VJP, whose residuals are what the backward program
+  needs (under ``remat``, a `remat_policy` name, only the unit's inputs and what the policy saves: the
+  backward program recomputes the rest)."""
+  return jax.vjp(_checkpointed(lambda p, a, b: _preprocess(p, a, b, reduction_prev, ctx), remat),
+                 pre_params, s0, s1)
 
 
 def _shared_names(space: SearchSpace, stride: int) -> Tuple[str, ...]:
@@ -325,8 +408,8 @@ def _shared(x, space, stride, ctx, partial_channels):
           for n in _shared_names(space, stride)}
 
 
-def _shared_fwd(x, space, stride, ctx, partial_channels):
-  return jax.vjp(lambda x: _shared(x, space, stride, ctx, partial_channels), x)
+def _shared_fwd(x, space, stride, ctx, partial_channels, remat=None):
+  return jax.vjp(_checkpointed(lambda x: _shared(x, space, stride, ctx, partial_channels), remat), x)
 
 
 def _edge(edge_params, x, shared, row, scale, space, stride, ctx, partial_channels):
@@ -334,7 +417,7 @@ def _edge(edge_params, x, shared, row, scale, space, stride, ctx, partial_channe
   weight-free ops' outputs from `shared` (`_shared` of x). With partial channels the bypassed channels come
   along (scaled, max-pooled at stride 2) and the result is channel-shuffled: both are linear, so a node is
   the plain sum of its edges' shares."""
-  a = row if scale is None else row * scale
+  a = (row if scale is None else row * scale).astype(x.dtype)
   c = x.shape[-1] // partial_channels
   out = None
   for o, name in enumerate(space.primitives):
@@ -346,14 +429,14 @@ def _edge(edge_params, x, shared, row, scale, space, stride, ctx, partial_channe
     out = ops.get_op("none", search=True).apply({}, {}, x[..., :c], stride, ctx)[0]
   if partial_channels > 1:
     rest = ops.max_pool_2x2(x[..., c:]) if stride > 1 else x[..., c:]
-    rest = rest if scale is None else scale * rest
+    rest = rest if scale is None else scale.astype(rest.dtype) * rest
     out = _channel_shuffle(jnp.concatenate([out, rest], -1), partial_channels)
   return out
 
 
-def _edge_fwd(edge_params, x, shared, row, scale, space, stride, ctx, partial_channels):
+def _edge_fwd(edge_params, x, shared, row, scale, space, stride, ctx, partial_channels, remat=None):
   f = lambda p, x, h, r, s: _edge(p, x, h, r, s, space, stride, ctx, partial_channels)
-  return jax.vjp(f, edge_params, x, shared, row, scale)
+  return jax.vjp(_checkpointed(f, remat), edge_params, x, shared, row, scale)
 
 
 def _split_params(body, space, reduction):
@@ -404,8 +487,8 @@ def _pullback_inputs(vjp_fn, cotangent):
   return vjp_fn(cotangent)[1:]
 
 
-def _stem_jvp(stem_params, x, v, ctx):
-  return jax.jvp(lambda p: _stem(p, x, ctx), (stem_params,), (v,))[1]
+def _stem_jvp(stem_params, x, v, ctx, dtype="float32"):
+  return jax.jvp(lambda p: _stem(p, x, ctx, dtype), (stem_params,), (v,))[1]
 
 
 def _preprocess_dd(pre_params, s0, s1, ct, v, lam0, lam1, reduction_prev, ctx):
@@ -474,11 +557,11 @@ def _cell_programs(opt_level: Optional[int]) -> _CellPrograms:
   every `cellwise_grads` that uses it so that their compiled programs are too."""
   options = None if opt_level is None else {"xla_backend_optimization_level": opt_level}
   jit = lambda f, static=(): jax.jit(f, static_argnums=static, compiler_options=options)
-  return _CellPrograms(jit(_stem_fwd, (2,)), jit(_preprocess_fwd, (3, 4)),
-                       jit(_shared_fwd, (1, 2, 3, 4)), jit(_edge_fwd, (5, 6, 7, 8)), jit(_head_grads),
+  return _CellPrograms(jit(_stem_fwd, (2, 3, 4)), jit(_preprocess_fwd, (3, 4, 5)),
+                       jit(_shared_fwd, (1, 2, 3, 4, 5)), jit(_edge_fwd, (5, 6, 7, 8, 9)), jit(_head_grads),
                        jit(_pullback), jit(_pullback_inputs), jit(_add), jit(_split_params, (1, 2)),
                        jit(_merge_params, (1, 2)), jit(_split_arch), jit(_merge_arch), jit(_concat),
-                       jit(_split_out, (1,)), jit(_stem_jvp, (3,)), jit(_preprocess_dd, (7, 8)),
+                       jit(_split_out, (1,)), jit(_stem_jvp, (3, 4)), jit(_preprocess_dd, (7, 8)),
                        jit(_shared_dd, (3, 4, 5, 6)), jit(_edge_dd, (9, 10, 11, 12)), jit(_head_hvp))
 
 
@@ -500,9 +583,11 @@ class _BodyVJPs(NamedTuple):
 
 
 def _body_forward(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, p0, p1, weights, edge_scale,
-                  reduction: bool):
-  """A cell body edge by edge: (its output, `_BodyVJPs`, every state of the cell by index)."""
+                  reduction: bool, keep_vjps: bool = True):
+  """A cell body edge by edge: (its output, `_BodyVJPs`, every state of the cell by index). Without
+  ``keep_vjps`` each VJP is dropped as soon as it is made (a forward pass only, ``remat="cell"``)."""
   space, pc = cfg.space, cfg.partial_channels
+  remat = cfg.remat_for("op", chain=True)
   edge_params = prog.split_params(body, space, reduction)
   rows, scales = prog.split_arch(weights, edge_scale)
   states, shared, vjps = {0: p0, 1: p1}, {}, _BodyVJPs([], {})
@@ -510,9 +595,13 @@ def _body_forward(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, body, 
     if src not in shared:
       shared[src] = {}
       if _shared_names(space, stride):
-        shared[src], vjps.shared[src] = prog.shared_fwd(states[src], space, stride, ctx, pc)
-    y, vjp = prog.edge_fwd(edge_params[e], states[src], shared[src], rows[e], scales[e], space, stride, ctx, pc)
-    vjps.edges.append(vjp)
+        shared[src], vjp = prog.shared_fwd(states[src], space, stride, ctx, pc, remat)
+        if keep_vjps:
+          vjps.shared[src] = vjp
+    y, vjp = prog.edge_fwd(edge_params[e], states[src], shared[src], rows[e], scales[e], space, stride, ctx, pc,
+                           remat)
+    vjps.edges.append(vjp if keep_vjps else None)
+    del vjp
     _accumulate(prog, states, dst, y)
   return prog.concat(_outputs(cfg, states)), vjps, states
 
@@ -599,8 +688,11 @@ class _Taped(NamedTuple):
 def _forward_tape(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, arch_weights, images,
                   keep_inputs: bool = False):
   """The forward pass cell by cell: (the stem's VJP, one `_Taped` per cell, the last cell's output). The
-  cells' inputs and states are kept only if asked (the VJPs hold what the backward pass needs)."""
-  stem_out, stem_vjp = prog.stem_fwd(params["stem"], images, ctx)
+  cells' inputs and states are kept only if asked (the VJPs hold what the backward pass needs). With
+  ``remat="cell"`` each cell keeps its two inputs and no VJPs (`_cell_vjps` recomputes them)."""
+  remat_cells = cfg.remat == "cell"
+  stem_out, stem_vjp = prog.stem_fwd(params["stem"], images, ctx, cfg.compute_dtype,
+                                     cfg.remat_for("op", chain=True))
   s0 = s1 = stem_out
   tape = []
   reduction_prev = False
@@ -608,14 +700,29 @@ def _forward_tape(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params
     reduction = i in cfg.reduction_layers
     kind = "reduce" if reduction else "normal"
     pre, body = _split_cell(cell)
-    (p0, p1), pre_vjp = prog.preprocess_fwd(pre, s0, s1, reduction_prev, ctx)
+    (p0, p1), pre_vjp = prog.preprocess_fwd(pre, s0, s1, reduction_prev, ctx, cfg.remat_for("op", chain=True))
+    if remat_cells:
+      pre_vjp = None
     out, body_vjps, states = _body_forward(prog, cfg, ctx, body, p0, p1, arch_weights[kind],
-                                           arch_weights.get(kind + "_edge"), reduction)
-    inputs = (s0, s1, states) if keep_inputs else (None,) * 3
-    tape.append(_Taped(kind, reduction_prev, *inputs, pre_vjp, body_vjps))
+                                           arch_weights.get(kind + "_edge"), reduction, not remat_cells)
+    inputs = (s0, s1, states) if keep_inputs else (s0, s1, None) if remat_cells else (None,) * 3
+    tape.append(_Taped(kind, reduction_prev, *inputs, pre_vjp, None if remat_cells else body_vjps))
+    del body_vjps, pre_vjp
     s0, s1 = s1, out
     reduction_prev = reduction
   return stem_vjp, tape, s1
+
+
+def _cell_vjps(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, arch_weights, i: int, t: _Taped):
+  """(preprocessing VJP, `_BodyVJPs`) of cell i of a tape: the recorded ones, or with ``remat="cell"`` the
+  cell's forward programs run again from its inputs."""
+  if t.body_vjps is not None:
+    return t.pre_vjp, t.body_vjps
+  pre, body = _split_cell(params["cells"][i])
+  (p0, p1), pre_vjp = prog.preprocess_fwd(pre, t.s0, t.s1, t.reduction_prev, ctx, None)
+  _, body_vjps, _ = _body_forward(prog, cfg, ctx, body, p0, p1, arch_weights[t.kind],
+                                  arch_weights.get(t.kind + "_edge"), t.kind == "reduce")
+  return pre_vjp, body_vjps
 
 
 def _split_cell(cell):
@@ -721,7 +828,7 @@ def _chain_grads(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params,
   pull = prog.pullback if wrt_params or not arch_only_programs else (
       lambda vjp_fn, ct: (None, *prog.pullback_inputs(vjp_fn, ct)))
   for i in reversed(range(n)):
-    kind, pre_vjp, body_vjps = tape[i].kind, tape[i].pre_vjp, tape[i].body_vjps
+    kind, (pre_vjp, body_vjps) = tape[i].kind, _cell_vjps(prog, cfg, ctx, params, arch_weights, i, tape[i])
     tape[i] = None   # frees the cell's residuals as its backward programs run
     g_body, g_states, g_shared, g_w, g_e = _body_backward(prog, cfg, body_vjps, cts.pop(i), kind == "reduce",
                                                           wrt_params, arch_only_programs)
@@ -750,7 +857,7 @@ def _chain_hvp(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, a
   images, labels = batch["image"], batch["label"]
   n = len(rec.cells)
   # Forward sweep: λ of every cell output (-1: the stem) and the direct second-order terms.
-  lam = {-1: prog.stem_jvp(params["stem"], images, v["stem"], ctx)}
+  lam = {-1: prog.stem_jvp(params["stem"], images, v["stem"], ctx, cfg.compute_dtype)}
   mu, d_states, d_shared, out = {}, [None] * n, [None] * n, {}
   for i, t in enumerate(rec.cells):
     pre, body = _split_cell(params["cells"][i])
@@ -776,12 +883,15 @@ def _chain_hvp(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, a
   for i in reversed(range(n)):
     t = tape[i]
     tape[i] = None
-    _, g_states, _, g_w, g_e = _body_backward(prog, cfg, t.body_vjps, mu.pop(i), t.kind == "reduce", False,
+    kind, (pre_vjp, body_vjps) = t.kind, _cell_vjps(prog, cfg, ctx, params, arch_weights, i, t)
+    del t
+    _, g_states, _, g_w, g_e = _body_backward(prog, cfg, body_vjps, mu.pop(i), kind == "reduce", False,
                                               extra=d_states[i], extra_shared=d_shared[i])
-    _accumulate(prog, out, t.kind, g_w)
-    _accumulate(prog, out, t.kind + "_edge", g_e)
+    del body_vjps
+    _accumulate(prog, out, kind, g_w)
+    _accumulate(prog, out, kind + "_edge", g_e)
     if i >= 1:
-      g_s0, g_s1 = prog.pullback_inputs(t.pre_vjp, tuple(g_states[:2]))
+      g_s0, g_s1 = prog.pullback_inputs(pre_vjp, tuple(g_states[:2]))
       for j, g in ((i - 2, g_s0), (i - 1, g_s1)):
         if j >= 0:
           _accumulate(prog, mu, j, g)

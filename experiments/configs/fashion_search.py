@@ -33,6 +33,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval_examples = 2_000     # val examples scored after each epoch (0: all)
   c.seed = 0
   c.model = ml_collections.ConfigDict({"C": 8, "layers": 5, "N": 1})
+  # Memory (supernet.SupernetConfig): remat "auto" ("op" in the edge chain, "none" in the fused step), "none",
+  # "op" or "cell"; what a rematerialized unit saves ("nothing", "dots", "convs"); "float32" or "bfloat16"
+  c.model.remat = "none"
+  c.model.remat_policy = "nothing"
+  c.model.compute_dtype = "float32"
   c.hparams = bilevel.hparams_config()   # SearchHParams overrides, e.g. --config.hparams.a_lr=3e-3
   c.compile_once = False      # one compiled network gradient for every pass (bilevel.SharedPassStep)
   # compile_once with one program per distinct edge (supernet.cellwise_grads); None: on a CPU only
