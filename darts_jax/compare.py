@@ -260,6 +260,28 @@ def _methods(config) -> List[str]:
   return methods
 
 
+def _latest_checkpoint(run_dir: str) -> int:
+  path = os.path.join(run_dir, "checkpoints")
+  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+  return max(steps, default=0)
+
+
+def _search_seeds_together(config, workdir: str, space: str, method: str, seeds: Sequence[int]) -> List[str]:
+  """Runs a method's unfinished seeds as one multi-seed program (`search.search_seeds`) when there are two or
+  more and their checkpoints are at one step; returns the stages run (none: the loop runs them one by one)."""
+  from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
+  todo = []
+  for seed in seeds:
+    scfg = _run_config(config.search, method=method, seed=seed, space=space)
+    sdir = os.path.join(_run_dir(workdir, space, method, seed), "search")
+    if _finished(sdir, scfg.to_dict(), search_lib.RESUMABLE_KEYS) is None:
+      todo.append((seed, scfg, sdir))
+  if len(todo) < 2 or len({_latest_checkpoint(d) for _, _, d in todo}) > 1:
+    return []
+  search_lib.search_seeds([c for _, c, _ in todo], [d for _, _, d in todo])
+  return [f"{space}/{method}/seed{seed}/search (multi-seed program)" for seed, _, _ in todo]
+
+
 def run_comparison(config, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) every (space, method, seed) of `config`, then writes and returns the report."""
   from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
@@ -277,6 +299,8 @@ def run_comparison(config, workdir: str) -> Dict[str, Any]:
   runs, executed, t0 = [], [], time.perf_counter()
   for space in spaces:
     for method in methods:
+      if config.get("multi_seed", False) and method != RANDOM:
+        executed += _search_seeds_together(config, workdir, space, method, seeds)
       for seed in seeds:
         rdir = _run_dir(workdir, space, method, seed)
         scfg = _run_config(config.search, method=method, seed=seed, space=space)

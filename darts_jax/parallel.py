@@ -16,6 +16,7 @@ A `Layout` is a `jax.sharding.Mesh` with a ``seed`` and a ``data`` axis and the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 from typing import Any, Optional, Tuple
 
@@ -52,8 +53,10 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-  """A (seed, data) device mesh and the shardings of states and batches on it."""
+  """A (seed, data) device mesh and the shardings of states and batches on it; `stacked`: states and batches
+  carry a leading seed axis (`bilevel.make_multi_seed_step`)."""
   mesh: Mesh
+  stacked: bool = False
 
   @property
   def num_devices(self) -> int:
@@ -78,12 +81,12 @@ class Layout:
   @property
   def batch(self) -> NamedSharding:
     """A batch's leading axis split over ``data`` (a multi-seed batch: its second axis)."""
-    return NamedSharding(self.mesh, P(SEED, DATA) if self.seed_size > 1 else P(DATA))
+    return NamedSharding(self.mesh, P(SEED, DATA) if self.stacked else P(DATA))
 
   @property
   def state(self) -> NamedSharding:
     """A training state: replicated, or its leading (seed) axis split over ``seed``."""
-    return NamedSharding(self.mesh, P(SEED) if self.seed_size > 1 else P())
+    return NamedSharding(self.mesh, P(SEED) if self.stacked else P())
 
   def step_shardings(self) -> Tuple[NamedSharding, NamedSharding]:
     """(state, batch) shardings for `bilevel.make_search_step` / `retrain.make_train_step`."""
@@ -112,7 +115,7 @@ class Layout:
 
     def put(x):
       x = np.asarray(x)
-      shape = (x.shape[0] * jax.process_count(),) + x.shape[1:] if self.seed_size == 1 else None
+      shape = (x.shape[0] * jax.process_count(),) + x.shape[1:] if not self.stacked else None
       return jax.make_array_from_process_local_data(sharding, x, shape)
     return jax.tree.map(put, local_batch)
 
@@ -136,18 +139,21 @@ class Layout:
     return jax.tree.map(lambda x: x[start:stop], global_batch)
 
 
-def make_layout(num_devices: int = 0, seeds: int = 1) -> Layout:
-  """A mesh of the first `num_devices` devices (0: all, over every process) as ``seeds`` × data."""
+def make_layout(num_devices: int = 0, seeds: int = 0) -> Layout:
+  """A mesh of the first `num_devices` devices (0: all, over every process). ``seeds=S`` > 0: for S stacked
+  searches, the ``seed`` axis as large as S and the device count allow (their greatest common divisor), the
+  rest of the devices along ``data``; 0: one search, every device along ``data``."""
   devices = jax.devices()
   n = num_devices or len(devices)
   if n > len(devices):
     raise ValueError(f"num_devices={n} but only {len(devices)} devices are visible; lower num_devices")
   if jax.process_count() > 1 and n != len(devices):
     raise ValueError(f"num_devices={n}: a multi-process run uses all {len(devices)} devices; unset num_devices")
-  if seeds < 1 or n % seeds:
-    raise ValueError(f"{seeds} seeds do not divide over {n} devices; use a seed count that divides {n}")
+  if seeds < 0:
+    raise ValueError(f"seeds={seeds} must be non-negative")
+  seed_axis = math.gcd(seeds, n) if seeds else 1
   ordered = sorted(devices[:n], key=lambda d: (d.process_index, d.id))
-  return Layout(Mesh(np.array(ordered).reshape(seeds, n // seeds), (SEED, DATA)))
+  return Layout(Mesh(np.array(ordered).reshape(seed_axis, n // seed_axis), (SEED, DATA)), stacked=seeds > 0)
 
 
 def per_device_bn(apply, layout: Layout):

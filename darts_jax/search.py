@@ -16,7 +16,7 @@ import math
 import os
 import platform
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -142,11 +142,12 @@ class _Batches:
   """The (train, val) batch pairs of the search loop from `start` on: each process reads its own rows of
   every global batch and gets them back as arrays on the mesh."""
 
-  def __init__(self, config, train, mean, std, w_idx, a_idx, start: int, layout):
+  def __init__(self, config, train, mean, std, w_idx, a_idx, start: int, layout, put=None):
     rows = layout.rows(config.batch_size) if jax.process_count() > 1 else None
     make = lambda idx, seed: data_lib.BatchIterator(train, config.batch_size, idx, augment=config.augment,
                                                     seed=seed, mean=mean, std=std, start=(0, start), rows=rows)
-    put = layout.put_batch if layout.num_devices > 1 else True
+    if put is None:
+      put = layout.put_batch if layout.num_devices > 1 else True
     self._it = data_lib.prefetch(zip(make(w_idx, 2 * config.seed), make(a_idx, 2 * config.seed + 1)), size=2,
                                  device_put=put)
 
@@ -155,6 +156,22 @@ class _Batches:
 
   def close(self):
     self._it.close()
+
+
+def _schedule(config, method, num_weight_examples: int):
+  """(hparams, steps per epoch, total steps, warm-up steps) of a search."""
+  steps_per_epoch = config.get("steps_per_epoch") or num_weight_examples // config.batch_size
+  hp = method.search_hparams(epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                             **bilevel.hparams_overrides(config.get("hparams")))
+  warmup_steps = min(method.warmup_epochs if config.get("warmup_epochs") is None else config.warmup_epochs,
+                     hp.epochs) * steps_per_epoch
+  return hp, steps_per_epoch, hp.epochs * steps_per_epoch, warmup_steps
+
+
+def _preempted(signal_name, step, total_steps, directory) -> wd.Preempted:
+  return wd.Preempted(f"stopped by {signal_name or 'a signal to another process'} at step {step} of "
+                      f"{total_steps}; its checkpoint is in {directory}; re-run the same command to resume "
+                      "from it")
 
 
 def search(config, workdir: str) -> Dict[str, Any]:
@@ -176,13 +193,8 @@ def search(config, workdir: str) -> Dict[str, Any]:
   elif bn_stats != "global":
     raise ValueError(f"bn_stats={bn_stats!r}: use 'global' (statistics of the global batch) or 'device'")
 
-  steps_per_epoch = config.get("steps_per_epoch") or len(w_idx) // config.batch_size
-  hp = method.search_hparams(epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                             **bilevel.hparams_overrides(config.get("hparams")))
+  hp, steps_per_epoch, total_steps, warmup_steps = _schedule(config, method, len(w_idx))
   problem = method.problem(apply, space, hp)
-  total_steps = hp.epochs * steps_per_epoch
-  warmup_steps = min(method.warmup_epochs if config.get("warmup_epochs") is None else config.warmup_epochs,
-                     hp.epochs) * steps_per_epoch
   checkpoint_every = int(config.get("checkpoint_every") or 0)
 
   key = jax.random.PRNGKey(config.seed)
@@ -269,9 +281,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
         if term.requested() and step < total_steps:
           if last_good != step:
             save(step, elapsed + time.perf_counter() - t_epoch)
-          raise wd.Preempted(f"stopped by {term.signal_name or 'a signal to another process'} at step {step} of "
-                             f"{total_steps}; its checkpoint is in {ckpt.directory}; re-run the same command "
-                             "to resume from it")
+          raise _preempted(term.signal_name, step, total_steps, ckpt.directory)
   finally:
     batches.close()
     if progress is not None:
@@ -281,6 +291,133 @@ def search(config, workdir: str) -> Dict[str, Any]:
 
   return export(config, workdir, method, model, state, train, mean, std, val_eval_idx, eval_fn, elapsed,
                 k_derive, step_program, layout, put_eval)
+
+
+def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[str, Any]]:
+  """The searches of `configs` (one per seed; they may differ in ``seed`` alone) as one vmapped program
+  (`bilevel.make_multi_seed_step`), the seeds spread over the devices' ``seed`` axis; returns their summaries.
+
+  Each seed gets what `search` would give it: its own data split and order, weights, α and rng, and its own
+  work directory with the same files, checkpoints included, so either function can resume it. Seeds resume
+  together from checkpoints of one step. Every seed's ``search_seconds`` is its share of the program's time
+  (``multi_seed_seconds``: all of it). One process; the fused step (no edge chain).
+  """
+  if jax.process_count() > 1:
+    raise ValueError("search_seeds runs in one process; run each seed with search() on a multi-process mesh")
+  base = configs[0]
+  differ = sorted({k for c in configs for k, v in c.to_dict().items() if base.to_dict().get(k) != v} - {"seed"})
+  if differ:
+    raise ValueError(f"the seeds' configs differ in {', '.join(differ)}; they may differ in seed alone")
+  method = methods_lib.get_method(base.method, **dict(base.get("method_kwargs", {}) or {}))
+  layout = parallel.make_layout(int(base.get("num_devices") or 0), seeds=len(configs))
+  layout.check_batch_size(base.batch_size)
+  for c, d in zip(configs, workdirs):
+    wd.prepare(d, c.to_dict(), ignore=RESUMABLE_KEYS)
+  data = [load_search_data(c) for c in configs]
+  train0 = data[0][0]
+  model = build_model(base, method, train0.num_classes, train0.image_shape, layout.num_devices)
+  space = model.space
+  hp, steps_per_epoch, total_steps, warmup_steps = _schedule(base, method, len(data[0][3]))
+  problem = method.problem(model.apply, space, hp)
+
+  states, derive_keys = [], []
+  for c in configs:
+    k_w, k_a, k_state, k_derive = jax.random.split(jax.random.PRNGKey(c.seed), 4)
+    states.append(bilevel.init_state(model.init(k_w), method.init_alphas(k_a, space), hp, k_state))
+    derive_keys.append(k_derive)
+  ckpts = [wd.Checkpoints(d) for d in workdirs]
+  restored = [ck.restore_or_init(st) for ck, st in zip(ckpts, states)]
+  starts = {r[1] for r in restored}
+  if len(starts) > 1:
+    raise ValueError(f"the seeds' checkpoints are at different steps ({sorted(starts)}); resume them one by one "
+                     "with search()")
+  start = starts.pop()
+  elapsed = sum(r[2] for r in restored)
+  stacked = layout.put_state(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                                          *[r[0] for r in restored]))
+  logs = [wd.MetricsLog(d, resume_step=start, tensorboard=c.get("tensorboard", True))
+          for c, d in zip(configs, workdirs)]
+  make = lambda update: bilevel.make_multi_seed_step(problem, hp, update_alphas=update,
+                                                     shardings=layout.step_shardings())
+  step_fn = make(True) if method.update_alphas and warmup_steps < total_steps else None
+  warm_fn = make(False) if (warmup_steps or not method.update_alphas) else None
+  eval_fn = bilevel.make_eval_step(problem)
+  single = layout.seed_size == 1 and layout.num_devices == 1
+  iters = [_Batches(c, train, mean, std, w_idx, a_idx, start, layout, put=False)
+           for c, (train, mean, std, w_idx, a_idx) in zip(configs, data)]
+  stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
+  val_idx = [d[4][:base.eval_examples] if base.get("eval_examples") else d[4] for d in data]
+  seed_state = lambda s: bilevel.SearchState(*jax.tree.map(lambda x: x[s], parallel.host(tuple(stacked))))
+
+  step, last_good, pending = start, start, []
+  t_epoch, epoch_steps = time.perf_counter(), 0
+
+  def flush(at_step):
+    nonlocal pending
+    host = [parallel.host(m) for m in pending]
+    pending = []
+    per_seed = [[jax.tree.map(lambda x: x[s], m) for m in host] for s in range(len(configs))]
+    return [wd.fetch_finite(ms, at_step, last_good, ck.directory, f"parameters at search (seed {c.seed})",
+                            "lower the learning rates") for ms, ck, c in zip(per_seed, ckpts, configs)]
+
+  def save(at_step, seconds):
+    nonlocal last_good
+    flush(at_step)
+    for s, ck in enumerate(ckpts):
+      ck.save_with_elapsed(at_step, seed_state(s), seconds / len(configs))
+    last_good = at_step
+
+  try:
+    with wd.TerminationWatch() as term:
+      while step < total_steps:
+        pairs = [next(it) for it in iters]
+        tb, vb = stack([p[0] for p in pairs]), stack([p[1] for p in pairs])
+        if not single:
+          tb, vb = layout.put_batch(tb), layout.put_batch(vb)
+        fn = warm_fn if step < warmup_steps or step_fn is None else step_fn
+        stacked, metrics = fn(stacked, tb, vb)
+        pending.append(metrics)
+        step += 1
+        epoch_steps += 1
+        end_of_epoch = step % steps_per_epoch == 0
+        if step % base.log_every == 0 or end_of_epoch:
+          for log, fetched in zip(logs, flush(step)):
+            m = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
+            log.write(step, {"phase": "search", "epoch": (step - 1) // steps_per_epoch, **m})
+        if end_of_epoch:
+          jax.block_until_ready(stacked.alphas)
+          seconds = time.perf_counter() - t_epoch
+          elapsed += seconds
+          for s, (log, (train, mean, std, _, _)) in enumerate(zip(logs, data)):
+            st = seed_state(s)
+            val_loss, val_acc = evaluate(eval_fn, st, train, val_idx[s], base.batch_size, mean, std)
+            opw = jax.device_get(method.op_weights(st.alphas, space))
+            log.write(step, {"phase": "epoch", "epoch": step // steps_per_epoch - 1, "val_loss": val_loss,
+                             "val_acc": val_acc, "alpha_entropy": _entropy(opw),
+                             "genotype": arch_text(method.derive(st.alphas, space)),
+                             "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
+                             "seconds_per_step": seconds / max(epoch_steps, 1) / len(configs),
+                             "elapsed": elapsed / len(configs)})
+          save(step, elapsed)
+          t_epoch, epoch_steps = time.perf_counter(), 0
+        elif base.get("checkpoint_every") and step % int(base.checkpoint_every) == 0:
+          save(step, elapsed + time.perf_counter() - t_epoch)
+        if term.requested() and step < total_steps:
+          if last_good != step:
+            save(step, elapsed + time.perf_counter() - t_epoch)
+          raise _preempted(term.signal_name, step, total_steps, ", ".join(ck.directory for ck in ckpts))
+  finally:
+    for it in iters:
+      it.close()
+    for log, ck in zip(logs, ckpts):
+      log.close()
+      ck.close()
+
+  one = parallel.make_layout(1)
+  return [export(c, d, method, model, seed_state(s), train, mean, std, val_idx[s], eval_fn, elapsed / len(configs),
+                 derive_keys[s], "multi_seed", one, extra={"multi_seed": len(configs), "multi_seed_seconds": elapsed,
+                                                          "num_devices": layout.num_devices})
+          for s, (c, d, (train, mean, std, _, _)) in enumerate(zip(configs, workdirs, data))]
 
 
 def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std, put=lambda b: b):
@@ -295,7 +432,7 @@ def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std, put=lambda
 
 
 def export(config, workdir, method, model, state, train, mean, std, val_idx, eval_fn, elapsed, key,
-           step_program: str, layout, put=lambda b: b):
+           step_program: str, layout, put=lambda b: b, extra: Optional[Dict[str, Any]] = None):
   """Writes the final architecture, its pictures, the α history plot and the summary (process 0 only, after
   checking that every process holds the same α and architecture)."""
   from darts_jax import visualize  # pylint: disable=g-import-not-at-top
@@ -319,7 +456,7 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
             "genotype": arch_text(arch), "search_seconds": elapsed, "supernet_params": model.num_params,
             "steps": int(parallel.host(state.step)), "step_program": step_program,
             "num_devices": layout.num_devices, "num_processes": jax.process_count(),
-            "bn_stats": config.get("bn_stats", "global") or "global"}
+            "bn_stats": config.get("bn_stats", "global") or "global", **(extra or {})}
   if not layout.is_main:
     return {**common, "val_acc": None}
   text = write_architecture(workdir, arch)

@@ -5,7 +5,9 @@
 
 `--config.genotype` takes a registry name (DARTS_V2, ...), a genotype.json/.txt path, Genotype(...) text or
 `random` (a uniformly drawn genotype, seeded by --config.seed). Re-running the same command resumes from the
-workdir's last checkpoint.
+workdir's last checkpoint (also after SIGTERM, which saves the current step first). All visible devices
+train data-parallel; several hosts take the same three flags as `experiments/search.py`
+(``--coordinator_address``, ``--num_processes``, ``--process_id``).
 """
 import sys
 

@@ -2,7 +2,13 @@
 
   python experiments/search.py --config=experiments/configs/fashion_search.py --workdir=/tmp/run
 
-Re-running the same command resumes from the workdir's last checkpoint.
+Re-running the same command resumes from the workdir's last checkpoint (also after SIGTERM, which saves the
+current step first). All visible devices search data-parallel (`--config.num_devices` to use fewer). Several
+hosts: start one process per host with the same command plus
+
+  --coordinator_address=HOST0:PORT --num_processes=N --process_id=I
+
+(the workdir on a filesystem every host sees); process 0 writes the logs and exports.
 """
 import sys
 

@@ -53,6 +53,10 @@ def test_sharded_step_equals_one_device_for_more_methods(method, hypergradient):
   _check("step_equality", method, hypergradient)
 
 
+def test_sharded_retrain_step_equals_one_device():
+  _check("retrain_step_equality")
+
+
 def test_per_device_batch_norm_statistics():
   _check("per_device_bn")
 
@@ -82,9 +86,10 @@ def _read(d, f):
     return fh.read()
 
 
-def _alphas_close(a_dir, b_dir, rtol=0.1, atol=5e-4):
-  """α of two runs on different device counts: equal up to reduction-order rounding (Adam amplifies it in α's
-  smallest entries, hence the loose relative tolerance); the genotype must be identical."""
+def _alphas_close(a_dir, b_dir, rtol=1e-2, atol=2e-4):
+  """α of two runs on different device counts: equal up to reduction-order rounding, which Adam's normalized
+  steps (lr 3e-4) amplify in α's near-zero entries (measured: up to 1e-4 after 3 α steps, with the mesh's
+  depthwise kernels); the genotype must be identical."""
   a, b = json.loads(_read(a_dir, "alphas.json")), json.loads(_read(b_dir, "alphas.json"))
   assert set(a) == set(b)
   for k in a:

@@ -85,6 +85,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.benchmark_path = ""          # NB201 table for space "nb201" ("" : nb201.default_benchmark_path())
   c.benchmark_dataset = "cifar10"
   c.include_random_baseline = True
+  c.multi_seed = False           # run each method's seeds as one vmapped program (search.search_seeds)
   if smoke:
     c.methods = ["darts", "random"]
     c.seeds = [0, 1]
