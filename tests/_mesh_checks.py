@@ -56,26 +56,24 @@ def _close(a, b, what, rtol=2e-5, atol_scale=2e-6):
 
 def step_equality(method_name: str = "darts", hypergradient: str = "first_order"):
   """The data-parallel step on 8 devices equals the one-device step at the same global batch: every state
-  leaf and metric after three steps (a warm-up step, then two with α); inputs and outputs are sharded as the
-  layout says, and the step makes no host transfer."""
+  leaf and metric after three steps; inputs and outputs are sharded as the layout says, and the step makes no
+  host transfer."""
   assert jax.device_count() == 8, jax.devices()
   method, _, hp, problem, state0 = _problem(method_name, hypergradient)
   layout = parallel.make_layout()
   batches = _batches(3)
   one = jax.device_put(state0, jax.devices()[0])
-  steps_one = [bilevel.make_search_step(problem, hp, u, donate=False) for u in (False, method.update_alphas)]
-  sh = layout.step_shardings()
-  steps_mesh = [bilevel.make_search_step(problem, hp, u, donate=False, shardings=sh)
-                for u in (False, method.update_alphas)]
+  step_one = bilevel.make_search_step(problem, hp, method.update_alphas, donate=False)
+  step_mesh = bilevel.make_search_step(problem, hp, method.update_alphas, donate=False,
+                                       shardings=layout.step_shardings())
   mesh_state = layout.put_state(state0)
   for i, (tb, vb) in enumerate(batches):
-    k = 0 if i == 0 else 1
-    one, m_one = steps_one[k](one, jax.device_put(tb, jax.devices()[0]), jax.device_put(vb, jax.devices()[0]))
+    one, m_one = step_one(one, jax.device_put(tb, jax.devices()[0]), jax.device_put(vb, jax.devices()[0]))
     tbm, vbm = layout.put_batch(tb), layout.put_batch(vb)
     assert tbm["image"].sharding.spec == P("data") and len(tbm["image"].sharding.device_set) == 8
     assert tbm["image"].addressable_shards[0].data.shape[0] == BATCH // 8
     with jax.transfer_guard("disallow"):
-      mesh_state, m_mesh = steps_mesh[k](mesh_state, tbm, vbm)
+      mesh_state, m_mesh = step_mesh(mesh_state, tbm, vbm)
     for leaf in jax.tree.leaves((mesh_state, m_mesh)):
       assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8, leaf.sharding
     _close(m_mesh, m_one, f"metrics of step {i}")
@@ -162,8 +160,9 @@ def retrain_step_equality():
   layout = parallel.make_layout()
   one = retrain.make_train_step(cfg, tx, **kw)
   mesh = retrain.make_train_step(cfg, tx, shardings=layout.step_shardings(), **kw)
-  s_one, s_mesh = jax.device_put(state, jax.devices()[0]), layout.put_state(state)
-  for tb, _ in _batches(2, shape=(16, 16, 1)):
+  host_state = jax.device_get(state)   # both steps donate their state: no shared buffers
+  s_one, s_mesh = jax.device_put(host_state, jax.devices()[0]), layout.put_state(host_state)
+  for tb, _ in _batches(2, shape=(32, 32, 1)):
     s_one, m_one = one(s_one, tb)
     with jax.transfer_guard("disallow"):
       s_mesh, m_mesh = mesh(s_mesh, layout.put_batch(tb))

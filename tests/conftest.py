@@ -23,7 +23,7 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 
 # End-to-end tests (subprocesses, whole searches) run for minutes each: started first, they overlap the many
 # short tests on the other worker instead of running alone at the end (pytest-xdist hands tests out in order).
-_LONG_FIRST = ("test_search_e2e.py", "test_retrain.py")
+_LONG_FIRST = ("test_search_e2e.py", "test_retrain.py", "test_parallel.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -118,6 +118,29 @@ def test_resume_from_a_mid_run_checkpoint_matches_the_uninterrupted_run(finished
 
 
 @needs_data
+def test_stop_request_mid_epoch_checkpoints_that_step_and_resumes_to_the_same_result(finished, tmp_path,
+                                                                                  monkeypatch):
+  """A stop request (SIGTERM, `workdir.TerminationWatch`) after step 4 of 6 (mid epoch 1) saves step 4 and
+  raises `Preempted`; the resumed run ends with the uninterrupted run's test loss and accuracy to the bit."""
+  config, _, summary = finished
+  calls = {"n": 0}
+
+  def requested(self):
+    del self
+    calls["n"] += 1
+    return calls["n"] == 4
+  monkeypatch.setattr(wd.TerminationWatch, "requested", requested)
+  work = str(tmp_path / "run")
+  with pytest.raises(wd.Preempted, match="at step 4 of 6.*re-run the same command"):
+    retrain.train_and_evaluate(config, work)
+  assert sorted(int(d) for d in os.listdir(os.path.join(work, "checkpoints")) if d.isdigit()) == [3, 4]
+  assert not os.path.exists(os.path.join(work, "summary.json"))
+  resumed = retrain.train_and_evaluate(config, work)
+  assert resumed["steps"] == 6
+  assert resumed["test_loss"] == summary["test_loss"] and resumed["test_acc"] == summary["test_acc"]
+
+
+@needs_data
 def test_random_genotype_baseline_without_aux_or_drop_path_with_cutout(tmp_path):
   config = _smoke(genotype="random", seed=3, epochs=1, steps_per_epoch=2, auxiliary=False, drop_path_prob=0.0,
                   cutout=8, tensorboard=False)
