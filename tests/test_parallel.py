@@ -48,19 +48,25 @@ def test_sharded_first_order_step_equals_one_device():
 @pytest.mark.slow
 @pytest.mark.parametrize("method,hypergradient", [("darts", "second_order_exact"), ("darts", "second_order_fd"),
                                                   ("gdas", "first_order"), ("pcdarts", "first_order"),
-                                                  ("drnas", "first_order"), ("sdarts_adv", "first_order")])
+                                                  ("drnas", "first_order"), ("fairdarts", "first_order"),
+                                                  ("sdarts_rs", "first_order"), ("sdarts_adv", "first_order"),
+                                                  ("beta_darts", "first_order"), ("darts_minus", "first_order"),
+                                                  ("rsws", "first_order")])
 def test_sharded_step_equals_one_device_for_more_methods(method, hypergradient):
   _check("step_equality", method, hypergradient)
 
 
+@pytest.mark.slow
 def test_sharded_retrain_step_equals_one_device():
   _check("retrain_step_equality")
 
 
+@pytest.mark.slow
 def test_per_device_batch_norm_statistics():
   _check("per_device_bn")
 
 
+@pytest.mark.slow
 def test_multi_seed_step_sharded_over_seeds_equals_separate_runs():
   _check("multi_seed", "gdas")
 
