@@ -110,6 +110,9 @@ def child(conf):
     times.append(time.perf_counter() - t)
   result = {"s_per_step": statistics.median(times), "compile_s": first - statistics.median(times),
             "rss_gb": _peak_rss_gb()}
+  print("RESULT " + json.dumps(result), flush=True)   # in case the analysis below runs out of memory
+  del step, state, metrics
+  jax.clear_caches()
   if conf["compile_cells"]:
     programs = supernet._cell_programs(1)   # pylint: disable=protected-access
     rec = _Recorder(jax, programs)
@@ -118,6 +121,7 @@ def child(conf):
     supernet._cell_programs = lambda level: wrapped   # pylint: disable=protected-access
     # The step's `grads` closed over the programs when it was made: make it again around the wrapped ones.
     jax, supernet, step, state, batch = _setup(conf)
+    rec.live_peak = 0
     state, metrics = step(state, batch, batch)
     jax.block_until_ready(metrics)
     largest = max(rec.analysis.values(), key=sum)
@@ -139,7 +143,9 @@ def _row(conf, res):
   head = f"| {conf['batch']} | {conf['mode']} | {step} | {conf['remat']} | {policy} | {conf['dtype']} |"
   if res is None:
     return head + " OOM/failed | | | |"
-  if conf["compile_cells"]:
+  if "xla_live_peak_gb" not in res and "xla_temp_gb" not in res:
+    xla = "OOM/failed (analysis)"
+  elif conf["compile_cells"]:
     xla = f"{_fmt(res['xla_live_peak_gb'])} live peak (largest program {_fmt(res['xla_largest_gb'], '.3f')})"
   else:
     xla = f"{_fmt(res['xla_temp_gb'] + res['xla_arg_gb'])} (temp {_fmt(res['xla_temp_gb'])})"
@@ -173,7 +179,7 @@ def main(argv):
                                     capture_output=True, text=True, timeout=_TIMEOUT.value, check=False)
               for line in proc.stdout.splitlines():
                 if line.startswith("RESULT "):
-                  res = json.loads(line[len("RESULT "):])
+                  res = {**(res or {}), **json.loads(line[len("RESULT "):])}
               if res is None:
                 tail = (proc.stderr or "").strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
                 print(f"<!-- {conf}: exit status {proc.returncode}: {tail[0][:200]} -->", flush=True)

@@ -36,9 +36,11 @@ import numpy as np
 Params = Dict[str, Any]
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
-# The name of every convolution's output (`jax.ad_checkpoint.checkpoint_name`), for rematerialization
-# policies that save the convolutions and recompute the rest (`supernet.SupernetConfig.remat_policy="convs"`).
+# The names of the dense and 1x1 convolutions' outputs and of the depthwise convolutions' outputs
+# (`jax.ad_checkpoint.checkpoint_name`), for rematerialization policies that save them and recompute the rest
+# (`supernet.SupernetConfig.remat_policy`).
 CONV_NAME = "conv"
+DEPTHWISE_NAME = "depthwise"
 
 
 class Ctx(NamedTuple):
@@ -333,7 +335,7 @@ def _choose_dw_impl(ctx: Ctx, k: int, stride: int) -> str:
 
 
 def depthwise_conv(x, w, stride, dilation, pad, ctx: Ctx):
-  return checkpoint_name(_depthwise_conv(x, w, stride, dilation, pad, ctx), CONV_NAME)
+  return checkpoint_name(_depthwise_conv(x, w, stride, dilation, pad, ctx), DEPTHWISE_NAME)
 
 
 def _depthwise_conv(x, w, stride, dilation, pad, ctx: Ctx):

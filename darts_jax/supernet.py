@@ -103,7 +103,7 @@ def _weighted_sum(a, y):
 
 
 REMAT_MODES = ("auto", "none", "op", "cell")
-REMAT_POLICIES = ("nothing", "dots", "convs")
+REMAT_POLICIES = ("nothing", "dots", "convs", "depthwise")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -111,13 +111,16 @@ def remat_policy(name: str):
   """The `jax.checkpoint` policy of a `SupernetConfig.remat_policy` name: "nothing" saves nothing (the backward
   recomputes the whole unit from its inputs), "dots" saves matrix products and XLA convolutions
   (`jax.checkpoint_policies.dots_saveable`), "convs" saves every convolution's output, depthwise ones
-  included (`ops.CONV_NAME`), and recomputes ReLU, BatchNorm, pooling and the weighted sums."""
+  included (`ops.CONV_NAME`, `ops.DEPTHWISE_NAME`), and recomputes ReLU, BatchNorm, pooling and the weighted
+  sums; "depthwise" saves the depthwise convolutions' outputs only (the costly loops on a CPU)."""
   if name == "nothing":
     return jax.checkpoint_policies.nothing_saveable
   if name == "dots":
     return jax.checkpoint_policies.dots_saveable
   if name == "convs":
-    return jax.checkpoint_policies.save_only_these_names(ops.CONV_NAME)
+    return jax.checkpoint_policies.save_only_these_names(ops.CONV_NAME, ops.DEPTHWISE_NAME)
+  if name == "depthwise":
+    return jax.checkpoint_policies.save_only_these_names(ops.DEPTHWISE_NAME)
   raise ValueError(f"unknown remat_policy {name!r}; choose one of {', '.join(REMAT_POLICIES)}")
 
 
@@ -199,8 +202,8 @@ class SupernetConfig:
   remat: "none", "op" (`jax.checkpoint` around each mixed op, edge, shared weight-free ops, preprocessing and
   the stem) or "cell" (around each cell), in `apply` and in the edge chain (`cellwise_grads`); the results are
   the same. "auto" (the default) is "op" in the edge chain and "none" in `apply` (see `remat_for`).
-  remat_policy: what a checkpointed unit saves (`remat_policy`). compute_dtype: "float32" or "bfloat16"
-  (activations and convolutions; see the module docstring).
+  remat_policy: what a checkpointed unit saves (`remat_policy`; default "dots"). compute_dtype: "float32" or
+  "bfloat16" (activations and convolutions; see the module docstring).
   """
   C: int = 16
   num_classes: int = 10
@@ -211,8 +214,8 @@ class SupernetConfig:
   space: SearchSpace = DARTS_SPACE
   partial_channels: int = 1
   dw_impl: str = "auto"
-  remat: str = "none"
-  remat_policy: str = "nothing"
+  remat: str = "auto"
+  remat_policy: str = "dots"
   compute_dtype: str = "float32"
 
   def __post_init__(self):
@@ -245,10 +248,13 @@ class SupernetConfig:
     in the edge chain), None if it does not.
 
     remat="auto" is "op" in the edge chain and "none" in `apply`. In the chain a checkpointed edge's forward
-    program writes its inputs only, 12 MB instead of 154 MB of residuals for an edge at C=16, batch 64, 32x32
-    (and runs in 22 instead of 54 ms), while its backward program, which recomputes the edge, takes about as
-    long as the one that read the residuals (113 vs 111 ms; 59 vs 23 ms without the weights' gradients): the
-    first-order step at C=16, 8 layers, batch 64 peaks at 3.2 instead of 17.2 GB of RSS (`benchmarks/memory.py`)."""
+    program writes its inputs and what the policy saves: for an edge at C=16, batch 64, 32x32, 12 MB with
+    "nothing", 36 MB with "dots", 60 MB with "convs", instead of 154 MB of residuals, and it runs in 16-24
+    instead of 54 ms, while its backward program recomputes the rest (59, 48 and 47 instead of 23 ms without the
+    weights' gradients). The first-order step at C=16, 8 layers, batch 64 (`benchmarks/memory.py`, this 2-core
+    CPU): no remat 12.6 s per step and 17.2 GB peak RSS; "op" with "nothing" 17.3 s, 3.2 GB; with "dots" (the
+    default policy) 15.0 s, 5.1 GB; with "depthwise" 15.4 s, 5.1 GB; with "convs" 13.4 s, 6.4 GB; "cell" with
+    "nothing" 15.7 s, 6.0 GB. In `apply`, one program for the whole step, "auto" is "none"."""
     remat = self.remat if self.remat != "auto" else "op" if chain else "none"
     return self.remat_policy if remat == unit else None
 

@@ -35,8 +35,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({"C": 8, "layers": 5, "N": 1})
   # Memory (supernet.SupernetConfig): remat "auto" ("op" in the edge chain, "none" in the fused step), "none",
   # "op" or "cell"; what a rematerialized unit saves ("nothing", "dots", "convs"); "float32" or "bfloat16"
-  c.model.remat = "none"
-  c.model.remat_policy = "nothing"
+  c.model.remat = "auto"
+  c.model.remat_policy = "dots"
   c.model.compute_dtype = "float32"
   c.hparams = bilevel.hparams_config()   # SearchHParams overrides, e.g. --config.hparams.a_lr=3e-3
   c.compile_once = False      # one compiled network gradient for every pass (bilevel.SharedPassStep)
