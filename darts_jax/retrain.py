@@ -247,17 +247,11 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   batches = None
   last = {"test_loss": None, "test_acc": None}
   step = start
-  last_good = start
-  pending = []
-
-  def save(at_step, seconds):
-    nonlocal pending, last_good
-    wd.fetch_finite(pending, at_step, last_good, ckpt.directory, "gradients at retrain", "lower the learning rate")
-    pending = []
-    ckpt.save_with_elapsed(at_step, state, seconds)
-    last_good = at_step
-
-  term = wd.TerminationWatch()
+  guard = wd.LoopCheckpoints(
+      lambda at, seconds: ckpt.save_with_elapsed(at, state, seconds),
+      lambda pending, at, good: wd.fetch_finite(pending, at, good, ckpt.directory, "gradients at retrain",
+                                                "lower the learning rate"),
+      start, total_steps, ckpt.directory, checkpoint_every)
   try:
     if start < total_steps:
       rows = layout.rows(config.batch_size) if jax.process_count() > 1 else None
@@ -267,17 +261,15 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     sums = {"loss": 0.0, "acc": 0.0, "n": 0}
     t_epoch = time.perf_counter()
     epoch_steps = 0
-    term.__enter__()
+    guard.__enter__()
     while step < total_steps:
       state, metrics = step_fn(state, next(batches))
-      pending.append(metrics)
+      guard.record(metrics)
       step += 1
       epoch_steps += 1
       end_of_epoch = step % steps_per_epoch == 0
       if step % config.log_every == 0 or end_of_epoch:
-        fetched = wd.fetch_finite(pending, step, last_good, ckpt.directory, "gradients at retrain",
-                                  "lower the learning rate")
-        pending = []
+        fetched = guard.fetch(step)
         for m in fetched:
           sums["loss"] += float(m["loss"])
           sums["acc"] += float(m["acc"])
@@ -304,20 +296,13 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
           if progress is not None:
             progress.set_postfix(test_acc=f"{test_acc:.4f}", refresh=False)
         log.write(step, record)
-        save(step, elapsed)
+        guard.save(step, elapsed)
         sums = {"loss": 0.0, "acc": 0.0, "n": 0}
         t_epoch = time.perf_counter()
         epoch_steps = 0
-      elif checkpoint_every and step % checkpoint_every == 0:
-        save(step, elapsed + time.perf_counter() - t_epoch)
-      if term.requested() and step < total_steps:
-        if last_good != step:
-          save(step, elapsed + time.perf_counter() - t_epoch)
-        raise wd.Preempted(f"stopped by {term.signal_name or 'a signal to another process'} at step {step} of "
-                           f"{total_steps}; its checkpoint is in {ckpt.directory}; re-run the same command "
-                           "to resume from it")
+      guard.between_steps(step, lambda: elapsed + time.perf_counter() - t_epoch)
   finally:
-    term.__exit__()
+    guard.__exit__()
     if batches is not None:
       batches.close()
     if progress is not None:

@@ -168,12 +168,6 @@ def _schedule(config, method, num_weight_examples: int):
   return hp, steps_per_epoch, hp.epochs * steps_per_epoch, warmup_steps
 
 
-def _preempted(signal_name, step, total_steps, directory) -> wd.Preempted:
-  return wd.Preempted(f"stopped by {signal_name or 'a signal to another process'} at step {step} of "
-                      f"{total_steps}; its checkpoint is in {directory}; re-run the same command to resume "
-                      "from it")
-
-
 def search(config, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) the search `config` describes in `workdir`; returns the summary it exports.
 
@@ -230,32 +224,26 @@ def search(config, workdir: str) -> Dict[str, Any]:
                     dynamic_ncols=True, mininterval=2.0)
 
   step = start
-  last_good = start
-  pending = []
   t_epoch = time.perf_counter()
   epoch_steps = 0
-
-  def save(at_step, seconds):
-    nonlocal pending, last_good
-    wd.fetch_finite(pending, at_step, last_good, ckpt.directory, "parameters at search", "lower the learning rates")
-    pending = []
-    ckpt.save_with_elapsed(at_step, state, seconds)
-    last_good = at_step
+  guard = wd.LoopCheckpoints(
+      lambda at, seconds: ckpt.save_with_elapsed(at, state, seconds),
+      lambda pending, at, good: wd.fetch_finite(pending, at, good, ckpt.directory, "parameters at search",
+                                                "lower the learning rates"),
+      start, total_steps, ckpt.directory, checkpoint_every)
 
   try:
-    with wd.TerminationWatch() as term:
+    with guard:
       while step < total_steps:
         tb, vb = next(batches)
         fn = warm_fn if step < warmup_steps or step_fn is None else step_fn
         state, metrics = fn(state, tb, vb)
-        pending.append(metrics)
+        guard.record(metrics)
         step += 1
         epoch_steps += 1
         end_of_epoch = step % steps_per_epoch == 0
         if step % config.log_every == 0 or end_of_epoch:
-          fetched = wd.fetch_finite(pending, step, last_good, ckpt.directory, "parameters at search",
-                                    "lower the learning rates")
-          pending = []
+          fetched = guard.fetch(step)
           m = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
           log.write(step, {"phase": "search", "epoch": (step - 1) // steps_per_epoch, **m})
         if progress is not None:
@@ -273,15 +261,10 @@ def search(config, workdir: str) -> Dict[str, Any]:
                            "alpha_entropy": _entropy(opw), "genotype": arch_text(arch),
                            "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
                            "seconds_per_step": seconds / max(epoch_steps, 1), "elapsed": elapsed})
-          save(step, elapsed)
+          guard.save(step, elapsed)
           t_epoch = time.perf_counter()
           epoch_steps = 0
-        elif checkpoint_every and step % checkpoint_every == 0:
-          save(step, elapsed + time.perf_counter() - t_epoch)
-        if term.requested() and step < total_steps:
-          if last_good != step:
-            save(step, elapsed + time.perf_counter() - t_epoch)
-          raise _preempted(term.signal_name, step, total_steps, ckpt.directory)
+        guard.between_steps(step, lambda: elapsed + time.perf_counter() - t_epoch)
   finally:
     batches.close()
     if progress is not None:
@@ -349,26 +332,23 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
   val_idx = [d[4][:base.eval_examples] if base.get("eval_examples") else d[4] for d in data]
   seed_state = lambda s: bilevel.SearchState(*jax.tree.map(lambda x: x[s], parallel.host(tuple(stacked))))
 
-  step, last_good, pending = start, start, []
+  step = start
   t_epoch, epoch_steps = time.perf_counter(), 0
 
-  def flush(at_step):
-    nonlocal pending
+  def check(pending, at_step, last_good):   # per seed: (seed, step) -> metrics
     host = [parallel.host(m) for m in pending]
-    pending = []
     per_seed = [[jax.tree.map(lambda x: x[s], m) for m in host] for s in range(len(configs))]
     return [wd.fetch_finite(ms, at_step, last_good, ck.directory, f"parameters at search (seed {c.seed})",
                             "lower the learning rates") for ms, ck, c in zip(per_seed, ckpts, configs)]
 
   def save(at_step, seconds):
-    nonlocal last_good
-    flush(at_step)
     for s, ck in enumerate(ckpts):
       ck.save_with_elapsed(at_step, seed_state(s), seconds / len(configs))
-    last_good = at_step
+  guard = wd.LoopCheckpoints(save, check, start, total_steps, ", ".join(ck.directory for ck in ckpts),
+                             base.get("checkpoint_every") or 0)
 
   try:
-    with wd.TerminationWatch() as term:
+    with guard:
       while step < total_steps:
         pairs = [next(it) for it in iters]
         tb, vb = stack([p[0] for p in pairs]), stack([p[1] for p in pairs])
@@ -376,12 +356,12 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
           tb, vb = layout.put_batch(tb), layout.put_batch(vb)
         fn = warm_fn if step < warmup_steps or step_fn is None else step_fn
         stacked, metrics = fn(stacked, tb, vb)
-        pending.append(metrics)
+        guard.record(metrics)
         step += 1
         epoch_steps += 1
         end_of_epoch = step % steps_per_epoch == 0
         if step % base.log_every == 0 or end_of_epoch:
-          for log, fetched in zip(logs, flush(step)):
+          for log, fetched in zip(logs, guard.fetch(step)):
             m = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
             log.write(step, {"phase": "search", "epoch": (step - 1) // steps_per_epoch, **m})
         if end_of_epoch:
@@ -398,14 +378,9 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
                              "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
                              "seconds_per_step": seconds / max(epoch_steps, 1) / len(configs),
                              "elapsed": elapsed / len(configs)})
-          save(step, elapsed)
+          guard.save(step, elapsed)
           t_epoch, epoch_steps = time.perf_counter(), 0
-        elif base.get("checkpoint_every") and step % int(base.checkpoint_every) == 0:
-          save(step, elapsed + time.perf_counter() - t_epoch)
-        if term.requested() and step < total_steps:
-          if last_good != step:
-            save(step, elapsed + time.perf_counter() - t_epoch)
-          raise _preempted(term.signal_name, step, total_steps, ", ".join(ck.directory for ck in ckpts))
+        guard.between_steps(step, lambda: elapsed + time.perf_counter() - t_epoch)
   finally:
     for it in iters:
       it.close()

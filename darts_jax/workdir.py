@@ -246,6 +246,57 @@ def fetch_finite(pending: Sequence[Mapping[str, Any]], step: int, last_good: int
   return fetched
 
 
+class LoopCheckpoints:
+  """What a training loop does between its steps besides training, for search and retrain alike.
+
+  It keeps the steps' metrics on the device until `fetch` (which raises `Diverged` naming the first non-finite
+  step and the last good checkpoint), checkpoints through `save_fn(step, seconds)` at epoch ends (`save`) and
+  every `every` steps, and, when a stop was requested (SIGTERM, `TerminationWatch`), checkpoints the current
+  step and raises `Preempted` saying how to resume. Use as a context manager around the loop.
+
+  check_fn: (pending metrics, step, last good step) -> the metrics on the host (e.g. `fetch_finite`).
+  """
+
+  def __init__(self, save_fn: Callable[[int, float], None], check_fn: Callable[..., list], start: int,
+               total_steps: int, directory: str, every: int = 0):
+    self._save_fn, self._check_fn = save_fn, check_fn
+    self.total_steps, self.directory, self.every = total_steps, directory, int(every or 0)
+    self.last_good = start
+    self._pending: list = []
+    self._watch = TerminationWatch()
+
+  def __enter__(self):
+    self._watch.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    return self._watch.__exit__(*exc)
+
+  def record(self, metrics) -> None:
+    self._pending.append(metrics)
+
+  def fetch(self, step: int) -> list:
+    fetched = self._check_fn(self._pending, step, self.last_good)
+    self._pending = []
+    return fetched
+
+  def save(self, step: int, seconds: float) -> None:
+    self.fetch(step)
+    self._save_fn(step, seconds)
+    self.last_good = step
+
+  def between_steps(self, step: int, seconds: Callable[[], float]) -> None:
+    """After `step` (and its epoch-end work): the periodic checkpoint, and the stop if one was requested."""
+    if self.every and step % self.every == 0 and self.last_good != step:
+      self.save(step, seconds())
+    if self._watch.requested() and step < self.total_steps:
+      if self.last_good != step:
+        self.save(step, seconds())
+      raise Preempted(f"stopped by {self._watch.signal_name or 'a signal to another process'} at step {step} "
+                      f"of {self.total_steps}; its checkpoint is in {self.directory}; re-run the same command "
+                      "to resume from it")
+
+
 def write_json(path: str, obj: Any) -> None:
   atomic_write(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
