@@ -59,6 +59,11 @@ def step_equality(method_name: str = "darts", hypergradient: str = "first_order"
   leaf and metric after three steps; inputs and outputs are sharded as the layout says, and the step makes no
   host transfer."""
   assert jax.device_count() == 8, jax.devices()
+  # DARTS' first order agrees to ~1e-6; stochastic methods, regularizers and second orders reduce in another
+  # order inside more terms, and Adam's normalization amplifies that in α (measured: 3.4e-4 of a leaf's maximum
+  # for DARTS-, the bound of the compile_cells-vs-compile_once test): far below what a wrong batch split or
+  # BatchNorm statistic gives.
+  tol = {} if (method_name, hypergradient) == ("darts", "first_order") else {"rtol": 1e-3, "atol_scale": 5e-4}
   method, _, hp, problem, state0 = _problem(method_name, hypergradient)
   layout = parallel.make_layout()
   batches = _batches(3)
@@ -76,8 +81,8 @@ def step_equality(method_name: str = "darts", hypergradient: str = "first_order"
       mesh_state, m_mesh = step_mesh(mesh_state, tbm, vbm)
     for leaf in jax.tree.leaves((mesh_state, m_mesh)):
       assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8, leaf.sharding
-    _close(m_mesh, m_one, f"metrics of step {i}")
-  worst = _close(parallel.host(mesh_state), jax.device_get(one), "state")
+    _close(m_mesh, m_one, f"metrics of step {i}", **tol)
+  worst = _close(parallel.host(mesh_state), jax.device_get(one), "state", **tol)
   print(f"ok {method_name} {hypergradient}: worst error {worst:.2e} of a leaf's maximum")
 
 
