@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from darts_jax import parallel
+
 Params = Dict[str, Any]
 HYPERGRADIENTS = ("first_order", "second_order_exact", "second_order_fd")
 
@@ -247,15 +249,6 @@ def _weight_update(hp: SearchHParams, params, w_opt, alphas, g_w, loss, acc, ste
   return params, w_opt, metrics
 
 
-def _jit_step(fn, donate: bool, shardings, **kwargs):
-  """jit of `(state, train_batch, val_batch) -> (state, metrics)`; `shardings` = (state's, batches') places
-  the state, the batches and the metrics (with the state's sharding) on a mesh (`parallel.Layout`)."""
-  if shardings is not None:
-    state_sh, batch_sh = shardings
-    kwargs.update(in_shardings=(state_sh, batch_sh, batch_sh), out_shardings=(state_sh, state_sh))
-  return jax.jit(fn, donate_argnums=(0,) if donate else (), **kwargs)
-
-
 def make_search_step(problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True,
                      donate: bool = True, compile_once: bool = False, shardings=None):
   """The jitted step `(state, train_batch, val_batch) -> (state, metrics)`, state donated.
@@ -273,7 +266,7 @@ def make_search_step(problem: SearchProblem, hp: SearchHParams, update_alphas: b
       raise ValueError("compile_once runs on one device; use the fused step on a mesh of several devices")
     return SharedPassStep(problem, hp, update_alphas, donate)
   fn = lambda state, tb, vb: search_step(problem, hp, state, tb, vb, update_alphas)
-  return _jit_step(fn, donate, shardings)
+  return parallel.jit_step(fn, shardings, batches=2, donate=donate)
 
 
 def supports_compile_once(problem: SearchProblem, hp: SearchHParams) -> bool:
@@ -458,4 +451,5 @@ def make_multi_seed_step(problem: SearchProblem, hp: SearchHParams, update_alpha
     ``data`` axis."""
   from darts_jax import xla_setup  # pylint: disable=g-import-not-at-top
   fn = jax.vmap(lambda state, tb, vb: search_step(problem, hp, state, tb, vb, update_alphas))
-  return _jit_step(fn, donate, shardings, compiler_options=xla_setup.cpu_compiler_options_without_ynn_reduce())
+  return parallel.jit_step(fn, shardings, batches=2, donate=donate,
+                           compiler_options=xla_setup.cpu_compiler_options_without_ynn_reduce())

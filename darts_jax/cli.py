@@ -34,11 +34,6 @@ def initialize(process_flags) -> int:
   return 0
 
 
-def is_main() -> bool:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.process_index() == 0
-
-
 def run(fn: Callable[[], object]) -> int:
   """Runs `fn`; a user-facing error becomes one line on stderr and exit status 1 (2 for divergence, 143 for a
   run stopped by SIGTERM after saving its checkpoint)."""
@@ -65,7 +60,7 @@ def run(fn: Callable[[], object]) -> int:
 def search_and_report(config, workdir: str) -> dict:
   from darts_jax import search  # pylint: disable=g-import-not-at-top
   summary = search.search(config, workdir)
-  if not is_main():
+  if not parallel.is_main():
     return summary
   print(f"genotype: {summary['genotype']}")
   print(f"search time: {summary['search_seconds']:.1f} s; supernet val accuracy: {summary['val_acc']}")
@@ -79,7 +74,7 @@ def search_and_report(config, workdir: str) -> dict:
 def retrain_and_report(config, workdir: str) -> dict:
   from darts_jax import retrain  # pylint: disable=g-import-not-at-top
   summary = retrain.train_and_evaluate(config, workdir)
-  if not is_main():
+  if not parallel.is_main():
     return summary
   print(f"test accuracy: {summary['test_acc']:.4f}; parameters: {summary['num_params']:,}; "
         f"train time: {summary['train_seconds']:.1f} s")

@@ -32,6 +32,21 @@ class ProcessMismatch(RuntimeError):
   """The processes of a multi-host run ended with different results."""
 
 
+def is_main() -> bool:
+  """Whether this is process 0, the one that writes logs and exports."""
+  return jax.process_index() == 0
+
+
+def jit_step(fn, shardings=None, batches: int = 1, donate: bool = True, **kwargs):
+  """jit of a step `(state, *batches) -> (state, metrics)` that donates its state; `shardings` = (state's,
+  batch's), e.g. `Layout.step_shardings()`, places the state, the batches and the metrics (with the state's
+  sharding) on a mesh."""
+  if shardings is not None:
+    state_sh, batch_sh = shardings
+    kwargs.update(in_shardings=(state_sh,) + (batch_sh,) * batches, out_shardings=(state_sh, state_sh))
+  return jax.jit(fn, donate_argnums=(0,) if donate else (), **kwargs)
+
+
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None) -> bool:
   """Starts JAX's multi-controller runtime when a coordinator is given (before any other JAX call).
@@ -72,7 +87,7 @@ class Layout:
 
   @property
   def is_main(self) -> bool:
-    return jax.process_index() == 0
+    return is_main()
 
   @property
   def replicated(self) -> NamedSharding:
@@ -129,6 +144,10 @@ class Layout:
       x = np.asarray(jax.device_get(x))
       return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
     return jax.tree.map(put, tree)
+
+  def put_whole_batch(self, global_batch):
+    """`put_batch` of a host batch that every process built whole (e.g. an evaluation batch)."""
+    return self.put_batch(self.local_rows(global_batch))
 
   def local_rows(self, global_batch):
     """This process's rows of a host batch that every process built whole (e.g. an evaluation batch)."""

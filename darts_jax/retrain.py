@@ -122,11 +122,8 @@ def make_train_step(net_cfg: networks.NetworkConfig, tx, *, epochs: int, steps_p
     metrics = {"loss": loss, "aux_loss": aux_loss, "acc": acc, "grad_norm": grad_norm, "finite": finite}
     return TrainState(params, new_stats, opt_state, state.step + 1, state.rng), metrics
 
-  if shardings is None:
-    return jax.jit(step_fn, donate_argnums=(0,))
-  state_sh, batch_sh = shardings
-  return jax.jit(step_fn, donate_argnums=(0,), in_shardings=(state_sh, batch_sh),
-                 out_shardings=(state_sh, state_sh))
+  from darts_jax import parallel  # pylint: disable=g-import-not-at-top
+  return parallel.jit_step(step_fn, shardings, batches=1)
 
 
 def make_eval_step(net_cfg: networks.NetworkConfig, out_sharding=None):
@@ -235,7 +232,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                             auxiliary_weight=float(config.auxiliary_weight),
                             shardings=layout.step_shardings() if mesh_run else None)
   eval_fn = make_eval_step(net_cfg, layout.replicated if mesh_run else None)
-  put_eval = (lambda b: layout.put_batch(layout.local_rows(b))) if mesh_run else (lambda b: b)
+  put_eval = layout.put_whole_batch if mesh_run else (lambda b: b)
   eval_every = int(config.get("eval_every") or 1)
 
   progress = None

@@ -212,7 +212,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   step_fn = make(True) if method.update_alphas and warmup_steps < total_steps else None
   warm_fn = make(False) if (warmup_steps or not method.update_alphas) else None
   eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)
-  put_eval = (lambda b: layout.put_batch(layout.local_rows(b))) if mesh_run else (lambda b: b)
+  put_eval = layout.put_whole_batch if mesh_run else (lambda b: b)
 
   batches = _Batches(config, train, mean, std, w_idx, a_idx, start, layout)
   val_eval_idx = a_idx[:config.eval_examples] if config.get("eval_examples") else a_idx
@@ -316,8 +316,8 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
                      "with search()")
   start = starts.pop()
   elapsed = sum(r[2] for r in restored)
-  stacked = layout.put_state(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
-                                          *[r[0] for r in restored]))
+  stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+  stacked = layout.put_state(stack([r[0] for r in restored]))
   logs = [wd.MetricsLog(d, resume_step=start, tensorboard=c.get("tensorboard", True))
           for c, d in zip(configs, workdirs)]
   make = lambda update: bilevel.make_multi_seed_step(problem, hp, update_alphas=update,
@@ -325,12 +325,13 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
   step_fn = make(True) if method.update_alphas and warmup_steps < total_steps else None
   warm_fn = make(False) if (warmup_steps or not method.update_alphas) else None
   eval_fn = bilevel.make_eval_step(problem)
-  single = layout.seed_size == 1 and layout.num_devices == 1
   iters = [_Batches(c, train, mean, std, w_idx, a_idx, start, layout, put=False)
            for c, (train, mean, std, w_idx, a_idx) in zip(configs, data)]
-  stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
   val_idx = [d[4][:base.eval_examples] if base.get("eval_examples") else d[4] for d in data]
-  seed_state = lambda s: bilevel.SearchState(*jax.tree.map(lambda x: x[s], parallel.host(tuple(stacked))))
+
+  def seed_states():   # every seed's state on the host, from one transfer of the stacked state
+    host = parallel.host(tuple(stacked))
+    return [bilevel.SearchState(*jax.tree.map(lambda x: x[s], host)) for s in range(len(configs))]
 
   step = start
   t_epoch, epoch_steps = time.perf_counter(), 0
@@ -342,8 +343,8 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
                             "lower the learning rates") for ms, ck, c in zip(per_seed, ckpts, configs)]
 
   def save(at_step, seconds):
-    for s, ck in enumerate(ckpts):
-      ck.save_with_elapsed(at_step, seed_state(s), seconds / len(configs))
+    for ck, st in zip(ckpts, seed_states()):
+      ck.save_with_elapsed(at_step, st, seconds / len(configs))
   guard = wd.LoopCheckpoints(save, check, start, total_steps, ", ".join(ck.directory for ck in ckpts),
                              base.get("checkpoint_every") or 0)
 
@@ -351,9 +352,7 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
     with guard:
       while step < total_steps:
         pairs = [next(it) for it in iters]
-        tb, vb = stack([p[0] for p in pairs]), stack([p[1] for p in pairs])
-        if not single:
-          tb, vb = layout.put_batch(tb), layout.put_batch(vb)
+        tb, vb = layout.put_batch(stack([p[0] for p in pairs])), layout.put_batch(stack([p[1] for p in pairs]))
         fn = warm_fn if step < warmup_steps or step_fn is None else step_fn
         stacked, metrics = fn(stacked, tb, vb)
         guard.record(metrics)
@@ -368,8 +367,7 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
           jax.block_until_ready(stacked.alphas)
           seconds = time.perf_counter() - t_epoch
           elapsed += seconds
-          for s, (log, (train, mean, std, _, _)) in enumerate(zip(logs, data)):
-            st = seed_state(s)
+          for s, (log, st, (train, mean, std, _, _)) in enumerate(zip(logs, seed_states(), data)):
             val_loss, val_acc = evaluate(eval_fn, st, train, val_idx[s], base.batch_size, mean, std)
             opw = jax.device_get(method.op_weights(st.alphas, space))
             log.write(step, {"phase": "epoch", "epoch": step // steps_per_epoch - 1, "val_loss": val_loss,
@@ -389,7 +387,8 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
       ck.close()
 
   one = parallel.make_layout(1)
-  return [export(c, d, method, model, seed_state(s), train, mean, std, val_idx[s], eval_fn, elapsed / len(configs),
+  finals = seed_states()
+  return [export(c, d, method, model, finals[s], train, mean, std, val_idx[s], eval_fn, elapsed / len(configs),
                  derive_keys[s], "multi_seed", one, extra={"multi_seed": len(configs), "multi_seed_seconds": elapsed,
                                                           "num_devices": layout.num_devices})
           for s, (c, d, (train, mean, std, _, _)) in enumerate(zip(configs, workdirs, data))]
