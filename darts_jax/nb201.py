@@ -11,9 +11,8 @@ get their stem, residual blocks and classifier from the same per-layer keys, so 
 macro weights in either network.
 
 The search supernet evaluates every cell with `supernet.mixed_cell_apply` and one α shared by all cells (as
-in NB201's DARTS baseline); its cell BatchNorms are non-affine and use batch statistics. Note that the
-search primitives of `darts_jax.ops` follow DARTS' `MixedOp` and put a non-affine BatchNorm after pooling,
-which NB201's search cell does not do. `NB201Config.partial_channels` gives the search network PC-DARTS'
+in NB201's DARTS baseline); its cell BatchNorms are non-affine and use batch statistics, and its average pooling has no BatchNorm
+after it (NB201's `POOLING`; DARTS' `MixedOp` adds one, see `SearchSpace.pool_batch_norm`). `NB201Config.partial_channels` gives the search network PC-DARTS'
 partial channel connections, as in the DARTS space.
 
 `is_connected` tells whether `none` edges cut the cell's input from its output (such cells score chance level
@@ -394,8 +393,7 @@ def network_from_supernet(supernet_params: Params, arch: ArchLike, cfg: NB201Con
   """A final network of `arch` inheriting the supernet's weights (weight-sharing evaluation).
 
   Cell BatchNorms start at the identity affine map and every running statistic at (0, 1). In training mode,
-  the result computes what the supernet computes with one-hot weights on `arch`, except on `avg_pool_3x3`
-  edges, where the search op adds a BatchNorm.
+  the result computes what the supernet computes with one-hot weights on `arch`.
   """
   arch = as_arch(arch)
   params, stats = init_network(jax.random.PRNGKey(0), arch, cfg)

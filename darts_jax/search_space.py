@@ -45,6 +45,8 @@ class SearchSpace:
     inputs_per_node: edges each node keeps when discretized (2 in DARTS; None means every edge is kept,
       with exactly one op each, as in NAS-Bench-201).
     output: "concat" (concatenate the intermediate nodes, DARTS) or "last" (the last node, NAS-Bench-201).
+    pool_batch_norm: whether the search cell's pooling ops end in a non-affine BatchNorm (DARTS' `MixedOp`
+      does; NAS-Bench-201's search cell, whose table the benchmark's accuracies come from, does not).
   """
   name: str
   primitives: Tuple[str, ...]
@@ -52,6 +54,7 @@ class SearchSpace:
   num_nodes: int
   inputs_per_node: int | None = 2
   output: str = "concat"
+  pool_batch_norm: bool = True
 
   @property
   def edges(self) -> Tuple[Edge, ...]:
@@ -89,7 +92,7 @@ DARTS_SPACE = SearchSpace(name="darts", primitives=DARTS_PRIMITIVES, num_inputs=
                           inputs_per_node=2, output="concat")
 
 NB201_SPACE = SearchSpace(name="nb201", primitives=NB201_PRIMITIVES, num_inputs=1, num_nodes=3,
-                          inputs_per_node=None, output="last")
+                          inputs_per_node=None, output="last", pool_batch_norm=False)
 
 SPACES = {s.name: s for s in (DARTS_SPACE, NB201_SPACE)}
 

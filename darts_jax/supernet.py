@@ -129,13 +129,19 @@ def _checkpointed(f, policy: Optional[str]):
   return f if policy is None else jax.checkpoint(f, policy=remat_policy(policy))
 
 
+def search_op(name: str, space: SearchSpace, stride: int) -> ops.OpDef:
+  """The op `name` inside a search cell of `space`: `ops`' search version (non-affine BatchNorm), whose
+  weight-free pooling ends in a BatchNorm only where `space.pool_batch_norm` says so."""
+  return ops.get_op(name, search=space.pool_batch_norm or not ops.is_weight_free(name, stride))
+
+
 def _wave_mixed_op(wave_params, xs, A, space, stride, ctx):
   """Σ_o A[s, d, o] · o(xs[s]) for every edge (s, d) of a wave: (D, ...) sums over the wave's sources."""
   out = None
   for o, name in enumerate(space.primitives):
     if name == "none":
       continue
-    op = ops.get_op(name, search=True)
+    op = search_op(name, space, stride)
     if ops.is_weight_free(name, stride):
       y = jax.vmap(lambda x: op.apply({}, {}, x, stride, ctx)[0])(xs)
       term = _weighted_sum(A[..., o], y[:, None])
@@ -410,7 +416,7 @@ def _shared_names(space: SearchSpace, stride: int) -> Tuple[str, ...]:
 
 def _shared(x, space, stride, ctx, partial_channels):
   c = x.shape[-1] // partial_channels
-  return {n: ops.get_op(n, search=True).apply({}, {}, x[..., :c], stride, ctx)[0]
+  return {n: search_op(n, space, stride).apply({}, {}, x[..., :c], stride, ctx)[0]
           for n in _shared_names(space, stride)}
 
 
@@ -428,7 +434,7 @@ def _edge(edge_params, x, shared, row, scale, space, stride, ctx, partial_channe
   out = None
   for o, name in enumerate(space.primitives):
     if name != "none":
-      y = shared[name] if name in shared else ops.get_op(name, search=True).apply(
+      y = shared[name] if name in shared else search_op(name, space, stride).apply(
           edge_params.get(name, {}), {}, x[..., :c], stride, ctx)[0]
       out = a[o] * y if out is None else out + a[o] * y
   if out is None:   # a space of `none` alone
