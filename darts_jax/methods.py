@@ -228,20 +228,45 @@ def gumbel_hard(key, logits: jax.Array, tau) -> jax.Array:
   return hard + (probs - jax.lax.stop_gradient(probs))
 
 
+def gdas_arch_weights(key, logits: jax.Array, tau, zero_terms: bool) -> Params:
+  """GDAS' op weights of one cell kind, as the released code feeds them to the network.
+
+  The forward value is the one-hot sample of `gumbel_hard`. Its straight-through gradient reaches α through
+  the sampled op alone (AutoDL's DARTS-space cell runs ``op[index](x) * hardwts[index]``), and in NB201's
+  cell also through the other ops' weights, which the released cell adds as zero-valued scalars
+  (``hardwts[o]`` for o ≠ index): each of those gets the sum of the edge's output gradient. Returns
+  ``{"w": (E, O) weights, "offset": (E,) scalars or None}`` (`supernet.mixed_cell_apply`'s ``edge_offset``).
+  """
+  hard = gumbel_hard(key, logits, tau)
+  sampled = jax.lax.stop_gradient(hard)
+  offset = jnp.sum((1.0 - sampled) * hard, axis=-1) if zero_terms else None
+  return {"w": sampled * hard, "offset": offset}
+
+
 def gdas(tau_max: float = 10.0, tau_min: float = 0.1) -> Method:
   """GDAS: a hard Gumbel-softmax sample per edge and step (straight-through gradient), τ annealed linearly
   per epoch from tau_max to tau_min, derive = DARTS' rule on softmax(α).
 
   Dong, Yang. Searching for A Robust Neural Architecture in Four GPU Hours. CVPR 2019. Defaults from
   github.com/D-X-Y/AutoDL-Projects (GDAS-NASNet-CIFAR.config: 250 epochs, weight decay 5e-4; τ 10 -> 0.1 as
-  ``tau_max - (tau_max - tau_min)·epoch/(epochs - 1)``). Not reproduced: Nesterov momentum, batch size 256,
-  and the op skipping that makes a GDAS step cheaper (the supernet evaluates every op, weighted 0 or 1).
+  ``tau_max - (tau_max - tau_min)·epoch/(epochs - 1)``). The α-gradient is the released estimator of each
+  space (`gdas_arch_weights`). The supernet still evaluates the ops it did not sample (weighted by an exact
+  0, so their weights get no gradient): the same numbers as the released code, at the cost of a DARTS step.
+  Not reproduced: Nesterov momentum and batch size 256.
   """
   def problem(apply_fn, space, hp):
+    zero_terms = space.inputs_per_node is None    # NB201's cell (`forward_gdas` of NAS201SearchCell)
+
     def arch_weights(alphas, rng, step):
       tau = gdas_tau(step, hp, tau_max, tau_min)
       keys = jax.random.split(rng, len(_op_keys(alphas)))
-      return {k: gumbel_hard(kk, alphas[k], tau) for k, kk in zip(_op_keys(alphas), keys)}
+      out = {}
+      for k, kk in zip(_op_keys(alphas), keys):
+        w = gdas_arch_weights(kk, alphas[k], tau, zero_terms)
+        out[k] = w["w"]
+        if w["offset"] is not None:
+          out[k + "_offset"] = w["offset"]
+      return out
     return bilevel.SearchProblem(apply=apply_fn, arch_weights=arch_weights)
   ow = _spaceless(softmax_op_weights)
   return Method("gdas", _normal_alphas, problem, _deriver(ow), ow,

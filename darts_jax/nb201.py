@@ -328,16 +328,17 @@ def init_alphas(key, scale: float = 1e-3) -> Params:
 def apply_supernet(params: Params, x: jax.Array, arch_weights: Params, cfg: NB201Config,
                    ctx: ops.Ctx = ops.Ctx()) -> jax.Array:
   """Logits of the search network. `arch_weights["normal"]` holds (6, 5) op weights shared by every cell,
-  optionally `arch_weights["normal_edge"]` (6,) edge factors. BatchNorm always uses batch statistics."""
+  optionally `arch_weights["normal_edge"]` (6,) edge factors and `arch_weights["normal_offset"]` (6,) scalars
+  added to the edges' outputs (`supernet.mixed_cell_apply`). BatchNorm always uses batch statistics."""
   w = arch_weights["normal"]
   if tuple(w.shape) != NB201_SPACE.alpha_shape:
     raise ValueError(f"arch_weights['normal'] must have shape {NB201_SPACE.alpha_shape}, got {tuple(w.shape)}")
-  edge = arch_weights.get("normal_edge")
+  edge, offset = arch_weights.get("normal_edge"), arch_weights.get("normal_offset")
   ctx = ctx._replace(train=True, dw_impl=cfg.dw_impl if ctx.dw_impl == "auto" else ctx.dw_impl)
 
   def cell_apply(p, st, h):
     return supernet.mixed_cell_apply(p, [h], w, NB201_SPACE, False, ctx, cfg.partial_channels,
-                                     edge_scale=edge)[-1], st
+                                     edge_scale=edge, edge_offset=offset)[-1], st
 
   return _macro_apply(params, {}, x, cfg, ctx, cell_apply)[0]
 

@@ -155,7 +155,8 @@ def _wave_mixed_op(wave_params, xs, A, space, stride, ctx):
 
 def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: jax.Array, space: SearchSpace,
                      reduction: bool, ctx: ops.Ctx, partial_channels: int = 1,
-                     edge_scale: Optional[jax.Array] = None, remat: Optional[str] = None) -> List[jax.Array]:
+                     edge_scale: Optional[jax.Array] = None, remat: Optional[str] = None,
+                     edge_offset: Optional[jax.Array] = None) -> List[jax.Array]:
   """Returns the intermediate node states of a mixed cell.
 
   Args:
@@ -165,6 +166,8 @@ def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: 
       (max-pooled at stride 2) and the node output is channel-shuffled with K groups.
     edge_scale: optional (num_edges,) factor per edge (PC-DARTS' edge normalization).
     remat: a `remat_policy` name: each wave's mixed op runs under `jax.checkpoint` with it (None: no remat).
+    edge_offset: optional (num_edges,) scalar added to each edge's output (NB201 GDAS' zero-valued terms of
+      the ops it did not sample, which carry their α-gradient).
   """
   states = list(inputs)
   acc: Dict[int, jax.Array] = {}
@@ -180,6 +183,9 @@ def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: 
       A = A * _static_take(edge_scale, wave.edge_ids)[..., None]
     out = _checkpointed(functools.partial(_wave_mixed_op, space=space, stride=wave.stride, ctx=ctx),
                         remat)(wave_params, xs, A)
+    if edge_offset is not None:
+      off = _static_take(edge_offset, wave.edge_ids).sum(0).astype(out.dtype)
+      out = out + off.reshape(off.shape + (1,) * (out.ndim - 1))
     if partial_channels > 1:
       if wave.stride > 1:
         rest = jax.vmap(lambda x: ops.max_pool_2x2(x))(rest)

@@ -91,6 +91,74 @@ def test_gdas_forward_is_one_hot_and_gradients_reach_alpha():
   assert float(jnp.abs(g["normal"]).sum()) > 0 and float(jnp.abs(g["reduce"]).sum()) > 0
 
 
+def _gdas_expected_alpha_grad(key, alphas, tau, grad_w, grad_offset=None):
+  """The released estimator: ∂probs/∂α applied to the sampled op's ∂L/∂w (and, in NB201, the other ops'
+  zero-valued terms' ∂L/∂offset); `gumbel_hard`'s VJP is the one of its softmax."""
+  sampled = np.asarray(M.gumbel_hard(key, alphas, tau))
+  cot = sampled * grad_w
+  if grad_offset is not None:
+    cot = cot + (1.0 - sampled) * np.asarray(grad_offset)[:, None]
+  return jax.vjp(lambda a: M.gumbel_hard(key, a, tau), alphas)[1](jnp.asarray(cot, jnp.float32))[0]
+
+
+def test_gdas_alpha_gradient_is_the_released_darts_space_estimator():
+  """DARTS space (AutoDL's ``op[index](x) * hardwts[index]``): the α-gradient flows through the sampled op
+  alone, so it is ∂probs/∂α applied to ∂L/∂w masked to the sample (every op's ∂L/∂w is a different one)."""
+  params = _toy_init(KEY)
+  x, y = _batch(jax.random.PRNGKey(3))["image"], _batch(jax.random.PRNGKey(3))["label"]
+  loss = lambda w: bilevel.cross_entropy(_toy_apply(params, x, {"normal": w}), y)
+  alphas = jax.random.normal(jax.random.PRNGKey(4), DARTS_SPACE.alpha_shape)
+  key, tau = jax.random.PRNGKey(5), 2.0
+  got = jax.grad(lambda a: loss(M.gdas_arch_weights(key, a, tau, zero_terms=False)["w"]))(alphas)
+  one_hot = M.gumbel_hard(key, alphas, tau)
+  expected = _gdas_expected_alpha_grad(key, alphas, tau, np.asarray(jax.grad(loss)(one_hot)))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+  every_op = jax.grad(lambda a: loss(M.gumbel_hard(key, a, tau)))(alphas)
+  assert not np.allclose(got, every_op, atol=1e-4)
+
+
+def test_gdas_alpha_gradient_is_the_released_nb201_estimator():
+  """NB201 (AutoDL's NAS201SearchCell.forward_gdas): the ops not sampled enter as zero-valued scalars whose
+  gradient is the sum of the edge's output gradient; the forward value is the one-hot network's."""
+  cfg = nb201.NB201Config(C=4, N=1, num_classes=10)
+  params = nb201.init_supernet(jax.random.PRNGKey(0), cfg)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 3))
+  y = jnp.array([1, 7])
+  loss = lambda w, off: bilevel.cross_entropy(
+      nb201.apply_supernet(params, x, {"normal": w, "normal_offset": off}, cfg), y)
+  alphas = jax.random.normal(jax.random.PRNGKey(4), NB201_SPACE.alpha_shape)
+  key, tau = jax.random.PRNGKey(5), 2.0
+  aw = lambda a: M.gdas_arch_weights(key, a, tau, zero_terms=True)
+  got_loss, got = jax.value_and_grad(lambda a: loss(aw(a)["w"], aw(a)["offset"]))(alphas)
+  one_hot = M.gumbel_hard(key, alphas, tau)
+  zero = jnp.zeros(NB201_SPACE.num_edges)
+  g_w, g_off = jax.grad(loss, argnums=(0, 1))(one_hot, zero)
+  np.testing.assert_allclose(got_loss, loss(one_hot, zero), rtol=1e-6)
+  expected = _gdas_expected_alpha_grad(key, alphas, tau, np.asarray(g_w), g_off)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+  sampled_only = jax.grad(lambda a: loss(aw(a)["w"], zero))(alphas)
+  assert not np.allclose(got, sampled_only, atol=1e-5)
+  # The method feeds the NB201 network these terms.
+  w = M.get_method("gdas").problem(None, NB201_SPACE, HP).arch_weights({"normal": alphas}, key, 0)
+  assert set(w) == {"normal", "normal_offset"} and np.all(np.asarray(w["normal_offset"]) == 0.0)
+  assert set(M.get_method("gdas").problem(None, DARTS_SPACE, HP).arch_weights(
+      M.get_method("gdas").init_alphas(key, DARTS_SPACE), key, 0)) == {"normal", "reduce"}
+
+
+def test_gdas_sample_follows_a_large_alpha():
+  """With one op's α far above the others on every edge, the hard sample picks it (Gumbel noise rarely
+  beats a margin of 12 nats), whatever the temperature."""
+  winner = np.arange(DARTS_SPACE.num_edges) % DARTS_SPACE.num_ops
+  alphas = 12.0 * jax.nn.one_hot(winner, DARTS_SPACE.num_ops)
+  for i, tau in enumerate((10.0, 1.0, 0.1)):
+    hard = M.gumbel_hard(jax.random.PRNGKey(i), alphas, tau)
+    np.testing.assert_array_equal(np.argmax(np.asarray(hard), -1), winner)
+  counts = np.zeros(DARTS_SPACE.num_ops)
+  for i in range(200):  # near-uniform α: every op gets sampled
+    counts[int(np.argmax(M.gumbel_hard(jax.random.PRNGKey(100 + i), jnp.zeros((1, 8)), 1.0)[0]))] += 1
+  assert counts.min() > 5
+
+
 def test_gdas_temperature_schedule():
   last = HP.epochs * HP.steps_per_epoch - 1
   assert float(M.gdas_tau(0, HP)) == pytest.approx(10.0, rel=1e-5)
