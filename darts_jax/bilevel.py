@@ -40,6 +40,7 @@ class SearchHParams:
   w_lr: float = 0.025
   w_lr_min: float = 0.001
   w_momentum: float = 0.9
+  w_nesterov: bool = False
   w_weight_decay: float = 3e-4
   grad_clip: float = 5.0
   a_lr: float = 3e-4
@@ -90,10 +91,12 @@ def cosine_lr(lr_max: float, lr_min: float, epochs: int, steps_per_epoch: int) -
 
 
 def weight_optimizer(hp: SearchHParams) -> optax.GradientTransformation:
-  """SGD with momentum and L2 weight decay after global-norm clipping, as `torch.optim.SGD` does it."""
+  """SGD with momentum (Nesterov's with `w_nesterov`) and L2 weight decay after global-norm clipping, as
+  `torch.optim.SGD` does it. The unrolled step of the second orders stays DARTS' plain-momentum formula, as in
+  the released code (AutoDL's DARTS-V2 included)."""
   lr = cosine_lr(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)
   return optax.chain(optax.clip_by_global_norm(hp.grad_clip), optax.add_decayed_weights(hp.w_weight_decay),
-                     optax.trace(decay=hp.w_momentum), optax.scale_by_learning_rate(lr))
+                     optax.trace(decay=hp.w_momentum, nesterov=hp.w_nesterov), optax.scale_by_learning_rate(lr))
 
 
 def alpha_optimizer(hp: SearchHParams) -> optax.GradientTransformation:

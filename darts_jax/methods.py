@@ -19,8 +19,10 @@ A method is a `Method` (a NamedTuple of pure functions and settings):
 * ``supernet_kwargs``: supernet config fields the method needs (`supernet.SupernetConfig` via
   `supernet_config`, `nb201.NB201Config` in `darts_jax.search`).
 * ``hparams``: the paper's `bilevel.SearchHParams` overrides (`Method.search_hparams` applies them).
-* ``warmup_epochs``: epochs at the start that the paper trains weights only (run them with
-  ``update_alphas=False``).
+* ``warmup_epochs``: epochs at the start of each of ``warmup_stages`` equal stages that the paper trains
+  weights only (run them with ``update_alphas=False``; `frozen_epochs`).
+* ``per_space``: the released code's settings for a search space other than DARTS', by space name (hparams
+  fields, ``warmup_epochs``, ``warmup_stages``); `Method.for_space` applies them.
 * ``select``: for RS-WS, the weight-sharing selection ``(key, space, eval_fn, num_candidates)``
   (`rsws_select`); None elsewhere.
 
@@ -61,10 +63,28 @@ class Method(NamedTuple):
   warmup_epochs: int = 0
   select: Optional[Callable[..., Any]] = None
   citation: str = ""
+  warmup_stages: int = 1
+  per_space: Mapping[str, Mapping[str, Any]] = _EMPTY
 
   def search_hparams(self, **overrides) -> bilevel.SearchHParams:
     """`bilevel.SearchHParams` with the method's paper defaults, then `overrides`."""
     return bilevel.SearchHParams(**{**self.hparams, **overrides})
+
+  def for_space(self, space) -> "Method":
+    """The method with the defaults its released code uses in `space` (a `SearchSpace` or its name)."""
+    extra = dict(self.per_space.get(getattr(space, "name", space), {}))
+    schedule = {k: extra.pop(k) for k in ("warmup_epochs", "warmup_stages") if k in extra}
+    return self._replace(hparams={**self.hparams, **extra}, per_space=_EMPTY, **schedule)
+
+
+def frozen_epochs(epochs: int, warmup_epochs: int, stages: int = 1) -> np.ndarray:
+  """(epochs,) bool: the epochs whose steps leave α untouched, the first `warmup_epochs` of each of `stages`
+  stages of (near) equal length (DrNAS freezes α at the start of both its stages)."""
+  frozen = np.zeros(epochs, bool)
+  bounds = [round(i * epochs / max(stages, 1)) for i in range(max(stages, 1) + 1)]
+  for start, end in zip(bounds[:-1], bounds[1:]):
+    frozen[start:min(start + warmup_epochs, end)] = True
+  return frozen
 
 
 def supernet_config(method: Method, **kwargs) -> supernet.SupernetConfig:
@@ -200,6 +220,11 @@ def _softmax_problem(regularizer=None, weight_arch_weights=None):
 
 
 _CITE_DARTS = "Liu, Simonyan, Yang. DARTS: Differentiable Architecture Search. ICLR 2019."
+# NAS-Bench-201's own DARTS and GDAS runs (AutoDL-Projects, configs/nas-benchmark/algos/{DARTS,GDAS}.config and
+# scripts-search/NAS-Bench-201-algos/*.sh): SGD 0.025 -> 0.001 with Nesterov momentum, weight decay 5e-4;
+# Adam 3e-4 with α weight decay 1e-3.
+_NB201_AUTODL = {"w_lr": 0.025, "w_lr_min": 0.001, "w_nesterov": True, "w_weight_decay": 5e-4, "a_lr": 3e-4,
+                 "a_weight_decay": 1e-3}
 _DARTS_NAMES = {"first_order": "darts", "second_order_exact": "darts_2nd", "second_order_fd": "darts_2nd_fd"}
 
 
@@ -210,7 +235,7 @@ def darts(hypergradient: str = "first_order") -> Method:
     raise ValueError(f"unknown hypergradient {hypergradient!r}; choose one of {', '.join(_DARTS_NAMES)}")
   ow = _spaceless(softmax_op_weights)
   return Method(_DARTS_NAMES[hypergradient], _normal_alphas, _softmax_problem(), _deriver(ow), ow,
-                hparams={"hypergradient": hypergradient}, citation=_CITE_DARTS)
+                hparams={"hypergradient": hypergradient}, citation=_CITE_DARTS, per_space={"nb201": _NB201_AUTODL})
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -252,7 +277,8 @@ def gdas(tau_max: float = 10.0, tau_min: float = 0.1) -> Method:
   ``tau_max - (tau_max - tau_min)·epoch/(epochs - 1)``). The α-gradient is the released estimator of each
   space (`gdas_arch_weights`). The supernet still evaluates the ops it did not sample (weighted by an exact
   0, so their weights get no gradient): the same numbers as the released code, at the cost of a DARTS step.
-  Not reproduced: Nesterov momentum and batch size 256.
+  Nesterov momentum in both spaces (its configs); NB201: `_NB201_AUTODL`, 250 epochs. Not reproduced: batch
+  size 256 in the DARTS space (a data setting).
   """
   def problem(apply_fn, space, hp):
     zero_terms = space.inputs_per_node is None    # NB201's cell (`forward_gdas` of NAS201SearchCell)
@@ -270,7 +296,8 @@ def gdas(tau_max: float = 10.0, tau_min: float = 0.1) -> Method:
     return bilevel.SearchProblem(apply=apply_fn, arch_weights=arch_weights)
   ow = _spaceless(softmax_op_weights)
   return Method("gdas", _normal_alphas, problem, _deriver(ow), ow,
-                hparams={"epochs": 250, "w_weight_decay": 5e-4},
+                hparams={"epochs": 250, "w_weight_decay": 5e-4, "w_nesterov": True},
+                per_space={"nb201": {**_NB201_AUTODL, "epochs": 250}},
                 citation="Dong, Yang. Searching for A Robust Neural Architecture in Four GPU Hours. CVPR 2019.")
 
 
@@ -341,18 +368,19 @@ def dirichlet_kl(a: jax.Array, b: jax.Array) -> jax.Array:
           + jnp.sum((a - b) * (digamma(a) - digamma(a0)[..., None]), -1))
 
 
-def drnas(reg_type: str = "kl", reg_scale: float = 1e-3, prior: float = 1.0,
+def drnas(reg_type: str = "l2", reg_scale: float = 1e-3, prior: float = 1.0,
           partial_channels: int = 1) -> Method:
   """DrNAS: op weights are a Dirichlet sample per edge and step (pathwise gradient through
   `jax.random.dirichlet`'s implicit reparameterization), concentration elu(α) + 1; derive ranks the mean.
 
   Chen et al. DrNAS: Dirichlet Neural Architecture Search. ICLR 2021. Defaults from
-  github.com/xiangning-chen/DrNAS DARTS-space/train_search.py + model_search.py: reg_type "kl" adds
-  reg_scale·Σ KL(Dir(elu(α)+1) || Dir(prior)) to the α objective and drops α's L2 decay ("l2" keeps the
-  decay at reg_scale instead, the code's default); weight lr 0.1 -> 0, α lr 6e-4, 50 epochs, α frozen for the
-  first 10. Not reproduced: the progressive schedule (K = 6 -> 4 partial channels, pruning to 7 then 4 ops);
-  set partial_channels for a fixed K. The code discretizes softmax(α), which picks the same op per edge as
-  the mean but may rank edges differently.
+  github.com/xiangning-chen/DrNAS. DARTS space (DARTS-space/train_search.py + model_search.py): reg_type
+  "l2" (the code's default) is α's Adam weight decay reg_scale; "kl" adds reg_scale·Σ KL(Dir(elu(α)+1) ||
+  Dir(prior)) to the α objective and drops the decay; weight lr 0.1 -> 0, α lr 6e-4, 50 epochs in two stages
+  of 25, α frozen for the first 10 of each. NB201 (201-space/train_search.py): weight lr 0.025 -> 0.001, α lr
+  3e-4, 100 epochs, no freeze. Not reproduced: the progressive schedule's channel and op changes (K = 6 -> 4
+  partial channels, pruning to 7 then 4 ops); set partial_channels for a fixed K. The code discretizes
+  softmax(α), which picks the same op per edge as the mean but may rank edges differently.
   """
   if reg_type not in ("kl", "l2"):
     raise ValueError(f"drnas reg_type must be 'kl' or 'l2', got {reg_type!r}")
@@ -369,12 +397,14 @@ def drnas(reg_type: str = "kl", reg_scale: float = 1e-3, prior: float = 1.0,
     return bilevel.SearchProblem(apply=apply_fn, arch_weights=arch_weights,
                                  regularizer=regularizer if reg_type == "kl" else None)
 
-  hparams = {"w_lr": 0.1, "w_lr_min": 0.0, "a_lr": 6e-4, "epochs": 50,
-             "a_weight_decay": 0.0 if reg_type == "kl" else reg_scale}
+  decay = 0.0 if reg_type == "kl" else reg_scale
   ow = _spaceless(dirichlet_mean)
   return Method("drnas", _normal_alphas, problem, _deriver(ow), ow,
                 supernet_kwargs={"partial_channels": partial_channels} if partial_channels > 1 else {},
-                hparams=hparams, warmup_epochs=10,
+                hparams={"w_lr": 0.1, "w_lr_min": 0.0, "a_lr": 6e-4, "epochs": 50, "a_weight_decay": decay},
+                warmup_epochs=10, warmup_stages=2,
+                per_space={"nb201": {"w_lr": 0.025, "w_lr_min": 0.001, "a_lr": 3e-4, "epochs": 100,
+                                     "a_weight_decay": decay, "warmup_epochs": 0, "warmup_stages": 1}},
                 citation="Chen, Wang, Cheng, Tang, Hsieh. DrNAS: Dirichlet Neural Architecture Search. "
                          "ICLR 2021.")
 

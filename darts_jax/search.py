@@ -32,8 +32,15 @@ from darts_jax import supernet
 from darts_jax import workdir as wd
 from darts_jax.search_space import get_space
 
-# Config keys that may change when a run is continued (e.g. asking for a longer log interval).
-RESUMABLE_KEYS = ("progress", "log_every", "checkpoint_every", "num_devices")
+# Config keys that may change when a run is continued (e.g. asking for a longer log interval, or lower learning
+# rates after NaN/Inf, as `_lower_lrs` advises; `workdir.prepare` records such changes in config_changes.jsonl).
+RESUMABLE_KEYS = ("progress", "log_every", "checkpoint_every", "num_devices", "hparams.w_lr", "hparams.a_lr")
+
+
+def _lower_lrs(hp) -> str:
+  """The advice of a NaN/Inf stop: the learning rates a re-run may lower (`RESUMABLE_KEYS`)."""
+  return (f"re-run with lower learning rates (now w_lr={hp.w_lr:g}, a_lr={hp.a_lr:g}), e.g. "
+          f"--config.hparams.w_lr={hp.w_lr / 10:g} --config.hparams.a_lr={hp.a_lr / 10:g}")
 
 
 @dataclasses.dataclass
@@ -159,13 +166,21 @@ class _Batches:
 
 
 def _schedule(config, method, num_weight_examples: int):
-  """(hparams, steps per epoch, total steps, warm-up steps) of a search."""
+  """(hparams, steps per epoch, total steps, (epochs,) bool: the epochs whose steps leave α untouched) of a
+  search; `method` is already `Method.for_space`'s."""
   steps_per_epoch = config.get("steps_per_epoch") or num_weight_examples // config.batch_size
   hp = method.search_hparams(epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                              **bilevel.hparams_overrides(config.get("hparams")))
-  warmup_steps = min(method.warmup_epochs if config.get("warmup_epochs") is None else config.warmup_epochs,
-                     hp.epochs) * steps_per_epoch
-  return hp, steps_per_epoch, hp.epochs * steps_per_epoch, warmup_steps
+  warmup = method.warmup_epochs if config.get("warmup_epochs") is None else config.warmup_epochs
+  frozen = methods_lib.frozen_epochs(hp.epochs, warmup, method.warmup_stages)
+  if not method.update_alphas:
+    frozen[:] = True
+  return hp, steps_per_epoch, hp.epochs * steps_per_epoch, frozen
+
+
+def _recorded(hp, frozen) -> Dict[str, Any]:
+  """What `summary.json` records of the optimization: every resolved hyperparameter and the frozen-α epochs."""
+  return {"hparams": dataclasses.asdict(hp), "alpha_frozen_epochs": [int(e) for e in np.flatnonzero(frozen)]}
 
 
 def search(config, workdir: str) -> Dict[str, Any]:
@@ -173,7 +188,8 @@ def search(config, workdir: str) -> Dict[str, Any]:
 
   On several devices (``config.num_devices``, 0: all, over every process) the step runs data-parallel; on
   SIGTERM the run saves a checkpoint of its current step and raises `workdir.Preempted`."""
-  method = methods_lib.get_method(config.method, **dict(config.get("method_kwargs", {}) or {}))
+  method = methods_lib.get_method(config.method, **dict(config.get("method_kwargs", {}) or {})).for_space(
+      config.get("space", "darts"))
   layout = parallel.make_layout(int(config.get("num_devices") or 0))
   layout.check_batch_size(config.batch_size)
   wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS, write=layout.is_main)
@@ -187,7 +203,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   elif bn_stats != "global":
     raise ValueError(f"bn_stats={bn_stats!r}: use 'global' (statistics of the global batch) or 'device'")
 
-  hp, steps_per_epoch, total_steps, warmup_steps = _schedule(config, method, len(w_idx))
+  hp, steps_per_epoch, total_steps, frozen = _schedule(config, method, len(w_idx))
   problem = method.problem(apply, space, hp)
   checkpoint_every = int(config.get("checkpoint_every") or 0)
 
@@ -209,8 +225,8 @@ def search(config, workdir: str) -> Dict[str, Any]:
   shardings = layout.step_shardings() if mesh_run else None
   make = lambda update: bilevel.make_search_step(problem, hp, update_alphas=update, compile_once=once,
                                                  shardings=shardings)
-  step_fn = make(True) if method.update_alphas and warmup_steps < total_steps else None
-  warm_fn = make(False) if (warmup_steps or not method.update_alphas) else None
+  step_fn = make(True) if not frozen.all() else None
+  warm_fn = make(False) if frozen.any() else None
   eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)
   put_eval = layout.put_whole_batch if mesh_run else (lambda b: b)
 
@@ -229,14 +245,14 @@ def search(config, workdir: str) -> Dict[str, Any]:
   guard = wd.LoopCheckpoints(
       lambda at, seconds: ckpt.save_with_elapsed(at, state, seconds),
       lambda pending, at, good: wd.fetch_finite(pending, at, good, ckpt.directory, "parameters at search",
-                                                "lower the learning rates"),
+                                                _lower_lrs(hp)),
       start, total_steps, ckpt.directory, checkpoint_every)
 
   try:
     with guard:
       while step < total_steps:
         tb, vb = next(batches)
-        fn = warm_fn if step < warmup_steps or step_fn is None else step_fn
+        fn = warm_fn if frozen[step // steps_per_epoch] else step_fn
         state, metrics = fn(state, tb, vb)
         guard.record(metrics)
         step += 1
@@ -273,7 +289,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
     ckpt.close()
 
   return export(config, workdir, method, model, state, train, mean, std, val_eval_idx, eval_fn, elapsed,
-                k_derive, step_program, layout, put_eval)
+                k_derive, step_program, layout, put_eval, extra=_recorded(hp, frozen))
 
 
 def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[str, Any]]:
@@ -291,7 +307,8 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
   differ = sorted({k for c in configs for k, v in c.to_dict().items() if base.to_dict().get(k) != v} - {"seed"})
   if differ:
     raise ValueError(f"the seeds' configs differ in {', '.join(differ)}; they may differ in seed alone")
-  method = methods_lib.get_method(base.method, **dict(base.get("method_kwargs", {}) or {}))
+  method = methods_lib.get_method(base.method, **dict(base.get("method_kwargs", {}) or {})).for_space(
+      base.get("space", "darts"))
   layout = parallel.make_layout(int(base.get("num_devices") or 0), seeds=len(configs))
   layout.check_batch_size(base.batch_size)
   for c, d in zip(configs, workdirs):
@@ -300,7 +317,7 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
   train0 = data[0][0]
   model = build_model(base, method, train0.num_classes, train0.image_shape, layout.num_devices)
   space = model.space
-  hp, steps_per_epoch, total_steps, warmup_steps = _schedule(base, method, len(data[0][3]))
+  hp, steps_per_epoch, total_steps, frozen = _schedule(base, method, len(data[0][3]))
   problem = method.problem(model.apply, space, hp)
 
   states, derive_keys = [], []
@@ -322,8 +339,8 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
           for c, d in zip(configs, workdirs)]
   make = lambda update: bilevel.make_multi_seed_step(problem, hp, update_alphas=update,
                                                      shardings=layout.step_shardings())
-  step_fn = make(True) if method.update_alphas and warmup_steps < total_steps else None
-  warm_fn = make(False) if (warmup_steps or not method.update_alphas) else None
+  step_fn = make(True) if not frozen.all() else None
+  warm_fn = make(False) if frozen.any() else None
   eval_fn = bilevel.make_eval_step(problem)
   iters = [_Batches(c, train, mean, std, w_idx, a_idx, start, layout, put=False)
            for c, (train, mean, std, w_idx, a_idx) in zip(configs, data)]
@@ -340,7 +357,7 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
     host = [parallel.host(m) for m in pending]
     per_seed = [[jax.tree.map(lambda x: x[s], m) for m in host] for s in range(len(configs))]
     return [wd.fetch_finite(ms, at_step, last_good, ck.directory, f"parameters at search (seed {c.seed})",
-                            "lower the learning rates") for ms, ck, c in zip(per_seed, ckpts, configs)]
+                            _lower_lrs(hp)) for ms, ck, c in zip(per_seed, ckpts, configs)]
 
   def save(at_step, seconds):
     for ck, st in zip(ckpts, seed_states()):
@@ -353,7 +370,7 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
       while step < total_steps:
         pairs = [next(it) for it in iters]
         tb, vb = layout.put_batch(stack([p[0] for p in pairs])), layout.put_batch(stack([p[1] for p in pairs]))
-        fn = warm_fn if step < warmup_steps or step_fn is None else step_fn
+        fn = warm_fn if frozen[step // steps_per_epoch] else step_fn
         stacked, metrics = fn(stacked, tb, vb)
         guard.record(metrics)
         step += 1
@@ -390,7 +407,8 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
   finals = seed_states()
   return [export(c, d, method, model, finals[s], train, mean, std, val_idx[s], eval_fn, elapsed / len(configs),
                  derive_keys[s], "multi_seed", one, extra={"multi_seed": len(configs), "multi_seed_seconds": elapsed,
-                                                          "num_devices": layout.num_devices})
+                                                          "num_devices": layout.num_devices,
+                                                          **_recorded(hp, frozen)})
           for s, (c, d, (train, mean, std, _, _)) in enumerate(zip(configs, workdirs, data))]
 
 
@@ -428,6 +446,9 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
   parallel.check_same_on_all_processes(alphas, arch_text(arch), "α or architecture")
   common = {"method": config.method, "space": space.name, "dataset": config.dataset, "seed": config.seed,
             "genotype": arch_text(arch), "search_seconds": elapsed, "supernet_params": model.num_params,
+            # Mean per-edge entropy of the final op weights; ln(num_ops) means α has not moved from uniform.
+            "alpha_entropy": _entropy(jax.device_get(method.op_weights(alphas, space))),
+            "alpha_entropy_uniform": math.log(space.num_ops),
             "steps": int(parallel.host(state.step)), "step_program": step_program,
             "num_devices": layout.num_devices, "num_processes": jax.process_count(),
             "bn_stats": config.get("bn_stats", "global") or "global", **(extra or {})}

@@ -280,8 +280,9 @@ def test_multi_seed_comparison_equals_seed_by_seed_searches(tmp_path):
     assert single["genotype"] == summary["genotype"]
     a, b = (json.load(open(os.path.join(d, "alphas.json"))) for d in (together, alone))
     # The vmapped program reduces in another order (and keeps YNNPACK off its reductions, `xla_setup`); Adam
-    # normalizes α's near-zero gradients, so after 6 steps α differs by up to ~3e-5 (a tenth of one step of
-    # lr 3e-4). Another seed's data or rng would move it by whole steps.
+    # normalizes α's near-zero gradients. NB201 GDAS' gradient of an op it did not sample is the sum of a
+    # whole feature map's gradient, which nearly cancels, so after 6 steps α differs by up to 7e-5 (measured;
+    # a quarter of one step of lr 3e-4). Another seed's data or rng would move it by whole steps.
     for k in a:
-      np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-3, atol=6e-5, err_msg=k)
+      np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-3, atol=1.5e-4, err_msg=k)
   assert compare.run_comparison(c, work)["executed_this_call"] == []

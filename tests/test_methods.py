@@ -239,7 +239,10 @@ def test_drnas_dirichlet_weights_gradients_and_kl():
   probe = jax.random.normal(KEY, DARTS_SPACE.alpha_shape)
   g = jax.grad(lambda a: jnp.sum(prob.arch_weights(a, jax.random.PRNGKey(3), 0)["normal"] * probe))(alphas)
   assert bool(jnp.all(jnp.isfinite(g["normal"]))) and float(jnp.abs(g["normal"]).sum()) > 0
-  # KL to the flat prior: 0 at concentration 1 (α = 0), positive elsewhere, and its gradient points back.
+  # The released default, "l2", is α's weight decay; "kl" regularizes toward the flat prior: 0 at
+  # concentration 1 (α = 0), positive elsewhere.
+  assert prob.regularizer is None and m.search_hparams().a_weight_decay == 1e-3
+  prob = M.get_method("drnas", reg_type="kl").problem(_toy_apply, DARTS_SPACE, HP)
   zeros = jax.tree.map(jnp.zeros_like, alphas)
   assert float(prob.regularizer(zeros, None, 0)) == pytest.approx(0.0, abs=1e-5)
   assert float(prob.regularizer(alphas, None, 0)) > 0
@@ -563,3 +566,57 @@ def test_compile_cells_step_equals_compile_once_step_on_the_supernet(name):
   # on a one-element leaf; a wrong term would be off by far more.
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-3, atol=5e-4 * float(np.max(np.abs(x))), err_msg=name)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Per-space defaults and α freezing.
+
+
+def test_frozen_epochs_at_the_start_of_each_stage():
+  f = M.frozen_epochs(50, 10, 2)
+  assert list(np.flatnonzero(f)) == list(range(10)) + list(range(25, 35))
+  assert list(np.flatnonzero(M.frozen_epochs(6, 1))) == [0]
+  assert not M.frozen_epochs(6, 0, 2).any()
+  assert M.frozen_epochs(5, 10, 2).all()   # a warm-up longer than its stage freezes the stage
+
+
+def test_released_per_space_defaults():
+  drnas = M.get_method("drnas")
+  assert (drnas.warmup_epochs, drnas.warmup_stages) == (10, 2)
+  hp = drnas.search_hparams()
+  assert (hp.w_lr, hp.w_lr_min, hp.a_lr, hp.epochs, hp.a_weight_decay) == (0.1, 0.0, 6e-4, 50, 1e-3)
+  nb = drnas.for_space(NB201_SPACE)
+  hp = nb.search_hparams()
+  assert (hp.w_lr, hp.w_lr_min, hp.a_lr, hp.epochs, hp.a_weight_decay) == (0.025, 0.001, 3e-4, 100, 1e-3)
+  assert nb.warmup_epochs == 0 and not M.frozen_epochs(hp.epochs, nb.warmup_epochs, nb.warmup_stages).any()
+  assert drnas.for_space("darts").search_hparams() == drnas.search_hparams()
+  assert drnas.for_space("darts").warmup_stages == 2
+  for name in ("darts", "darts_2nd", "gdas"):
+    hp = M.get_method(name).for_space("nb201").search_hparams()
+    assert hp.w_nesterov and (hp.w_weight_decay, hp.a_lr, hp.a_weight_decay, hp.w_lr_min) == (5e-4, 3e-4, 1e-3, 1e-3)
+  assert M.get_method("gdas").search_hparams().w_nesterov and not M.get_method("darts").search_hparams().w_nesterov
+  assert M.get_method("gdas").for_space("nb201").search_hparams().epochs == 250
+  kl = M.get_method("drnas", reg_type="kl")
+  assert kl.search_hparams().a_weight_decay == 0.0 and kl.for_space("nb201").search_hparams().a_weight_decay == 0.0
+
+
+def test_nesterov_weight_optimizer_is_torch_sgd_nesterov():
+  """torch.optim.SGD(nesterov=True, weight_decay=λ) as documented: g += λw; b = μb + g; w -= lr·(g + μb)."""
+  hp = bilevel.SearchHParams(epochs=1, steps_per_epoch=10, w_lr=0.1, w_lr_min=0.1, w_nesterov=True,
+                             w_weight_decay=5e-4, grad_clip=1e9)
+  opt = bilevel.weight_optimizer(hp)
+  w = {"x": jnp.array([1.0, -2.0, 0.5])}
+  state = opt.init(w)
+  w_ref, buf = np.array([1.0, -2.0, 0.5]), np.zeros(3)
+  for i in range(4):
+    g = {"x": jnp.sin(w["x"] * (i + 1))}
+    upd, state = opt.update(g, state, w)
+    w = {"x": w["x"] + upd["x"]}
+    g_ref = np.sin(w_ref * (i + 1)) + 5e-4 * w_ref
+    buf = 0.9 * buf + g_ref
+    w_ref = w_ref - 0.1 * (g_ref + 0.9 * buf)
+    np.testing.assert_allclose(w["x"], w_ref, rtol=1e-5)
+  plain = bilevel.weight_optimizer(dataclasses.replace(hp, w_nesterov=False))
+  upd, _ = plain.update({"x": jnp.ones(3)}, plain.update({"x": jnp.ones(3)}, plain.init(w), w)[1], w)
+  nest, _ = opt.update({"x": jnp.ones(3)}, opt.update({"x": jnp.ones(3)}, opt.init(w), w)[1], w)
+  assert not np.allclose(upd["x"], nest["x"])

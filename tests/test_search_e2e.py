@@ -152,3 +152,28 @@ def test_script_errors_are_one_line(tmp_path):
   last = [l for l in err.strip().splitlines() if l.startswith("error:")]
   assert len(last) == 1 and "no_such_dataset" in last[0], err[-1000:]
   assert "Traceback" not in err
+
+
+@pytest.mark.skipif(not os.path.exists(FASHION), reason="Debian package dataset-fashion-mnist not installed")
+def test_nb201_search_end_to_end_keeps_alpha_frozen_in_warmup(tmp_path):
+  """An NB201 DrNAS search through `search.search`: its released NB201 settings reach the loop (recorded in the
+  summary), α does not move in the warm-up epoch and does afterwards, and the cell picture is written."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from darts_jax import methods, nb201  # pylint: disable=g-import-not-at-top
+  c = _smoke(space="nb201", method="drnas", epochs=2, steps_per_epoch=3, warmup_epochs=1, tensorboard=False)
+  c.model.C, c.model.N = 4, 1
+  workdir = str(tmp_path / "nb201")
+  summary = search.search(c, workdir)
+  assert summary["space"] == "nb201" and summary["alpha_frozen_epochs"] == [0]
+  assert summary["hparams"]["w_lr"] == 0.025 and summary["hparams"]["a_lr"] == 3e-4
+  assert summary["alpha_entropy"] < summary["alpha_entropy_uniform"]
+  for name in ("cell.png", "cell.svg", "alphas.png", "genotype.txt"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  assert nb201.parse_arch(open(os.path.join(workdir, "genotype.txt")).read().strip())
+  assert json.load(open(os.path.join(workdir, "genotype.json")))["nb201"] == summary["genotype"]
+  init = methods.get_method("drnas").init_alphas(jax.random.split(jax.random.PRNGKey(c.seed), 4)[1],
+                                                 nb201.NB201_SPACE)
+  first = np.asarray(methods.dirichlet_mean(init)["normal"])
+  epochs = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["phase"] == "epoch"]
+  np.testing.assert_allclose(epochs[0]["op_weights"]["normal"], first, rtol=0, atol=1e-7)   # frozen
+  assert np.abs(np.asarray(epochs[1]["op_weights"]["normal"]) - first).max() > 1e-6        # moved
