@@ -56,14 +56,15 @@ def _close(a, b, what, rtol=2e-5, atol_scale=2e-6):
 
 def step_equality(method_name: str = "darts", hypergradient: str = "first_order"):
   """The data-parallel step on 8 devices equals the one-device step at the same global batch: every state
-  leaf and metric after three steps; inputs and outputs are sharded as the layout says, and the step makes no
+  leaf and metric of three consecutive steps, each from the same state; inputs and outputs are sharded as the layout says, and the step makes no
   host transfer."""
   assert jax.device_count() == 8, jax.devices()
-  # DARTS' first order agrees to ~1e-6; stochastic methods, regularizers and second orders reduce in another
-  # order inside more terms, and Adam's normalization amplifies that in α (measured: 5e-4 of a leaf's maximum
-  # for DARTS-'s α, a hundredth of one Adam step); the SGD-updated weights still catch a wrong batch split or
-  # BatchNorm statistic.
-  tol = {} if (method_name, hypergradient) == ("darts", "first_order") else {"rtol": 1e-3, "atol_scale": 2e-3}
+  # DARTS (first and exact second order) and DARTS- agree to ~1e-6 of a leaf's maximum (measured); stochastic
+  # methods, regularizers and finite differences reduce in another order inside more terms, and Adam's
+  # normalization amplifies that in α; the SGD-updated weights still catch a wrong batch split or BatchNorm
+  # statistic.
+  tight = {("darts", "first_order"), ("darts", "second_order_exact"), ("darts_minus", "first_order")}
+  tol = {} if (method_name, hypergradient) in tight else {"rtol": 1e-3, "atol_scale": 2e-3}
   method, _, hp, problem, state0 = _problem(method_name, hypergradient)
   layout = parallel.make_layout()
   batches = _batches(3)
@@ -71,8 +72,11 @@ def step_equality(method_name: str = "darts", hypergradient: str = "first_order"
   step_one = bilevel.make_search_step(problem, hp, method.update_alphas, donate=False)
   step_mesh = bilevel.make_search_step(problem, hp, method.update_alphas, donate=False,
                                        shardings=layout.step_shardings())
-  mesh_state = layout.put_state(state0)
+  worst = 0.0
   for i, (tb, vb) in enumerate(batches):
+    # Each step starts from the one-device state: the check compares steps, not runs, in which a ReLU input
+    # within rounding of 0 can flip and then grow (measured for DARTS- at XLA's optimization level 0).
+    mesh_state = layout.put_state(jax.device_get(one))
     one, m_one = step_one(one, jax.device_put(tb, jax.devices()[0]), jax.device_put(vb, jax.devices()[0]))
     tbm, vbm = layout.put_batch(tb), layout.put_batch(vb)
     assert tbm["image"].sharding.spec == P("data") and len(tbm["image"].sharding.device_set) == 8
@@ -82,7 +86,7 @@ def step_equality(method_name: str = "darts", hypergradient: str = "first_order"
     for leaf in jax.tree.leaves((mesh_state, m_mesh)):
       assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8, leaf.sharding
     _close(m_mesh, m_one, f"metrics of step {i}", **tol)
-  worst = _close(parallel.host(mesh_state), jax.device_get(one), "state", **tol)
+    worst = max(worst, _close(parallel.host(mesh_state), jax.device_get(one), f"state after step {i}", **tol))
   print(f"ok {method_name} {hypergradient}: worst error {worst:.2e} of a leaf's maximum")
 
 

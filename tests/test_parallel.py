@@ -50,7 +50,8 @@ def test_sharded_first_order_step_equals_one_device():
                                                   ("gdas", "first_order"), ("pcdarts", "first_order"),
                                                   ("drnas", "first_order"), ("fairdarts", "first_order"),
                                                   ("sdarts_rs", "first_order"), ("sdarts_adv", "first_order"),
-                                                  ("beta_darts", "first_order"), ("rsws", "first_order")])
+                                                  ("beta_darts", "first_order"), ("rsws", "first_order"),
+                                                  ("darts_minus", "first_order")])
 def test_sharded_step_equals_one_device_for_more_methods(method, hypergradient):
   _check("step_equality", method, hypergradient)
 
