@@ -97,8 +97,8 @@ def _op_entries(name: str, prefix: str):
   if name == "skip_connect":
     return [("conv1", f"{prefix}.conv_1.weight", pointwise_weight),
             ("conv2", f"{prefix}.conv_2.weight", pointwise_weight)]
-  if name == "conv_7x1_1x7":
-    return [("conv1", f"{prefix}.op.1.weight", conv_weight), ("conv2", f"{prefix}.op.2.weight", conv_weight)]
+  if name == "conv_7x1_1x7":  # a bare nn.Sequential(ReLU, Conv 1x7, Conv 7x1, BN) in the reference: no `.op`
+    return [("conv1", f"{prefix}.1.weight", conv_weight), ("conv2", f"{prefix}.2.weight", conv_weight)]
   if name.startswith("nor_conv"):
     return [("conv", f"{prefix}.op.1.weight", conv_weight)]
   return []
@@ -112,7 +112,7 @@ def _op_bn_entries(name: str, prefix: str):
   if name == "skip_connect":
     return [("bn", f"{prefix}.bn")]
   if name == "conv_7x1_1x7":
-    return [("bn", f"{prefix}.op.3")]
+    return [("bn", f"{prefix}.3")]
   if name.startswith("nor_conv"):
     return [("bn", f"{prefix}.op.2")]
   return []

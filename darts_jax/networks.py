@@ -19,6 +19,8 @@ The numbers are the reference's for the inputs it accepts. Where it would fail, 
     leave 1×1, so the last window is taken partially (ceil mode, averaging only the pixels inside); on larger
     maps the 2×2 convolution's output is averaged globally before the linear layer. A map below 6×6
     raises a ValueError when the head runs (in training mode).
+  * The reference's auxiliary head rectifies its input in place (ReLU(inplace=True)); with 3 cells it sits
+    after the last cell, so in training mode the classifier pools the rectified output. This is reproduced.
 """
 from __future__ import annotations
 
@@ -338,6 +340,10 @@ def apply(params: Params, batch_stats: Params, x: jax.Array, cfg: NetworkConfig,
     s0, s1 = s1, out
     if i == cfg.auxiliary_layer and cfg.auxiliary and train:
       aux_logits, new_stats["aux"] = _aux_apply(params["aux"], batch_stats["aux"], s1, cfg, ctx)
+      if i == cfg.layers - 1:
+        # The reference's head starts with ReLU(inplace=True), rectifying this cell's output in place. Later
+        # cells begin with a ReLU anyway; only the classifier sees it, when this is the last cell (3 cells).
+        s1 = jax.nn.relu(s1)
   new_stats["cells"] = new_cells
   if cfg.auxiliary and not train:
     new_stats["aux"] = batch_stats["aux"]
