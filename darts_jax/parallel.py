@@ -63,6 +63,11 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     raise ValueError(f"--process_id={process_id} must lie in [0, --num_processes={num_processes})")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address, num_processes=int(num_processes), process_id=int(process_id))
+  if jax.default_backend() == "cpu":
+    # Measured with 2 processes on one host: executables from the persistent compilation cache computed
+    # differently from freshly compiled ones (α 1e-4 apart after 6 steps) and a resumed run ended 1.4e-6 away
+    # from an uninterrupted one; without the cache both runs equal the one-process result bit for bit.
+    jax.config.update("jax_enable_compilation_cache", False)
   return True
 
 

@@ -169,11 +169,8 @@ def test_two_processes_end_with_the_one_process_result_and_resume_after_sigkill(
   assert not os.path.exists(os.path.join(killed, "genotype.txt"))
   _finish(_two_processes(killed, _free_port()))
   assert _read(killed, "genotype.txt") == _read(straight, "genotype.txt")
-  # Not bit-identical (unlike one process): the resumed 2-process run ends 1.4e-6 away in α's largest
-  # entries, the same for every repetition; the cause is not found.
-  a, b = json.loads(_read(killed, "alphas.json")), json.loads(_read(straight, "alphas.json"))
-  for k in a:
-    np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-3, atol=1e-5, err_msg=k)
+  # Bit for bit (`parallel.initialize` keeps the persistent compilation cache off on CPU, which broke this).
+  assert _read(killed, "alphas.json") == _read(straight, "alphas.json")
 
 
 def test_process_flags_need_each_other(tmp_path):
