@@ -129,6 +129,10 @@ def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_datas
         "retrain_test_acc": mean_std(t.get("test_acc") for t in retrains) if retrains else None,
         "retrain_params": mean_std(t.get("num_params") for t in retrains) if retrains else None,
         "supernet_params": mean_std(s.get("supernet_params") for s in searches),
+        # The final α's mean per-edge entropy; at the uniform value (ln num_ops) the cells are α's noise.
+        "alpha_entropy": mean_std(s.get("alpha_entropy") for s in searches),
+        "alpha_entropy_uniform": next((s["alpha_entropy_uniform"] for s in searches
+                                       if s.get("alpha_entropy_uniform") is not None), None),
         "search_hours_sum": sum(seconds) / 3600.0, "search_hours_mean": sum(seconds) / 3600.0 / len(rs),
         "device_kind": device_kind, "genotypes": [s.get("genotype") for s in searches],
         "is_random_baseline": method == RANDOM,
@@ -445,7 +449,7 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
   cols = ["method", "seeds", "search val acc (%)"]
   if retrain and space != "nb201":
     cols += ["retrained test acc (%)", "retrained params"]
-  cols += ["supernet params", f"search {h} (sum)", f"search {h} (mean)"]
+  cols += ["final α entropy", "supernet params", f"search {h} (sum)", f"search {h} (mean)"]
   if space == "nb201":
     cols += ["network params (C=16, N=5)", "NB201 benchmark test acc (%)", "disconnected cells",
              "parameter-free cells", "skip_connect share"]
@@ -457,7 +461,10 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
     cells = [name, ", ".join(map(str, r["seeds"])), _fmt(r["search_val_acc"], 100)]
     if retrain and space != "nb201":
       cells += [_fmt(r["retrain_test_acc"], 100), _fmt(r["retrain_params"], 1, 0)]
-    cells += [_fmt(r["supernet_params"], 1, 0), f"{r['search_hours_sum']:.4f}", f"{r['search_hours_mean']:.4f}"]
+    uniform = r.get("alpha_entropy_uniform")
+    entropy = _fmt(r.get("alpha_entropy"), 1, 4) + (f" (uniform {uniform:.4f})" if uniform else "")
+    cells += [entropy, _fmt(r["supernet_params"], 1, 0), f"{r['search_hours_sum']:.4f}",
+              f"{r['search_hours_mean']:.4f}"]
     if space == "nb201":
       cells += [_fmt(r.get("network_params"), 1, 0), _fmt(r.get("benchmark_test_acc")),
                 f"{r.get('disconnected', 0)}/{r['num_runs']}"]

@@ -237,11 +237,13 @@ def test_smoke_comparison_end_to_end(tmp_path):
   assert rows["darts"]["search_val_acc"]["n"] == 2 and rows["darts"]["search_hours_sum"] > 0
   assert rows["random"]["search_hours_sum"] == 0 and rows["random"]["is_random_baseline"]
   assert 0 <= rows["darts"]["skip_share"]["mean"] <= 1
+  assert rows["darts"]["alpha_entropy_uniform"] == pytest.approx(np.log(8))
+  assert 0 < rows["darts"]["alpha_entropy"]["mean"] <= np.log(8) and rows["darts"]["alpha_entropy"]["n"] == 2
   assert loaded["reproducibility"]["seeds"] == [0, 1]
   assert loaded["reproducibility"]["same_protocol"] is True
   assert set(loaded["curves"]["darts"]) == {"darts"}
   md = open(os.path.join(work, "report.md")).read()
-  assert "| darts |" in md and "| random (random-sampling baseline) |" in md
+  assert "| darts |" in md and "| random (random-sampling baseline) |" in md and "(uniform 2.0794)" in md
   assert "Same protocol for all methods: yes" in md and "Seeds: 0, 1" in md
   for seed in (0, 1):
     genotypes.validate(genotypes.from_json(open(os.path.join(
