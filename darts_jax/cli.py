@@ -1,9 +1,11 @@
 """What the `experiments/` entry points share: one-line errors instead of tracebacks, and the final report."""
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sys
-from typing import Callable
+from typing import Callable, List, Optional, Sequence
 
 from darts_jax import parallel
 from darts_jax import workdir as wd
@@ -14,6 +16,123 @@ from darts_jax import xla_setup
 _USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, wd.Diverged, wd.Preempted,
                 parallel.ProcessMismatch)
 PREEMPTED_EXIT = 143   # 128 + SIGTERM, what schedulers expect of a job stopped by SIGTERM
+
+
+def parse_flags(argv: Sequence[str]) -> List[str]:
+  """absl's flag parsing for ``app.run(main, flags_parser=cli.parse_flags)``, with a bad flag as one line
+  ``error: ...`` on stderr and exit status 1 instead of a traceback: an unknown config field
+  (``--config.nosuchfield=3``, which ml_collections reports as a 50-line AttributeError), a value of the wrong
+  type (``--config.epochs=abc``), a config file that cannot be loaded, an unknown or missing flag."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    rest = flags.FLAGS(list(argv))
+    for flag in _config_file_flags(flags.FLAGS):
+      _loaded(flag.value)
+    return rest
+  except (flags.Error, AttributeError, KeyError, IndexError, OSError) as e:
+    msg = _flag_error(flags.FLAGS, list(argv), e)
+    if msg is None:
+      raise
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(1)
+
+
+def _config_file_flags(flag_values) -> list:
+  """The flags of `flag_values` that ml_collections' DEFINE_config_file defined (``--config``)."""
+  from ml_collections.config_flags import config_flags  # pylint: disable=g-import-not-at-top
+  return [f for name, f in flag_values._flags().items()  # pylint: disable=protected-access
+          if name == f.name and isinstance(f.parser, config_flags.ConfigFileFlagParser)]
+
+
+def _loaded(config):
+  """`config` itself; OSError if it stands for a config file that could not be loaded (ml_collections defers
+  that error to the config's first use)."""
+  from ml_collections.config_flags import config_flags  # pylint: disable=g-import-not-at-top
+  if isinstance(config, getattr(config_flags, "_ErrorConfig", ())):
+    config.lock()   # any use raises the deferred OSError
+  return config
+
+
+def _last_line(e: BaseException) -> str:
+  """A multi-line error message's last line (an embedded traceback's exception) without the exception's type;
+  a one-line message as it is."""
+  lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+  if len(lines) <= 1:
+    return lines[0] if lines else type(e).__name__
+  return re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", lines[-1])
+
+
+def _cli_value(argv: Sequence[str], name: str) -> Optional[str]:
+  """The value the last ``--name=V`` or ``--name V`` of `argv` gives, else None."""
+  value = None
+  for i, arg in enumerate(argv):
+    m = re.match(rf"^--?{re.escape(name)}(=(.*))?$", arg)
+    if m:
+      value = m.group(2) if m.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
+  return value
+
+
+def _unknown_field(config, name: str, path: str) -> Optional[str]:
+  """Why ``--name.path`` (``--config.model.C``) names no field of `config`, else None."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  holder, where = config, name
+  for part in path.split("."):
+    key, indexed = part.split("[", 1)[0], "[" in part
+    if not isinstance(holder, ml_collections.ConfigDict):
+      return None   # fields of other objects: left to ml_collections
+    if key not in holder:
+      keys = sorted(holder.keys())
+      close = difflib.get_close_matches(key, keys, n=3)
+      if close:
+        hint = "; did you mean " + " or ".join(f"--{where}.{k}" for k in close) + "?"
+      elif keys:
+        hint = f" (its fields: {', '.join(keys)}); fix or drop the flag"
+      else:
+        hint = f" (it has none); set {where.split('.', 1)[-1]} in the config file"
+      return f"--{name}.{path}: {where} has no field {key!r}{hint}"
+    if indexed:
+      return None   # list entries: left to ml_collections
+    holder, where = holder[key], f"{where}.{key}"
+  return None
+
+
+def _flag_error(flag_values, argv: List[str], e: BaseException) -> Optional[str]:
+  """The one-line message of a flag-parsing error (None: not one this explains)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections.config_flags import config_path  # pylint: disable=g-import-not-at-top
+  for flag in _config_file_flags(flag_values):
+    spec = _cli_value(argv, flag.name)
+    if spec is None:
+      continue
+    try:   # the config again (absl keeps no value of a flag whose parsing failed)
+      config = _loaded(flag.parser.parse(spec))
+    except OSError as load_error:
+      return f"--{flag.name}={spec}: cannot load the config file ({_last_line(load_error)}); check the path"
+    except (TypeError, ValueError) as load_error:   # get_config's own error
+      return f"--{flag.name}={spec}: {_last_line(load_error)}"
+    prefix = re.compile(rf"^--?(no)?{re.escape(flag.name)}\.")
+    for arg in argv:
+      if prefix.match(arg):
+        path = arg.split("=", 1)[0].split(".", 1)[1]
+        why = _unknown_field(config, flag.name, path)
+        if why is not None:
+          return why
+        if isinstance(e, IndexError) and "[" in path:
+          return f"--{flag.name}.{path}: no such list entry ({e}); fix the index"
+    first = str(e).splitlines()[0] if str(e) else ""
+    m = re.match(rf"^flag --{re.escape(flag.name)}\.(\S+?)=(.*?): (.*)$", first)
+    if m and isinstance(e, flags.IllegalFlagValueError):
+      try:
+        kind = config_path.get_type(m.group(1), config)
+        kind = getattr(kind, "__name__", str(kind))
+        kind = f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+      except Exception:  # pylint: disable=broad-except
+        kind = "a value of the field's type"
+      return f"--{flag.name}.{m.group(1)}={m.group(2)}: not {kind} ({m.group(3)}); fix the value"
+  if isinstance(e, flags.Error):
+    msg = _last_line(e).rstrip(". ")
+    return f"{msg[:1].lower()}{msg[1:]}; see --helpshort for the flags"
+  return None
 
 
 def add_process_flags():

@@ -247,7 +247,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   guard = wd.LoopCheckpoints(
       lambda at, seconds: ckpt.save_with_elapsed(at, state, seconds),
       lambda pending, at, good: wd.fetch_finite(pending, at, good, ckpt.directory, "gradients at retrain",
-                                                "lower the learning rate"),
+                                                lower={"lr": config.lr}),
       start, total_steps, ckpt.directory, checkpoint_every)
   try:
     if start < total_steps:

@@ -32,15 +32,8 @@ from darts_jax import supernet
 from darts_jax import workdir as wd
 from darts_jax.search_space import get_space
 
-# Config keys that may change when a run is continued (e.g. asking for a longer log interval, or lower learning
-# rates after NaN/Inf, as `_lower_lrs` advises; `workdir.prepare` records such changes in config_changes.jsonl).
-RESUMABLE_KEYS = ("progress", "log_every", "checkpoint_every", "num_devices", "hparams.w_lr", "hparams.a_lr")
-
-
-def _lower_lrs(hp) -> str:
-  """The advice of a NaN/Inf stop: the learning rates a re-run may lower (`RESUMABLE_KEYS`)."""
-  return (f"re-run with lower learning rates (now w_lr={hp.w_lr:g}, a_lr={hp.a_lr:g}), e.g. "
-          f"--config.hparams.w_lr={hp.w_lr / 10:g} --config.hparams.a_lr={hp.a_lr / 10:g}")
+# Config keys that may change when a run is continued (e.g. asking for a longer log interval).
+RESUMABLE_KEYS = ("progress", "log_every", "checkpoint_every", "num_devices")
 
 
 @dataclasses.dataclass
@@ -245,7 +238,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   guard = wd.LoopCheckpoints(
       lambda at, seconds: ckpt.save_with_elapsed(at, state, seconds),
       lambda pending, at, good: wd.fetch_finite(pending, at, good, ckpt.directory, "parameters at search",
-                                                _lower_lrs(hp)),
+                                                lower={"hparams.w_lr": hp.w_lr, "hparams.a_lr": hp.a_lr}),
       start, total_steps, ckpt.directory, checkpoint_every)
 
   try:
@@ -357,7 +350,8 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
     host = [parallel.host(m) for m in pending]
     per_seed = [[jax.tree.map(lambda x: x[s], m) for m in host] for s in range(len(configs))]
     return [wd.fetch_finite(ms, at_step, last_good, ck.directory, f"parameters at search (seed {c.seed})",
-                            _lower_lrs(hp)) for ms, ck, c in zip(per_seed, ckpts, configs)]
+                            lower={"hparams.w_lr": hp.w_lr, "hparams.a_lr": hp.a_lr})
+            for ms, ck, c in zip(per_seed, ckpts, configs)]
 
   def save(at_step, seconds):
     for ck, st in zip(ckpts, seed_states()):

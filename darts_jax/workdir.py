@@ -6,20 +6,29 @@ Layout (search and retrain alike)::
   workdir/metrics.jsonl      one JSON object per logged step/epoch (truncated to the checkpoint on resume)
   workdir/tensorboard/       TensorBoard event files of the same scalars
   workdir/checkpoints/<step> orbax checkpoints of the whole training state (the newest two are kept)
+  workdir/checkpoints_damaged/<step>  a checkpoint that failed to restore, moved aside (the run resumed
+                             from the previous one)
+  workdir/diverged.json      after a NaN/Inf stop: the learning-rate keys the next re-run may change
+  workdir/config_changes.jsonl  what a re-run changed in config.json (resumable keys), and from what
   workdir/...                exports (genotype.json, genotype.txt, cells.png/.svg, alphas.png, summary.json)
 
-Re-running the same command on the same workdir resumes from the newest checkpoint.
+Re-running the same command on the same workdir resumes from the newest checkpoint that restores.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import tempfile
+import time
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+
+
+DIVERGED_FILE = "diverged.json"   # beside checkpoints/: which config keys a re-run after NaN/Inf may change
 
 
 class WorkdirError(ValueError):
@@ -110,29 +119,59 @@ def _jsonable(x: Any) -> Any:
   return x
 
 
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+  """``{"hparams": {"a_lr": 1}}`` -> ``{"hparams.a_lr": 1}`` (an empty mapping stays a value)."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping) and v:
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
 def prepare(workdir: str, config_dict: Mapping[str, Any], ignore: Iterable[str] = (), write: bool = True) -> bool:
   """Creates `workdir` and records the config; returns True if the workdir already holds this run.
 
   Raises `WorkdirError` when the workdir holds a run with a different config (keys in `ignore`, e.g. the
-  number of epochs to go on for, may differ). ``write=False`` (the other processes of a multi-process run)
-  only checks.
+  number of epochs to go on for, may differ; a dotted key such as ``hparams.a_lr`` names a nested field).
+  After a NaN/Inf stop the learning-rate keys `fetch_finite` recorded in ``diverged.json`` may differ too,
+  once. What changed, and from what, is appended to ``config_changes.jsonl``. ``write=False`` (the other
+  processes of a multi-process run) only checks.
   """
   path = os.path.join(workdir, "config.json")
   config_dict = _jsonable(config_dict)
+  marker = os.path.join(workdir, DIVERGED_FILE)
+  diverged = None
+  if os.path.exists(marker):   # read before config.json: process 0 rewrites that first, then removes this
+    try:
+      with open(marker) as f:
+        diverged = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      diverged = None
   if os.path.exists(path):
     with open(path) as f:
       try:
         old = json.load(f)
       except json.JSONDecodeError as e:
         raise WorkdirError(f"{path} is not valid JSON ({e}); use another --workdir") from None
-    strip = lambda d: {k: v for k, v in d.items() if k not in set(ignore)}
-    if strip(old) != strip(config_dict):
-      diff = sorted(k for k in set(old) | set(config_dict) if k not in set(ignore) and
-                    old.get(k) != config_dict.get(k))
+    ignore = set(ignore) | set((diverged or {}).get("may_change", ()))
+    skip = lambda k: any(k == i or k.startswith(i + ".") for i in ignore)
+    old_flat, new_flat = _flatten(old), _flatten(config_dict)
+    changed = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
+    diff = [k for k in changed if not skip(k)]
+    if diff:
       raise WorkdirError(f"{workdir} holds a run with a different config (differs in: {', '.join(diff)}); "
                          "use a new --workdir or the same config to resume")
     if write:
+      if changed:
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "changed": {k: [old_flat.get(k), new_flat.get(k)] for k in changed}}
+        with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+          f.write(json.dumps(record) + "\n")
       atomic_write(path, json.dumps(config_dict, indent=2, sort_keys=True))
+      if diverged is not None:
+        os.remove(marker)   # this re-run goes on; another NaN/Inf writes it again
     return True
   os.makedirs(workdir, exist_ok=True)
   if write:
@@ -190,6 +229,80 @@ def read_metrics(path: str) -> list[Dict[str, Any]]:
   return out
 
 
+def _first_line(e: object, limit: int = 160) -> str:
+  line = next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)
+  return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+class _quiet_orbax:  # pylint: disable=invalid-name
+  """Silences what a failing orbax restore prints besides its exception: absl ERROR lines, asyncio's
+  "exception was never retrieved" tracebacks of the other arrays' reads, "never awaited" warnings and
+  TensorStore's callbacks into the closed event loop (`_drop_closed_loop_callbacks`)."""
+
+  def __enter__(self):
+    import logging  # pylint: disable=g-import-not-at-top
+    import warnings  # pylint: disable=g-import-not-at-top
+    self._loggers = [logging.getLogger(n) for n in ("absl", "asyncio")]
+    self._levels = [l.level for l in self._loggers]
+    for l in self._loggers:
+      l.setLevel(logging.CRITICAL)
+    self._warnings = warnings.catch_warnings()
+    self._warnings.__enter__()
+    warnings.simplefilter("ignore", RuntimeWarning)
+    self._hook = sys.unraisablehook
+    sys.unraisablehook = _drop_closed_loop_callbacks(self._hook)
+    return self
+
+  def __exit__(self, *exc):
+    import gc  # pylint: disable=g-import-not-at-top
+    if exc[0] is not None:
+      exc[1].__traceback__ = None   # drop the failed reads' frames, then collect their futures while quiet
+      gc.collect()
+      # The rest of the failed reads end later: the hook stays, and asyncio's logger drops what they log.
+      asyncio_log = self._loggers[1]
+      if not any(isinstance(f, _UnretrievedReads) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_UnretrievedReads())
+    else:
+      sys.unraisablehook = self._hook
+    self._warnings.__exit__(None, None, None)
+    for l, level in zip(self._loggers, self._levels):
+      l.setLevel(level)
+    return False
+
+
+class _UnretrievedReads:
+  """A filter of the asyncio logger: drops "Task/Future exception was never retrieved" of the reads of a failed
+  orbax restore (the restore itself has raised and been reported)."""
+
+  def filter(self, record) -> bool:
+    text = record.getMessage()
+    return not ("exception was never retrieved" in text and
+                any(w in text for w in ("deserialize", "OCDBT", "tensorstore")))
+
+
+def _drop_closed_loop_callbacks(previous):
+  """An unraisable-exception hook that drops what a failed orbax restore leaves behind and passes the rest to
+  `previous`: TensorStore still finishes the reads of the other arrays on its threads and calls back into the
+  restore's event loop, closed by then, each callback printing a "RuntimeError: Event loop is closed"
+  traceback (hundreds for a search state)."""
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+      return
+    previous(unraisable)
+  return hook
+
+
+def _restore_error(e: BaseException) -> str:
+  """What a failed restore says, short: TensorStore's innermost file and reason when it names one."""
+  msg = str(e)
+  at = msg.rfind('local file "')
+  if at >= 0:
+    path, _, reason = msg[at + len('local file "'):].partition('": ')
+    return _first_line(f"{path}: {reason.split(' [tensorstore_spec')[0]}", 300)
+  return _first_line(f"{type(e).__name__}: {msg}" if msg else type(e).__name__)
+
+
 class Checkpoints:
   """Orbax checkpoints of a training-state pytree under ``workdir/checkpoints`` (atomic; newest two kept).
 
@@ -215,14 +328,56 @@ class Checkpoints:
     return self._manager.restore(step, args=self._ocp.args.StandardRestore(target))
 
   def restore_or_init(self, state: Any, rebuild: Callable[[Any], Any] = lambda s: s) -> Tuple[Any, int, float]:
-    """(state, step, elapsed seconds) of the newest checkpoint, else (`state`, 0, 0.0). `rebuild` turns the
-    restored state back into its type (a NamedTuple comes back as a tuple)."""
-    start = self.latest_step() or 0
-    if not start:
-      return state, 0, 0.0
+    """(state, step, elapsed seconds) of the newest checkpoint that restores, else (`state`, 0, 0.0). `rebuild`
+    turns the restored state back into its type (a NamedTuple comes back as a tuple).
+
+    A newer checkpoint that fails to restore (truncated or corrupted files) is reported in one ``warning:``
+    line and moved to ``workdir/checkpoints_damaged/<step>``, so the run goes on from the previous one and can
+    save that step again; when none restores, `WorkdirError` says so and nothing is moved. With several
+    processes every process takes the same decision (a checkpoint is damaged if it failed on any of them)."""
+    from darts_jax import parallel  # pylint: disable=g-import-not-at-top
     extra = {"elapsed": np.zeros((), np.float64)}
-    restored = self.restore({"state": state, "extra": extra}, start)
-    return rebuild(restored["state"]), start, float(restored["extra"]["elapsed"])
+    damaged = []   # (step, why)
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      why = None
+      try:
+        with _quiet_orbax():
+          restored = self.restore({"state": state, "extra": extra}, step)
+      except Exception as e:  # pylint: disable=broad-except  # orbax/TensorStore raise many kinds
+        why = _restore_error(e)
+      if not parallel.any_process(why is not None):
+        if damaged:
+          self._set_aside([s for s, _ in damaged])
+          if parallel.is_main():
+            steps = " and ".join(str(s) for s, _ in damaged)
+            print(f"warning: the checkpoint of step {steps} in {self.directory} is damaged ({damaged[0][1]}); "
+                  f"moved it to {self.damaged_directory}, resuming from step {step}", file=sys.stderr)
+        return rebuild(restored["state"]), step, float(restored["extra"]["elapsed"])
+      damaged.append((step, why or "failed to restore on another process"))
+    if damaged:
+      steps = ("steps " if len(damaged) > 1 else "step ") + " and ".join(str(s) for s, _ in damaged)
+      raise WorkdirError(f"no usable checkpoint in {self.directory}: {steps} failed to restore "
+                         f"({damaged[0][1]}); delete {self.directory} to start this run over, or use a new "
+                         "--workdir")
+    return state, 0, 0.0
+
+  @property
+  def damaged_directory(self) -> str:
+    return os.path.join(os.path.dirname(self.directory), "checkpoints_damaged")
+
+  def _set_aside(self, steps: Sequence[int]) -> None:
+    """Moves the checkpoints of `steps` out of orbax's directory (process 0; all processes wait for it)."""
+    from darts_jax import parallel  # pylint: disable=g-import-not-at-top
+    if parallel.is_main():
+      os.makedirs(self.damaged_directory, exist_ok=True)
+      for step in steps:
+        target = os.path.join(self.damaged_directory, str(step))
+        n = 1
+        while os.path.exists(target):
+          target, n = os.path.join(self.damaged_directory, f"{step}.{n}"), n + 1
+        os.replace(os.path.join(self.directory, str(step)), target)
+    parallel.any_process(False)   # a barrier: the move is done before any process reloads the step list
+    self._manager.reload()
 
   def save_with_elapsed(self, step: int, state: Any, elapsed: float) -> None:
     """Saves `state` and the run's elapsed seconds (read back by `restore_or_init`)."""
@@ -233,16 +388,33 @@ class Checkpoints:
 
 
 def fetch_finite(pending: Sequence[Mapping[str, Any]], step: int, last_good: int, directory: str,
-                 phase: str, advice: str) -> list:
+                 phase: str, advice: str = "", lower: Optional[Mapping[str, float]] = None) -> list:
   """The per-step metrics `pending` (device values; the last one is of `step`) on the host. Raises `Diverged`
-  naming the first step whose ``finite`` flag is false and the last good checkpoint, which stays in place."""
+  naming the first step whose ``finite`` flag is false and the last good checkpoint (`last_good`, 0: none
+  saved yet), which stays in `directory` (the run's ``workdir/checkpoints``).
+
+  lower: the config keys of the learning rates and their values (``{"hparams.a_lr": 3e-4}``): the message
+  suggests a tenth of each, and ``workdir/diverged.json`` lets a re-run change exactly these keys (`prepare`)
+  to resume from the last good checkpoint.
+  """
   from darts_jax import parallel  # pylint: disable=g-import-not-at-top
   fetched = [parallel.host(m) for m in pending]
   for i, m in enumerate(fetched):
     if not bool(m["finite"]):
       bad = step - len(fetched) + i + 1
-      raise Diverged(f"non-finite loss or {phase} step {bad}; the last good checkpoint (step {last_good}) "
-                     f"is kept in {directory}; {advice}")
+      kept = (f"the last good checkpoint (step {last_good}) is kept in {directory}" if last_good else
+              "no checkpoint was saved before it")
+      then = f"to resume from step {last_good}" if last_good else "to start over"
+      if lower:
+        now = ", ".join(f"{k.rsplit('.', 1)[-1]}={float(v):g}" for k, v in lower.items())
+        tenth = lambda v: f"{v / 10:g}" if math.isfinite(v) and v > 0 else "<a finite value>"
+        flags_ = " ".join(f"--config.{k}={tenth(float(v))}" for k, v in lower.items())
+        what = "lower learning rates" if len(lower) > 1 else "a lower learning rate"
+        advice = f"re-run with {what} {then}, e.g. {flags_} (now {now})"
+        if parallel.is_main():
+          write_json(os.path.join(os.path.dirname(directory), DIVERGED_FILE),
+                     {"step": bad, "last_good": last_good, "may_change": list(lower), "values": dict(lower)})
+      raise Diverged(f"non-finite loss or {phase} step {bad}; {kept}; {advice or 'lower the learning rates'}")
   return fetched
 
 

@@ -13,6 +13,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from darts_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "comparison config file (path[:arg])", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "work directory (created; finished runs in it are reused)")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -32,9 +34,8 @@ def _compare_and_report(config, workdir):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from darts_jax import cli  # pylint: disable=g-import-not-at-top
   return cli.run(lambda: _compare_and_report(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  sys.exit(app.run(main, flags_parser=cli.parse_flags))

@@ -2,8 +2,9 @@
 
 A dataset is held as a uint8 NHWC numpy array of images and an int32 array of labels. Names:
 
-* ``fashion_mnist``: the four gzip IDX files, read from ``data_dir``, ``$DARTS_JAX_FASHION_MNIST_DIR`` or
-  ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``), else from TFDS.
+* ``fashion_mnist``: the four gzip IDX files, read from ``$DARTS_JAX_FASHION_MNIST_DIR`` or
+  ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``), else from TFDS; an explicit
+  ``data_dir`` is the only place looked in (its IDX files or a TFDS copy there), or an error names it.
 * any TFDS image-classification name (``cifar10``, ``cifar100``, ``svhn_cropped``, ``mnist``, ...).
 * ``npz:/path/file.npz`` with arrays ``x``, ``y`` and optionally ``x_test``, ``y_test``.
 * ``folder:/path`` laid out as ``path/{train,test}/<class_name>/<image>``.
@@ -128,8 +129,9 @@ def load_dataset(name: str, split: str, data_dir: str | None = None, download: b
   Args:
     name: ``fashion_mnist``, a TFDS image-classification name, ``npz:/path/file.npz`` or ``folder:/path``.
     split: "train" or "test".
-    data_dir: for ``fashion_mnist``, a folder holding the IDX files (searched first), also used as the TFDS
-      data directory; for TFDS names, the TFDS data directory (TFDS' default if None).
+    data_dir: for ``fashion_mnist``, the folder holding the IDX files or a TFDS copy (the only place looked in:
+      without them there, `DataError` names it); for TFDS names, the TFDS data directory (TFDS' default if
+      None).
     download: let TFDS download and prepare the data if it is not prepared yet (needs internet).
 
   Returns:
@@ -153,8 +155,10 @@ def load_dataset(name: str, split: str, data_dir: str | None = None, download: b
 
 
 def fashion_mnist_dirs(data_dir: str | None = None) -> list[str]:
-  """The folders searched for the Fashion-MNIST IDX files, in order."""
-  dirs = [data_dir, os.environ.get(FASHION_MNIST_ENV), FASHION_MNIST_DEFAULT_DIR]
+  """The folders searched for the Fashion-MNIST IDX files, in order (an explicit `data_dir` alone)."""
+  if data_dir:
+    return [os.path.expanduser(data_dir)]
+  dirs = [os.environ.get(FASHION_MNIST_ENV), FASHION_MNIST_DEFAULT_DIR]
   return list(dict.fromkeys(os.path.expanduser(d) for d in dirs if d))
 
 
@@ -167,21 +171,39 @@ def _find_idx(folder: str, stem: str) -> str | None:
 
 
 def _load_fashion_mnist(split: str, data_dir: str | None, download: bool) -> Dataset:
-  searched = fashion_mnist_dirs(data_dir)
+  if data_dir:
+    return _load_fashion_mnist_from(split, os.path.expanduser(data_dir), download)
+  searched = fashion_mnist_dirs()
   for folder in searched:
     paths = [_find_idx(folder, stem) for stem in _FASHION_MNIST_FILES[split]]
     if all(paths):
       return load_idx_pair(paths[0], paths[1], name="fashion_mnist", num_classes=10,
                            class_names=FASHION_MNIST_CLASSES)
   try:
-    return _load_tfds("fashion_mnist", split, data_dir, download)
+    return _load_tfds("fashion_mnist", split, None, download)
   except DataError as e:
     if download:
       raise
     raise DataError(
         f"Fashion-MNIST {split} IDX files not found in {', '.join(searched)} and TFDS has no prepared copy "
-        f"({_tfds_dir(data_dir)}): run `apt-get install dataset-fashion-mnist`, set {FASHION_MNIST_ENV} or "
+        f"({_tfds_dir(None)}): run `apt-get install dataset-fashion-mnist`, set {FASHION_MNIST_ENV} or "
         f"pass data_dir=<folder with the *-ubyte.gz files>") from e
+
+
+def _load_fashion_mnist_from(split: str, folder: str, download: bool) -> Dataset:
+  """Fashion-MNIST from an explicit `data_dir` only: its IDX files, else a TFDS copy prepared there (or
+  downloaded there with `download`); never another folder, whose data would not be the data asked for."""
+  paths = [_find_idx(folder, stem) for stem in _FASHION_MNIST_FILES[split]]
+  if all(paths):
+    return load_idx_pair(paths[0], paths[1], name="fashion_mnist", num_classes=10,
+                         class_names=FASHION_MNIST_CLASSES)
+  if download or os.path.isdir(os.path.join(folder, "fashion_mnist")):   # TFDS' layout: <dir>/<name>/<version>
+    return _load_tfds("fashion_mnist", split, folder, download)
+  state = "does not exist" if not os.path.exists(folder) else "holds neither them nor a TFDS fashion_mnist copy"
+  files = " and ".join(f"{stem}[.gz]" for stem in _FASHION_MNIST_FILES[split])
+  others = ", ".join(d for d in (os.environ.get(FASHION_MNIST_ENV), FASHION_MNIST_DEFAULT_DIR) if d)
+  raise DataError(f"data_dir={folder} has no Fashion-MNIST {split} files ({files}): it {state}; put them "
+                  f"there, or leave data_dir empty to read {others} (`apt-get install dataset-fashion-mnist`)")
 
 
 def load_idx_pair(images_path: str, labels_path: str, name: str, num_classes: int | None = None,
