@@ -182,6 +182,7 @@ def search_and_report(config, workdir: str) -> dict:
   if not parallel.is_main():
     return summary
   print(f"genotype: {summary['genotype']}")
+  print(f"final α entropy: {summary['alpha_entropy']:.5f} (uniform: {summary['alpha_entropy_uniform']:.5f})")
   print(f"search time: {summary['search_seconds']:.1f} s; supernet val accuracy: {summary['val_acc']}")
   names = [n for n in ("genotype.json", "genotype.txt", "cells_normal.png", "cells_reduce.png", "cell.png",
                         "alphas.png")

@@ -247,6 +247,7 @@ def test_cli_nan_exit_2_then_lower_lr_resumes_then_damaged_checkpoint_falls_back
   _damage(os.path.join(workdir, "checkpoints", "2"))
   rc, err = run("--config.hparams.a_lr=3e-4")
   assert rc == 0, err[-3000:]
-  warnings = [l for l in err.splitlines() if l.strip() and not l.startswith(("genotype:", "search time:"))]
+  report = ("genotype:", "final α entropy:", "search time:")
+  warnings = [l for l in err.splitlines() if l.strip() and not l.startswith(report)]
   assert len(warnings) == 1 and warnings[0].startswith("warning: ") and "step 1" in warnings[0], err[-3000:]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]

@@ -109,6 +109,8 @@ def test_fashion_search_artifacts_resume_sigkill_and_sigterm(tmp_path):
   resumed = _script(killed)
   out, err = resumed.communicate(timeout=900)
   assert resumed.returncode == 0, err[-2000:]
+  summary_killed = json.load(open(os.path.join(killed, "summary.json")))
+  assert f"final α entropy: {summary_killed['alpha_entropy']:.5f} (uniform: {np.log(8):.5f})" in out, out
   steps = [r["step"] for r in wd.read_metrics(os.path.join(killed, "metrics.jsonl")) if r["phase"] == "search"]
   assert steps == sorted(set(steps)), "resumed log repeats or skips steps"
   read = lambda d, f: open(os.path.join(d, f)).read()
