@@ -151,6 +151,12 @@ def test_two_processes_end_with_the_one_process_result_and_resume_after_sigkill(
   assert summary["num_processes"] == 2 and summary["num_devices"] == 2
   assert _read(straight, "genotype.txt") == _read(one_device_run, "genotype.txt")
   _alphas_close(straight, one_device_run)
+  # One process with the same 2-device mesh reduces in the same order: bit for bit.
+  mesh2 = str(tmp_path / "one_process_two_devices")
+  proc = subprocess.run(_search_cmd(mesh2), env=_env(devices=2), capture_output=True, text=True, timeout=900,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _read(mesh2, "alphas.json") == _read(straight, "alphas.json")
   records = wd.read_metrics(os.path.join(straight, "metrics.jsonl"))
   steps = [r["step"] for r in records if r["phase"] == "search"]
   assert steps == sorted(set(steps)), "two processes wrote the log"
