@@ -265,7 +265,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
           val_loss, val_acc = evaluate(eval_fn, state, train, val_eval_idx, config.batch_size, mean, std, put_eval)
           alphas = parallel.host(state.alphas)
           opw = jax.device_get(method.op_weights(alphas, space))
-          arch = method.derive(alphas, space)
+          arch = method.derive(alphas, space, key=k_derive)   # the key: RS-WS' and random's derive sample
           log.write(step, {"phase": "epoch", "epoch": epoch, "val_loss": val_loss, "val_acc": val_acc,
                            "alpha_entropy": _entropy(opw), "genotype": arch_text(arch),
                            "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
@@ -383,7 +383,7 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
             opw = jax.device_get(method.op_weights(st.alphas, space))
             log.write(step, {"phase": "epoch", "epoch": step // steps_per_epoch - 1, "val_loss": val_loss,
                              "val_acc": val_acc, "alpha_entropy": _entropy(opw),
-                             "genotype": arch_text(method.derive(st.alphas, space)),
+                             "genotype": arch_text(method.derive(st.alphas, space, key=derive_keys[s])),
                              "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
                              "seconds_per_step": seconds / max(epoch_steps, 1) / len(configs),
                              "elapsed": elapsed / len(configs)})
@@ -434,7 +434,7 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
         tot += float(c)
         count += float(n)
       return tot / max(count, 1)
-    arch, _ = method.select(key, space, score, config.get("num_candidates", 100))
+    arch = method.select(key, space, score, config.get("num_candidates", 100)).best
   else:
     arch = method.derive(alphas, space, key=key)
   parallel.check_same_on_all_processes(alphas, arch_text(arch), "α or architecture")
