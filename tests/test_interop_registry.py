@@ -11,16 +11,12 @@ import pathlib
 import numpy as np
 import pytest
 
-from darts_jax import genotypes, interop
+from darts_jax import genotypes
+from test_networks import assert_matches_reference  # pylint: disable=g-import-not-at-top
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "networks"
 FILES = sorted(FIXTURES.glob("eval_*.npz"))
 KINDS = ("eval_cifar", "eval_imagenet")
-
-
-def _rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 def _genotype(f):
@@ -29,15 +25,7 @@ def _genotype(f):
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
 def test_fixture_matches_reference(path):
-  f = np.load(path)
-  inputs = {k: f[k] for k in f.files if not k.startswith("out/")}
-  out = interop.compute_reference_outputs(inputs)
-  for key in ("logits_eval", "logits_train", "logits_aux_train"):
-    assert out[key].shape == f[f"out/{key}"].shape, key
-    err = _rel(out[key], f[f"out/{key}"])
-    assert err <= 1e-4, (key, err)
-  assert out["num_params"] == int(f["out/num_params"])
-  assert out["num_params_auxiliary"] == int(f["out/num_params_auxiliary"])
+  assert_matches_reference(np.load(path))
 
 
 def test_every_registry_genotype_has_fixtures():

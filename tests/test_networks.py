@@ -60,8 +60,9 @@ def _independent_count(genotype, C, num_classes, layers, kind, in_channels=3):
   return total, aux
 
 
-def test_cifar_matches_reference(reference_file):
-  f = np.load(reference_file("eval_cifar_darts_v2.npz"))
+def assert_matches_reference(f):
+  """The network an eval fixture describes reproduces its logits (1e-4) and parameter counts; returns the
+  fixture's inputs."""
   inputs = {k: f[k] for k in f.files if not k.startswith("out/")}
   out = interop.compute_reference_outputs(inputs)
   for key in ("logits_eval", "logits_train", "logits_aux_train"):
@@ -70,6 +71,12 @@ def test_cifar_matches_reference(reference_file):
     assert err <= 1e-4, (key, err)
   assert out["num_params"] == int(f["out/num_params"])
   assert out["num_params_auxiliary"] == int(f["out/num_params_auxiliary"])
+  return inputs
+
+
+def test_cifar_matches_reference(reference_file):
+  f = np.load(reference_file("eval_cifar_darts_v2.npz"))
+  inputs = assert_matches_reference(f)
   # The weights must match the configuration exactly.
   state = interop.fixture_state_dict(inputs)
   bad = NetworkConfig(str(f["genotype"]), C=8, num_classes=10, layers=5, auxiliary=True)

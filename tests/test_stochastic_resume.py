@@ -30,27 +30,7 @@ FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 # The multi-seed step on a toy network (tests/test_methods.py's stand-in for the supernet).
 
 
-def _toy_init(key, space=DARTS_SPACE, hidden=6, classes=3):
-  ks = jax.random.split(key, 4)
-  params = {"embed": 0.3 * jax.random.normal(ks[0], (8 * 8 * 3, hidden)),
-            "cls": 0.3 * jax.random.normal(ks[1], (hidden, classes))}
-  for i, c in enumerate(M.cell_names(space)):
-    params[c] = 0.5 * jax.random.normal(ks[2 + i], (space.num_edges, space.num_ops, hidden, hidden))
-  return params
-
-
-def _toy_apply(params, x, arch_weights):
-  f = jnp.tanh(x.reshape(x.shape[0], -1) @ params["embed"])
-  h = 0.0
-  for c in ("normal", "reduce"):
-    if c in arch_weights:
-      h = h + jnp.einsum("eo,beok->bk", arch_weights[c],
-                         jnp.tanh(jnp.einsum("bh,eohk->beok", f, params[c])))
-  return jnp.tanh(f + h) @ params["cls"]
-
-
-def _batch(key, n=4, classes=3):
-  return {"image": jax.random.normal(key, (n, 8, 8, 3)), "label": jnp.arange(n) % classes}
+from test_methods import _batch, _toy_apply, _toy_init  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _separate_state(method, hp, seed):
