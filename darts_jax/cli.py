@@ -22,19 +22,50 @@ def parse_flags(argv: Sequence[str]) -> List[str]:
   """absl's flag parsing for ``app.run(main, flags_parser=cli.parse_flags)``, with a bad flag as one line
   ``error: ...`` on stderr and exit status 1 instead of a traceback: an unknown config field
   (``--config.nosuchfield=3``, which ml_collections reports as a 50-line AttributeError), a value of the wrong
-  type (``--config.epochs=abc``), a config file that cannot be loaded, an unknown or missing flag."""
+  type (``--config.epochs=abc``), a config file that cannot be loaded, an unknown or missing flag.
+
+  ``--config.method_kwargs.NAME=VALUE`` sets the search method's option NAME (`methods.get_method`), which the
+  config's empty ``method_kwargs`` block cannot declare in advance; VALUE is a Python literal or a string."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  argv, options = _method_options(list(argv))
+  saved_argv, sys.argv = sys.argv, argv   # ml_collections reads the config's overrides from sys.argv
   try:
-    rest = flags.FLAGS(list(argv))
+    rest = flags.FLAGS(argv)
     for flag in _config_file_flags(flags.FLAGS):
-      _loaded(flag.value)
+      config = _loaded(flag.value)
+      for name, value in options.get(flag.name, {}).items():
+        if "method_kwargs" not in config:
+          print(f"error: --{flag.name}.method_kwargs.{name}: {flag.name} has no field 'method_kwargs'",
+                file=sys.stderr)
+          sys.exit(1)
+        with config.unlocked():
+          config.method_kwargs[name] = value
     return rest
   except (flags.Error, AttributeError, KeyError, IndexError, OSError) as e:
-    msg = _flag_error(flags.FLAGS, list(argv), e)
+    msg = _flag_error(flags.FLAGS, argv, e)
     if msg is None:
       raise
+  finally:
+    sys.argv = saved_argv
   print(f"error: {msg}", file=sys.stderr)
   sys.exit(1)
+
+
+def _method_options(argv: List[str]):
+  """`argv` without its ``--FLAG.method_kwargs.NAME=VALUE`` arguments, and {FLAG: {NAME: value}}."""
+  import ast  # pylint: disable=g-import-not-at-top
+  rest, options = [], {}
+  for arg in argv:
+    m = re.match(r"^--?([A-Za-z_]\w*)\.method_kwargs\.([A-Za-z_]\w*)=(.*)$", arg)
+    if not m:
+      rest.append(arg)
+      continue
+    try:
+      value = ast.literal_eval(m.group(3))
+    except (ValueError, SyntaxError):
+      value = m.group(3)
+    options.setdefault(m.group(1), {})[m.group(2)] = value
+  return rest, options
 
 
 def _config_file_flags(flag_values) -> list:
@@ -88,7 +119,8 @@ def _unknown_field(config, name: str, path: str) -> Optional[str]:
       elif keys:
         hint = f" (its fields: {', '.join(keys)}); fix or drop the flag"
       else:
-        hint = f" (it has none); set {where.split('.', 1)[-1]} in the config file"
+        hint = (f" (it has none); write --{where}.{key}=VALUE, with '='" if where.endswith(".method_kwargs")
+                else f" (it has none); set {where.split('.', 1)[-1]} in the config file")
       return f"--{name}.{path}: {where} has no field {key!r}{hint}"
     if indexed:
       return None   # list entries: left to ml_collections

@@ -87,7 +87,7 @@ def cell_ops(genotype: Any) -> Optional[List[str]]:
       genotype = genotypes.from_dict(genotype)
   except Exception:  # pylint: disable=broad-except  (anything else: not a cell)
     return None
-  return [op for op, _ in genotype.normal]
+  return [op for op, _, _ in genotypes.cell_edges(genotype, "normal")]
 
 
 def parameter_free(genotype: Any) -> Optional[bool]:

@@ -6,8 +6,14 @@ repositories or from reference search logs load unchanged with `parse`. Each cel
 edges per intermediate node; inputs and concat entries are state indices (0 and 1 are the cell inputs
 c_{k-2} and c_{k-1}, 2.. the intermediate nodes).
 
+FairDARTS' threshold parse (its ``DCOCell`` form) writes ``(op_name, node, input)`` triples instead: any number
+of edges per node, a node without edges is absent, and the cell's output concatenates the nodes that have
+edges (the concat fields are kept as written, e.g. FairDARTS' ``range(2, 6)``). `cell_edges` and `cell_nodes`
+read either form; `derive_threshold` makes the triple form from σ(α).
+
 This module also holds:
   * `derive_genotype`: the DARTS discretization of architecture weights α (``model_search.py`` ``genotype()``).
+  * `derive_threshold`: FairDARTS' threshold discretization (``utils.py`` ``parse``), which can drop edges.
   * `random_genotype`: the uniformly random baseline.
   * `PUBLISHED` / `SOURCES`: published genotypes with their citations, looked up by `get_genotype` and
     `resolve_genotype` (which also takes a JSON/text file or genotype text).
@@ -55,7 +61,9 @@ class Genotype(NamedTuple):
 
   @property
   def steps(self) -> int:
-    """Number of intermediate nodes of the normal cell."""
+    """Number of intermediate nodes of the normal cell (the triple form: its highest node or concat entry)."""
+    if is_sparse(self):
+      return max([n for _, n, _ in self.normal] + list(self.normal_concat) + [1]) - 1
     return len(self.normal) // 2
 
   def to_text(self) -> str:
@@ -75,29 +83,69 @@ def _one_line(text: str, limit: int = 80) -> str:
 
 def make_genotype(normal: Iterable[Sequence[Any]], normal_concat: Iterable[int],
                   reduce: Iterable[Sequence[Any]], reduce_concat: Iterable[int]) -> Genotype:
-  """Builds a `Genotype` in canonical form: lists of ``(str, int)`` tuples and lists of ints.
+  """Builds a `Genotype` in canonical form: lists of ``(str, int)`` tuples (or ``(str, int, int)`` triples,
+  FairDARTS' form) and lists of ints.
 
   Accepts tuples, ranges and numpy integers, so genotypes built elsewhere compare equal to parsed ones.
   """
-  def ops(seq: Iterable[Sequence[Any]], field: str) -> list[tuple[str, int]]:
+  def is_int(x):
+    return not isinstance(x, bool) and isinstance(x, (int, np.integer))
+
+  def ops(seq: Iterable[Sequence[Any]], field: str) -> list[tuple]:
     out = []
     for item in seq:
-      if (not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str)
-          or isinstance(item[1], bool) or not isinstance(item[1], (int, np.integer))):
-        raise GenotypeError(f"malformed edge in {field}: expected (op_name, input_index), got {item!r}")
-      out.append((str(item[0]), int(item[1])))
+      if (not isinstance(item, (tuple, list)) or len(item) not in (2, 3) or not isinstance(item[0], str)
+          or not all(is_int(x) for x in item[1:])):
+        raise GenotypeError(f"malformed edge in {field}: expected (op_name, input_index) or "
+                            f"(op_name, node, input_index), got {item!r}")
+      out.append((str(item[0]),) + tuple(int(x) for x in item[1:]))
     return out
 
   def concat(seq: Iterable[int], field: str) -> list[int]:
     out = []
     for x in seq:
-      if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+      if not is_int(x):
         raise GenotypeError(f"malformed {field}: expected a list of ints, got {x!r}")
       out.append(int(x))
     return out
 
-  return Genotype(ops(normal, "normal"), concat(normal_concat, "normal_concat"),
-                  ops(reduce, "reduce"), concat(reduce_concat, "reduce_concat"))
+  g = Genotype(ops(normal, "normal"), concat(normal_concat, "normal_concat"),
+               ops(reduce, "reduce"), concat(reduce_concat, "reduce_concat"))
+  if len({len(e) for e in g.normal + g.reduce}) > 1:
+    raise GenotypeError("malformed genotype: mixes (op, input) pairs and (op, node, input) triples; use one form")
+  return g
+
+
+def is_sparse(g: Genotype) -> bool:
+  """Whether `g` is in FairDARTS' ``(op_name, node, input)`` form (any number of edges per node; a genotype
+  without any edge, which a threshold parse can give, counts as that form)."""
+  edges = list(g.normal) + list(g.reduce)
+  return any(len(e) == 3 for e in edges) or not edges
+
+
+def cell_edges(g: Genotype, which: str) -> list[tuple[str, int, int]]:
+  """The `which` cell's ``(op_name, node, input)`` edges, node by node, that the network computes.
+
+  Pair form: two per node in order. Triple form (FairDARTS' ``DCOCell``): in node order (stable), without the
+  edges whose input is an intermediate node that has no edge of its own (``DCOCell`` skips them), repeatedly.
+  """
+  ops = getattr(g, which)
+  if not is_sparse(g):
+    return [(op, 2 + e // 2, j) for e, (op, j) in enumerate(ops)]
+  present, kept = set(), []
+  for op, node, j in sorted(ops, key=lambda e: e[1]):
+    if j < 2 or j in present:
+      kept.append((op, node, j))
+      present.add(node)
+  return kept
+
+
+def cell_nodes(g: Genotype, which: str) -> list[int]:
+  """The states the `which` cell concatenates into its output: its concat field in the pair form; in the
+  triple form the nodes with edges (`cell_edges`), in order, as FairDARTS' ``DCOCell`` does."""
+  if not is_sparse(g):
+    return list(getattr(g, which + "_concat"))
+  return sorted({node for _, node, _ in cell_edges(g, which)})
 
 
 def canonical(g: Genotype) -> Genotype:
@@ -129,17 +177,18 @@ def _literal_int(node: ast.AST, what: str) -> int:
                       f"{_one_line(ast.unparse(node))!r}")
 
 
-def _parse_ops(node: ast.AST, field: str) -> list[tuple[str, int]]:
+def _parse_ops(node: ast.AST, field: str) -> list[tuple]:
   if not isinstance(node, (ast.List, ast.Tuple)):
     raise GenotypeError(f"malformed genotype text: {field} must be a list of (op_name, input) pairs, got "
                         f"{_one_line(ast.unparse(node))!r}")
   out = []
   for elt in node.elts:
-    if (not isinstance(elt, (ast.Tuple, ast.List)) or len(elt.elts) != 2
+    if (not isinstance(elt, (ast.Tuple, ast.List)) or len(elt.elts) not in (2, 3)
         or not isinstance(elt.elts[0], ast.Constant) or not isinstance(elt.elts[0].value, str)):
-      raise GenotypeError(f"malformed genotype text: each {field} entry must be ('op_name', input), got "
-                          f"{_one_line(ast.unparse(elt))!r}")
-    out.append((elt.elts[0].value, _literal_int(elt.elts[1], f"the input index of {field} entries")))
+      raise GenotypeError(f"malformed genotype text: each {field} entry must be ('op_name', input) or "
+                          f"('op_name', node, input), got {_one_line(ast.unparse(elt))!r}")
+    out.append((elt.elts[0].value,) + tuple(_literal_int(x, f"the node/input indices of {field} entries")
+                                            for x in elt.elts[1:]))
   return out
 
 
@@ -203,17 +252,18 @@ def parse(text: str) -> Genotype:
   if missing:
     raise GenotypeError(f"malformed genotype text: missing field(s) {', '.join(missing)}; "
                         f"expected {_EXPECTED_FORM}")
-  return Genotype(normal=_parse_ops(values["normal"], "normal"),
-                  normal_concat=_parse_concat(values["normal_concat"], "normal_concat"),
-                  reduce=_parse_ops(values["reduce"], "reduce"),
-                  reduce_concat=_parse_concat(values["reduce_concat"], "reduce_concat"))
+  return make_genotype(_parse_ops(values["normal"], "normal"),
+                       _parse_concat(values["normal_concat"], "normal_concat"),
+                       _parse_ops(values["reduce"], "reduce"),
+                       _parse_concat(values["reduce_concat"], "reduce_concat"))
 
 
 def to_dict(g: Genotype) -> dict[str, list[Any]]:
-  """``{"normal": [[op, input], ...], "normal_concat": [...], "reduce": ..., "reduce_concat": ...}``."""
+  """``{"normal": [[op, input], ...], "normal_concat": [...], "reduce": ..., "reduce_concat": ...}`` (entries
+  ``[op, node, input]`` in the triple form)."""
   c = canonical(g)
-  return {"normal": [[op, j] for op, j in c.normal], "normal_concat": list(c.normal_concat),
-          "reduce": [[op, j] for op, j in c.reduce], "reduce_concat": list(c.reduce_concat)}
+  return {"normal": [list(e) for e in c.normal], "normal_concat": list(c.normal_concat),
+          "reduce": [list(e) for e in c.reduce], "reduce_concat": list(c.reduce_concat)}
 
 
 def from_dict(d: Mapping[str, Any]) -> Genotype:
@@ -248,8 +298,9 @@ def from_json(text: str) -> Genotype:
 def validate(g: Genotype, primitives: Sequence[str] = ALL_PRIMITIVES, steps: int | None = None) -> Genotype:
   """Checks that `g` describes buildable DARTS-style cells; returns `g`.
 
-  Each cell must have two edges per intermediate node (``steps`` nodes if given, else ``len(ops) // 2``);
-  node i (0-based among intermediate nodes) may take inputs 0..i+1; ops must be in `primitives` and not
+  Pair form: two edges per intermediate node (``steps`` nodes if given, else ``len(ops) // 2``); node i
+  (0-based among intermediate nodes) may take inputs 0..i+1. Triple form: nodes 2..steps+1, each input an
+  earlier state, at least one edge the network computes (`cell_edges`). Ops must be in `primitives` and not
   ``none``; concat entries must be distinct intermediate-node states (2..steps+1).
 
   Raises:
@@ -258,24 +309,34 @@ def validate(g: Genotype, primitives: Sequence[str] = ALL_PRIMITIVES, steps: int
   if not isinstance(g, tuple) or len(g) != len(_FIELDS):
     raise GenotypeError(f"not a genotype: {_one_line(repr(g))}")
   c = canonical(g)
+  sparse = is_sparse(c)
   valid_ops = [p for p in primitives if p != "none"]
   for cell, ops, concat in (("normal", c.normal, c.normal_concat), ("reduce", c.reduce, c.reduce_concat)):
-    if not ops or len(ops) % 2:
-      raise GenotypeError(f"{cell} cell has {len(ops)} edges; expected 2 per intermediate node "
-                          f"(a non-zero even number)")
-    n = len(ops) // 2
-    if steps is not None and n != steps:
-      raise GenotypeError(f"{cell} cell has {len(ops)} edges; expected 2 * steps = {2 * steps}")
-    for e, (op, j) in enumerate(ops):
-      node = e // 2
+    if sparse:
+      n = steps if steps is not None else max([node for _, node, _ in ops] + list(concat) + [1]) - 1
+    else:
+      if not ops or len(ops) % 2:
+        raise GenotypeError(f"{cell} cell has {len(ops)} edges; expected 2 per intermediate node "
+                            f"(a non-zero even number)")
+      n = len(ops) // 2
+      if steps is not None and n != steps:
+        raise GenotypeError(f"{cell} cell has {len(ops)} edges; expected 2 * steps = {2 * steps}")
+    for e, edge in enumerate(ops):
+      op, node, j = (edge[0], edge[1] - 2, edge[2]) if sparse else (edge[0], e // 2, edge[1])
       if op == "none":
         raise GenotypeError(f"{cell} cell edge {e} (node {node}) uses 'none', which is not an op of a "
                             f"discrete cell")
       if op not in valid_ops:
         raise GenotypeError(f"unknown op {op!r} in {cell} cell edge {e}; valid ops: {', '.join(valid_ops)}")
+      if sparse and not 0 <= node < n:
+        raise GenotypeError(f"{cell} cell edge {e} goes to state {node + 2}; a {n}-node cell has "
+                            f"intermediate states 2..{n + 1}")
       if not 0 <= j <= node + 1:
         raise GenotypeError(f"{cell} cell edge {e} takes input {j}, but node {node} may only take inputs "
                             f"0..{node + 1} (states that exist before it)")
+    if sparse and not cell_edges(c, cell):
+      raise GenotypeError(f"{cell} cell has no edge from the cell inputs: its output would be empty "
+                          f"(a threshold parse kept nothing; lower op_threshold or search longer)")
     if not concat:
       raise GenotypeError(f"{cell}_concat is empty")
     for x in concat:
@@ -343,6 +404,47 @@ def derive_genotype(alphas_normal: Any, alphas_reduce: Any, primitives: Sequence
       raise ValueError(f"{name} has shape {a.shape}; expected ({num_edges}, {len(primitives)}) for "
                        f"{steps} steps and {len(primitives)} primitives")
     cells.append(_derive_cell(np.asarray(fn(a), dtype=np.float64), primitives, steps, k))
+  concat = list(range(2 + steps - multiplier, steps + 2))
+  return Genotype(normal=cells[0], normal_concat=concat, reduce=cells[1], reduce_concat=list(concat))
+
+
+THRESHOLD_PARSES = ("threshold_sparse", "threshold_edge")
+
+
+def derive_threshold(weights_normal: Any, weights_reduce: Any, primitives: Sequence[str] = DARTS_PRIMITIVES,
+                     steps: int = 4, threshold: float = 0.85, parse: str = "threshold_sparse",
+                     multiplier: int = 4) -> Genotype:
+  """FairDARTS' threshold discretization of op weights (σ(α)), released ``utils.py`` ``parse``: the triple
+  form, in which a node may keep 0, 1 or 2 edges.
+
+  ``"threshold_sparse"`` (FairDARTS' default): per node, the two edges with the strongest op (DARTS' ranking),
+  each kept with that op only if its weight is at least `threshold`. ``"threshold_edge"``: every edge, each
+  with those of its two strongest ops that reach `threshold`, weaker first. ``none`` is never chosen (the
+  released space has no ``none``). Concat is ``range(2 + steps - multiplier, steps + 2)``, as released.
+  """
+  if parse not in THRESHOLD_PARSES:
+    raise ValueError(f"unknown threshold parse {parse!r}; choose one of {', '.join(THRESHOLD_PARSES)}")
+  ops = [i for i, p in enumerate(primitives) if p != "none"]
+  num_edges = sum(2 + i for i in range(steps))
+  cells = []
+  for name, w in (("weights_normal", weights_normal), ("weights_reduce", weights_reduce)):
+    w = np.asarray(w, dtype=np.float64)
+    if w.shape != (num_edges, len(primitives)):
+      raise ValueError(f"{name} has shape {w.shape}; expected ({num_edges}, {len(primitives)})")
+    gene, start = [], 0
+    for i in range(steps):
+      node_w = w[start:start + i + 2]
+      if parse == "threshold_sparse":
+        for j in sorted(range(i + 2), key=lambda x: -max(node_w[x][o] for o in ops))[:2]:
+          best = max(ops, key=lambda o: (node_w[j][o], -o))
+          if node_w[j][best] >= threshold:
+            gene.append((primitives[best], i + 2, j))
+      else:
+        for j in range(i + 2):
+          top = sorted(ops, key=lambda o: node_w[j][o])[-2:]
+          gene.extend((primitives[o], i + 2, j) for o in top if node_w[j][o] >= threshold)
+      start += i + 2
+    cells.append(gene)
   concat = list(range(2 + steps - multiplier, steps + 2))
   return Genotype(normal=cells[0], normal_concat=concat, reduce=cells[1], reduce_concat=list(concat))
 

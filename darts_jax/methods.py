@@ -423,16 +423,22 @@ def zero_one_loss(alphas: Params) -> jax.Array:
   return -jnp.mean((s - 0.5) ** 2)
 
 
-def fairdarts(w01: float = 10.0) -> Method:
-  """FairDARTS: independent sigmoid op weights and w01·(zero-one loss) on the α objective; derive = DARTS'
-  rule on σ(α) (top-2 edges by their strongest non-``none`` σ).
+def fairdarts(w01: float = 10.0, parse: str = "darts", op_threshold: float = 0.85) -> Method:
+  """FairDARTS: independent sigmoid op weights and w01·(zero-one loss) on the α objective.
 
   Chu, Zhou, Zhang, Li. Fair DARTS: Eliminating Unfair Advantages in Differentiable Architecture Search.
   ECCV 2020. Defaults from github.com/xiaomi-automl/FairDARTS fairdarts/train_search.py + model_search.py:
-  α = 0 at init, w01 = 10, weight lr 0.005 -> 0.001, α Adam lr 3e-3 with β1 = 0.9, 50 epochs. Not reproduced:
-  their search space drops ``none`` (here its weight is inert and never derived) and the default parse
-  (σ > 0.85 threshold) — `derive` keeps two edges per node as DARTS does.
+  α = 0 at init, w01 = 10, weight lr 0.005 -> 0.001, α Adam lr 3e-3 with β1 = 0.9, 50 epochs. `parse`:
+  ``"darts"`` keeps two edges per node by σ(α) (DARTS' rule, the networks every other method's genotypes
+  build); ``"threshold_sparse"`` (the released default) and ``"threshold_edge"`` are its threshold parses
+  (`genotypes.derive_threshold` at σ ≥ `op_threshold`), which can drop edges and nodes. On NAS-Bench-201 every
+  parse is the per-edge argmax. Not reproduced: their search space drops ``none`` (here its weight is inert and
+  never derived).
   """
+  if parse != "darts" and parse not in genotypes.THRESHOLD_PARSES:
+    raise ValueError(f"fairdarts parse must be one of darts, {', '.join(genotypes.THRESHOLD_PARSES)}; "
+                     f"got {parse!r}")
+
   def problem(apply_fn, space, hp):
     return bilevel.SearchProblem(
         apply=apply_fn, arch_weights=lambda alphas, rng, step: sigmoid_op_weights(alphas),
@@ -441,8 +447,14 @@ def fairdarts(w01: float = 10.0) -> Method:
   def init_alphas(key, space):
     return jax.tree.map(jnp.zeros_like, _normal_alphas(key, space))
 
-  ow = _spaceless(sigmoid_op_weights)
-  return Method("fairdarts", init_alphas, problem, _deriver(ow), ow,
+  def derive(alphas, space, key=None):
+    w = {k: np.asarray(v, np.float64) for k, v in sigmoid_op_weights(alphas).items()}
+    if parse == "darts" or space.inputs_per_node is None:
+      return derive_from_weights(w, space)
+    return genotypes.derive_threshold(w["normal"], w["reduce"], space.primitives, steps=space.num_nodes,
+                                      threshold=op_threshold, parse=parse, multiplier=space.num_nodes)
+
+  return Method("fairdarts", init_alphas, problem, derive, _spaceless(sigmoid_op_weights),
                 hparams={"w_lr": 0.005, "w_lr_min": 0.001, "a_lr": 3e-3, "a_beta1": 0.9, "epochs": 50},
                 citation="Chu, Zhou, Zhang, Li. Fair DARTS: Eliminating Unfair Advantages in Differentiable "
                          "Architecture Search. ECCV 2020.")
@@ -486,6 +498,9 @@ def pgd_perturbation(loss_fn: Callable[[Params], jax.Array], weights: Params, ke
   return jax.tree.map(lambda a, w: jnp.where(keep, a, w), x, weights)
 
 
+# SmoothDARTS' and Beta-DARTS' nasbench201/train_search.py: DARTS' settings (SGD 0.025 -> 0.001, wd 3e-4, no
+# Nesterov; α Adam 3e-4) for 100 epochs.
+_NB201_SDARTS_BETA = {"epochs": 100}
 _CITE_SDARTS = ("Chen, Hsieh. Stabilizing Differentiable Architecture Search via Perturbation-based "
                 "Regularization. ICML 2020 (github.com/xiangning-chen/SmoothDARTS).")
 
@@ -493,7 +508,7 @@ _CITE_SDARTS = ("Chen, Hsieh. Stabilizing Differentiable Architecture Search via
 def sdarts_rs(eps_min: float = 0.03, eps_max: float = 0.3) -> Method:
   """SDARTS-RS: the weight step sees softmax(α) + U(-ε, ε), projected (`sdarts_project`); ε grows linearly
   per epoch from eps_min to eps_max (reference train_search.py: 0.03 + (epsilon_alpha - 0.03)·epoch/epochs,
-  epsilon_alpha = 0.3). The α step is DARTS'."""
+  epsilon_alpha = 0.3). The α step is DARTS'. NB201: the released NB201 script's 100 epochs."""
   def perturb(space, hp):
     def fn(alphas, rng, step, loss_fn):
       eps = sdarts_epsilon(step, hp, eps_min, eps_max)
@@ -501,7 +516,7 @@ def sdarts_rs(eps_min: float = 0.03, eps_max: float = 0.3) -> Method:
     return fn
   ow = _spaceless(softmax_op_weights)
   return Method("sdarts_rs", _normal_alphas, _softmax_problem(weight_arch_weights=perturb), _deriver(ow), ow,
-                citation=_CITE_SDARTS)
+                per_space={"nb201": _NB201_SDARTS_BETA}, citation=_CITE_SDARTS)
 
 
 def sdarts_adv(eps_min: float = 0.03, eps_max: float = 0.3, steps: int = 7) -> Method:
@@ -515,7 +530,7 @@ def sdarts_adv(eps_min: float = 0.03, eps_max: float = 0.3, steps: int = 7) -> M
     return fn
   ow = _spaceless(softmax_op_weights)
   return Method("sdarts_adv", _normal_alphas, _softmax_problem(weight_arch_weights=perturb), _deriver(ow), ow,
-                citation=_CITE_SDARTS)
+                per_space={"nb201": _NB201_SDARTS_BETA}, citation=_CITE_SDARTS)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -532,13 +547,14 @@ def beta_darts(lam_max: float = 50.0) -> Method:
 
   Ye et al. β-DARTS: Beta-Decay Regularization for Differentiable Architecture Search. CVPR 2022. The
   reference (github.com/Sunshine-Ye/Beta-DARTS, optimizers/darts/architect.py) uses λ = 50·epoch/100 with
-  its 100-epoch default, i.e. 0 -> 50 over the search; here the ramp is relative to `hp.epochs`.
+  its 100-epoch default, i.e. 0 -> 50 over the search; here the ramp is relative to `hp.epochs`. NB201: the
+  released NB201 script's 100 epochs (the only space where its released code runs with λ).
   """
   def reg(space, hp):
     return lambda alphas, weights, step: beta_darts_lambda(step, hp, lam_max) * beta_regularizer(alphas)
   ow = _spaceless(softmax_op_weights)
   return Method("beta_darts", _normal_alphas, _softmax_problem(regularizer=reg), _deriver(ow), ow,
-                citation="Ye et al. β-DARTS: Beta-Decay Regularization for Differentiable Architecture Search. "
+                per_space={"nb201": _NB201_SDARTS_BETA}, citation="Ye et al. β-DARTS: Beta-Decay Regularization for Differentiable Architecture Search. "
                          "CVPR 2022.")
 
 
@@ -548,8 +564,10 @@ def darts_minus(beta0: float = 1.0) -> Method:
 
   Chu, Wang, Zhang, Zhang, Li, Wei. DARTS-: Robustly Stepping out of Performance Collapse Without
   Indicators. ICLR 2021. Reference: github.com/Meituan-AutoML/DARTS- (scripts/run_darts_minus.sh: beta 1,
-  linear decay, β = (epochs - epoch)/epochs). Difference: on stride-2 edges the reference's auxiliary skip is
-  its own FactorizedReduce; here it shares the candidate skip_connect's.
+  linear decay, β = (epochs - epoch)/epochs; the released schedule counts to its decay_max_epoch = 50 whatever
+  the epochs, which is the same at its default 50). Difference: on stride-2 edges the reference's auxiliary
+  skip is its own FactorizedReduce; here it shares the candidate skip_connect's. The released code has no
+  NB201 search; the auxiliary skip on NB201 edges (and DARTS' settings there) are this package's extension.
   """
   def problem(apply_fn, space, hp):
     skip = jax.nn.one_hot(space.primitive_index("skip_connect"), space.num_ops)

@@ -119,8 +119,10 @@ class CellSpec(NamedTuple):
   c_prev_prev: int
   c_prev: int
   c: int
-  ops: Tuple[Tuple[str, int, int], ...]  # (op name, input state, stride) per edge, in genotype order
+  ops: Tuple[Tuple[str, int, int], ...]  # (op name, input state, stride) per edge, node by node
   concat: Tuple[int, ...]
+  nodes: Tuple[int, ...] = ()   # the state each edge adds into (`genotypes.cell_edges`)
+  node_drop_path: bool = False  # drop path on each node's sum (FairDARTS' DCOCell), not on each edge
 
 
 class Layout(NamedTuple):
@@ -143,9 +145,11 @@ def layout(cfg: NetworkConfig) -> Layout:
     reduction = i in cfg.reduction_layers
     if reduction:
       c_curr *= 2
-    edges, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
-    cell_ops = tuple((name, j, 2 if reduction and j < 2 else 1) for name, j in edges)
-    cells.append(CellSpec(reduction, reduction_prev, c_pp, c_p, c_curr, cell_ops, tuple(concat)))
+    which = "reduce" if reduction else "normal"
+    edges, concat = genotypes.cell_edges(g, which), genotypes.cell_nodes(g, which)
+    cell_ops = tuple((name, j, 2 if reduction and j < 2 else 1) for name, _, j in edges)
+    cells.append(CellSpec(reduction, reduction_prev, c_pp, c_p, c_curr, cell_ops, tuple(concat),
+                          tuple(node for _, node, _ in edges), genotypes.is_sparse(g)))
     reduction_prev = reduction
     c_pp, c_p = c_p, len(concat) * c_curr
     if i == cfg.auxiliary_layer:
@@ -247,18 +251,18 @@ def _cell_apply(cp, cs, s0, s1, spec: CellSpec, ctx, drop_prob, key):
   else:
     h0, pre0 = ops.relu_conv_bn_apply(cp["pre0"], cs["pre0"], s0, 1, 0, ctx)
   h1, pre1 = ops.relu_conv_bn_apply(cp["pre1"], cs["pre1"], s1, 1, 0, ctx)
-  states = [h0, h1]
+  states = {0: h0, 1: h1}
   new_ops = []
-  node = None
   for e, (name, j, stride) in enumerate(spec.ops):
     y, s = ops.get_op(name).apply(cp["ops"][e], cs["ops"][e], states[j], stride, ctx)
     new_ops.append(s)
     # The reference skips drop path on Identity (stride-1 skip_connect) only.
-    if key is not None and not (name == "skip_connect" and stride == 1):
+    if key is not None and not spec.node_drop_path and not (name == "skip_connect" and stride == 1):
       y = ops.drop_path(y, drop_prob, jax.random.fold_in(key, e))
-    node = y if e % 2 == 0 else node + y
-    if e % 2 == 1:
-      states.append(node)
+    node = spec.nodes[e]
+    states[node] = states[node] + y if node in states else y
+    if key is not None and spec.node_drop_path and (e + 1 == len(spec.ops) or spec.nodes[e + 1] != node):
+      states[node] = ops.drop_path(states[node], drop_prob, jax.random.fold_in(key, len(spec.ops) + node))
   out = jnp.concatenate([states[i] for i in spec.concat], axis=-1)
   return out, {"pre0": pre0, "pre1": pre1, "ops": new_ops}
 

@@ -21,7 +21,9 @@ chain) in `jax.checkpoint`, so its backward recomputes what the policy does not 
 per cell (in the chain: a cell's forward programs run again before its backward, from the cell's two inputs).
 ``compute_dtype="bfloat16"`` runs activations and convolutions in bfloat16 (the image is cast after loading;
 `darts_jax.ops` computes in its input's dtype), while the weights, α, the op-weight softmax, BatchNorm
-statistics and normalization, the logits and the loss stay float32.
+statistics and normalization, the logits and the loss stay float32. ``compute_dtype="float64"`` (with
+``jax_enable_x64`` and float64 weights) computes everything in float64, for checks that must not see float32
+rounding (tests/_mesh_checks.py).
 """
 from __future__ import annotations
 
@@ -104,7 +106,7 @@ def _weighted_sum(a, y):
 
 REMAT_MODES = ("auto", "none", "op", "cell")
 REMAT_POLICIES = ("nothing", "dots", "convs", "depthwise")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float64")
 
 
 def remat_policy(name: str):
@@ -214,8 +216,8 @@ class SupernetConfig:
   remat: "none", "op" (`jax.checkpoint` around each mixed op, edge, shared weight-free ops, preprocessing and
   the stem) or "cell" (around each cell), in `apply` and in the edge chain (`cellwise_grads`); the results are
   the same. "auto" (the default) is "op" in the edge chain and "none" in `apply` (see `remat_for`).
-  remat_policy: what a checkpointed unit saves (`remat_policy`; default "dots"). compute_dtype: "float32" or
-  "bfloat16" (activations and convolutions; see the module docstring).
+  remat_policy: what a checkpointed unit saves (`remat_policy`; default "dots"). compute_dtype: "float32",
+  "bfloat16" (activations and convolutions) or "float64" (see the module docstring).
   """
   C: int = 16
   num_classes: int = 10
@@ -236,6 +238,8 @@ class SupernetConfig:
     remat_policy(self.remat_policy)
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"unknown compute_dtype {self.compute_dtype!r}; choose one of {', '.join(COMPUTE_DTYPES)}")
+    if self.compute_dtype == "float64" and not jax.config.jax_enable_x64:
+      raise ValueError("compute_dtype='float64' needs jax_enable_x64 (jax.config.update('jax_enable_x64', True))")
     if self.layers < 3:
       raise ValueError(f"layers={self.layers}: the DARTS network needs at least 3 layers "
                        "(reduction cells sit at layers//3 and 2*layers//3)")
@@ -366,7 +370,7 @@ def _cell(cell, s0, s1, weights, edge_scale, cfg: SupernetConfig, reduction, red
 
 
 def _classify(classifier, s):
-  return jnp.mean(s.astype(jnp.float32), axis=(1, 2)) @ classifier["w"] + classifier["b"]
+  return jnp.mean(s.astype(jnp.promote_types(s.dtype, jnp.float32)), axis=(1, 2)) @ classifier["w"] + classifier["b"]
 
 
 def _head(classifier, s, labels):

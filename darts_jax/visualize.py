@@ -16,7 +16,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from darts_jax.genotypes import Genotype, canonical
+from darts_jax.genotypes import Genotype, canonical, cell_edges, cell_nodes, is_sparse
 
 _FORMATS = ("png", "svg")
 _DPI = 150
@@ -187,17 +187,19 @@ class _CellPlan(NamedTuple):
   bounds: tuple[float, float, float, float]
 
 
-def _plan_cell(ops: Sequence[tuple[str, int]], concat: Sequence[int]) -> _CellPlan:
-  steps = len(ops) // 2 + len(ops) % 2
+def _plan_cell(edges: Sequence[tuple[str, int, int]], concat: Sequence[int], steps: int) -> _CellPlan:
+  """Routes a cell's ``(op, node, input)`` edges and its output's `concat`; nodes without edges are left out."""
   boxes = _layout(steps)
-  for e, (op, j) in enumerate(ops):
-    if j not in boxes or j == -1 or j >= e // 2 + 2:
-      raise ValueError(f"edge {e} ({op!r}, {j}) takes input {j}, which node {e // 2} cannot have")
+  for e, (op, node, j) in enumerate(edges):
+    if node not in boxes or node < 2 or j not in boxes or j == -1 or j >= node:
+      raise ValueError(f"edge {e} ({op!r}, {node}, {j}) takes input {j}, which node {node - 2} cannot have")
+  used = {0, 1, -1} | {node for _, node, _ in edges} | set(concat)
+  boxes = {k: b for k, b in boxes.items() if k in used}
   xs = [b.x for b in boxes.values()]
   ys = [b.y for b in boxes.values()]
   frame = (min(xs) - 0.6, max(xs) + 0.6, min(ys) - 1.0, max(ys) + 1.0)
   router = _Router(boxes, frame)
-  edges = [(j, e // 2 + 2, op) for e, (op, j) in enumerate(ops)]
+  edges = [(j, node, op) for op, node, j in edges]
   outs = [(j, -1, None) for j in concat if j in boxes and j != -1]
 
   def length(edge: tuple[int, int, str | None]) -> float:
@@ -266,8 +268,9 @@ def plot_cell(genotype: Genotype, which: str, path_without_ext: str | os.PathLik
   if which not in ("normal", "reduce"):
     raise ValueError(f"which must be 'normal' or 'reduce', got {which!r}")
   g = canonical(genotype)
-  ops, concat = (g.normal, g.normal_concat) if which == "normal" else (g.reduce, g.reduce_concat)
-  return _render(_plan_cell(ops, concat), f"{which} cell", path_without_ext)
+  ops = getattr(g, which)
+  steps = g.steps if is_sparse(g) else len(ops) // 2 + len(ops) % 2
+  return _render(_plan_cell(cell_edges(g, which), cell_nodes(g, which), steps), f"{which} cell", path_without_ext)
 
 
 def plot_genotype(genotype: Genotype, path_prefix: str | os.PathLike) -> list[str]:

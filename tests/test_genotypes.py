@@ -86,7 +86,7 @@ def test_parse_range_quotes_whitespace_prefix_and_assignment():
      "given twice"),
     ("Genotype(normal=[('sep_conv_3x3', x)], normal_concat=[2], reduce=[], reduce_concat=[2])",
      "must be an integer literal"),
-    ("Genotype(normal=[('sep_conv_3x3', 0, 0.5)], normal_concat=[2], reduce=[], reduce_concat=[2])",
+    ("Genotype(normal=[('sep_conv_3x3', 2, 0, 1)], normal_concat=[2], reduce=[], reduce_concat=[2])",
      "('op_name', input)"),
     ("Genotype(normal=[('sep_conv_3x3', 0)], normal_concat=__import__('os').getcwd(), reduce=[], "
      "reduce_concat=[2])", "list of ints or range"),
@@ -344,3 +344,92 @@ def test_resolve_genotype_name_files_and_text(tmp_path):
     G.resolve_genotype(str(bad))
   with pytest.raises(G.GenotypeError, match="malformed genotype text"):
     G.resolve_genotype("Genotype(normal=[")
+
+
+# --------------------------------------------------------------------------------------------------------
+# FairDARTS' triple form and threshold parse.
+
+FAIRDARTS_A = ("Genotype(normal=[('sep_conv_3x3', 2, 0), ('sep_conv_5x5', 2, 1), ('max_pool_3x3', 4, 0), "
+               "('sep_conv_3x3', 5, 0)], normal_concat=range(2, 6), reduce=[('max_pool_3x3', 2, 0), "
+               "('avg_pool_3x3', 2, 1), ('avg_pool_3x3', 3, 0), ('dil_conv_5x5', 3, 1), ('avg_pool_3x3', 4, 0), "
+               "('sep_conv_5x5', 4, 1), ('skip_connect', 5, 0), ('skip_connect', 5, 1)], "
+               "reduce_concat=range(2, 6))")   # FairDARTS fairdarts/genotypes.py, FairDARTS_a
+
+
+def _released_parse(weights, ops, threshold, method, steps=4):
+  """FairDARTS' utils.parse, transcribed from the released code (its space has no 'none')."""
+  gene, n, start = [], 2, 0
+  for i in range(steps):
+    W = weights[start:start + n]
+    if "edge" in method:
+      edges = list(range(i + 2))
+    else:
+      edges = sorted(range(i + 2), key=lambda x: -max(W[x][k] for k in range(len(W[x]))))[:2]
+    for j in edges:
+      if "edge" in method:
+        for k, v in sorted(enumerate(W[j]), key=lambda x: x[1])[-2:]:
+          if W[j][k] >= threshold:
+            gene.append((ops[k], i + 2, j))
+      else:
+        k_best = None
+        for k in range(len(W[j])):
+          if k_best is None or W[j][k] > W[j][k_best]:
+            k_best = k
+        if W[j][k_best] >= threshold:
+          gene.append((ops[k_best], i + 2, j))
+    start += n
+    n += 1
+  return gene
+
+
+@pytest.mark.parametrize("parse", G.THRESHOLD_PARSES)
+def test_derive_threshold_is_the_released_parse(parse):
+  prims = list(G.DARTS_PRIMITIVES)
+  no_none = [p for p in prims if p != "none"]
+  for seed in range(20):
+    rng = np.random.default_rng(seed)
+    w_n, w_r = rng.uniform(0.5, 1.0, (2, 14, len(prims)))
+    g = G.derive_threshold(w_n, w_r, prims, threshold=0.85, parse=parse)
+    # The released space is ours without 'none': drop its column and compare.
+    keep = [i for i, p in enumerate(prims) if p != "none"]
+    assert g.normal == _released_parse(w_n[:, keep], no_none, 0.85, parse)
+    assert g.reduce == _released_parse(w_r[:, keep], no_none, 0.85, parse)
+    assert g.normal_concat == [2, 3, 4, 5]
+  # Weights all below the threshold keep nothing; all above keep DARTS' two edges per node.
+  low = G.derive_threshold(np.full((14, 8), 0.5), np.full((14, 8), 0.5), prims)
+  assert low.normal == [] and low.reduce == []
+  high = np.random.default_rng(0).uniform(0.9, 1.0, (14, 8))
+  dense = G.derive_threshold(high, high, prims, parse="threshold_sparse")
+  pairs = G.derive_genotype(high, high, prims, weights_fn=lambda a: a)
+  assert [(op, j) for op, _, j in dense.normal] == pairs.normal
+
+
+def test_triple_form_round_trips_and_computes_only_reachable_edges():
+  g = G.parse(FAIRDARTS_A)
+  assert G.is_sparse(g) and g.steps == 4
+  assert G.parse(G.to_text(g)) == g and G.from_json(G.to_json(g)) == g
+  G.validate(g)
+  assert G.cell_nodes(g, "normal") == [2, 4, 5]           # node 3 has no edge
+  # An edge from an absent node is not computed (FairDARTS' DCOCell skips it), nor are nodes fed only by it.
+  h = G.make_genotype([("sep_conv_3x3", 2, 0), ("skip_connect", 4, 3), ("max_pool_3x3", 5, 4),
+                       ("dil_conv_3x3", 5, 1), ("dil_conv_3x3", 5, 1)], range(2, 6),
+                      [("skip_connect", 2, 0)], range(2, 6))
+  assert G.cell_edges(h, "normal") == [("sep_conv_3x3", 2, 0), ("dil_conv_3x3", 5, 1), ("dil_conv_3x3", 5, 1)]
+  assert G.cell_nodes(h, "normal") == [2, 5]
+  # The pair form reads as triples with two edges per node.
+  d = G.get_genotype("DARTS_V2")
+  assert G.cell_edges(d, "reduce")[:3] == [("max_pool_3x3", 2, 0), ("max_pool_3x3", 2, 1), ("skip_connect", 3, 2)]
+  assert G.cell_nodes(d, "normal") == d.normal_concat
+
+
+@pytest.mark.parametrize("normal,words", [
+    ([("sep_conv_3x3", 6, 0)], "goes to state 6"),
+    ([("sep_conv_3x3", 3, 3)], "takes input 3"),
+    ([("none", 2, 0)], "'none'"),
+    ([("skip_connect", 3, 2)], "no edge from the cell inputs"),
+    ([("sep_conv_3x3", 2, 0), ("skip_connect", 3)], "mixes"),
+])
+def test_triple_form_validation(normal, words):
+  with pytest.raises(G.GenotypeError) as info:
+    G.validate(G.make_genotype(normal, [2, 3, 4, 5], [("skip_connect", 2, 0)], [2, 3, 4, 5]), steps=4)
+  assert words in str(info.value) and "\n" not in str(info.value)

@@ -620,3 +620,21 @@ def test_nesterov_weight_optimizer_is_torch_sgd_nesterov():
   upd, _ = plain.update({"x": jnp.ones(3)}, plain.update({"x": jnp.ones(3)}, plain.init(w), w)[1], w)
   nest, _ = opt.update({"x": jnp.ones(3)}, opt.update({"x": jnp.ones(3)}, opt.init(w), w)[1], w)
   assert not np.allclose(upd["x"], nest["x"])
+
+
+def test_fairdarts_threshold_parse_option():
+  space = DARTS_SPACE
+  m = M.get_method("fairdarts", parse="threshold_sparse")
+  alphas = m.init_alphas(jax.random.PRNGKey(0), space)          # α = 0: σ = 0.5 < 0.85 everywhere
+  g = m.derive(alphas, space)
+  assert genotypes.is_sparse(g) and g.normal == [] and g.reduce == []
+  sep = space.primitive_index("sep_conv_3x3")
+  alphas = dict(alphas, normal=alphas["normal"].at[0, sep].set(3.0).at[4, sep].set(1.0))   # σ 0.95, 0.73
+  g = m.derive(alphas, space)
+  assert g.normal == [("sep_conv_3x3", 2, 0)] and g.reduce == []
+  g = M.get_method("fairdarts", parse="threshold_sparse", op_threshold=0.7).derive(alphas, space)
+  assert g.normal == [("sep_conv_3x3", 2, 0), ("sep_conv_3x3", 3, 2)]
+  dense = M.get_method("fairdarts").derive(alphas, space)
+  assert not genotypes.is_sparse(dense) and len(dense.normal) == 8 and dense.normal[0] == ("sep_conv_3x3", 0)
+  with pytest.raises(ValueError, match="parse must be one of"):
+    M.get_method("fairdarts", parse="bogus")

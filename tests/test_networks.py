@@ -156,6 +156,35 @@ def test_drop_path_and_28x28_grayscale():
   np.testing.assert_array_equal(plain, plain1)
 
 
+def test_triple_form_network():
+  """FairDARTS' triple form: the DARTS_V2 cells written as triples build the same network (same parameters,
+  same logits); a cell with an absent node outputs only the nodes with edges, and an edge from an absent node
+  has no parameters."""
+  pairs = genotypes.get_genotype("DARTS_V2")
+  triples = genotypes.make_genotype(genotypes.cell_edges(pairs, "normal"), pairs.normal_concat,
+                                    genotypes.cell_edges(pairs, "reduce"), pairs.reduce_concat)
+  assert genotypes.is_sparse(triples)
+  kw = dict(C=4, num_classes=3, layers=3, auxiliary=False, in_channels=1)
+  cfg_p, cfg_t = NetworkConfig(pairs, **kw), NetworkConfig(triples, **kw)
+  params, stats = networks.init(jax.random.PRNGKey(0), cfg_p)
+  assert jax.tree.structure(params) == jax.tree.structure(_shape_params(cfg_t)[0])
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 1))
+  run = lambda cfg: networks.apply(params, stats, x, cfg, train=False)[0]
+  np.testing.assert_allclose(np.asarray(run(cfg_t)), np.asarray(run(cfg_p)), rtol=1e-6, atol=1e-6)
+
+  sparse = genotypes.make_genotype([("sep_conv_3x3", 2, 0), ("skip_connect", 4, 3), ("dil_conv_3x3", 5, 1),
+                                    ("dil_conv_3x3", 5, 1)], range(2, 6),
+                                   [("max_pool_3x3", 2, 0), ("sep_conv_3x3", 3, 2)], range(2, 6))
+  cfg = NetworkConfig(sparse, **kw)
+  cells = networks.layout(cfg).cells
+  assert cells[0].concat == (2, 5) and cells[0].nodes == (2, 5, 5) and cells[0].node_drop_path
+  assert cells[1].c_prev == 2 * 4 and cells[2].c_prev == 2 * 8       # 2 nodes × C, then 2 × 2C
+  p, s = networks.init(jax.random.PRNGKey(0), cfg)
+  assert len(p["cells"][0]["ops"]) == 3
+  logits = networks.apply(p, s, x, cfg, train=True, rng=jax.random.PRNGKey(2), drop_path_prob=0.3)[0]
+  assert logits.shape == (2, 3) and np.all(np.isfinite(np.asarray(logits)))
+
+
 def test_aux_pool_windows():
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 2))
   y = networks._aux_pool(x, 5, 3)  # reference size: floor mode, full windows at 0 and 3

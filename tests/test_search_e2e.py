@@ -179,3 +179,30 @@ def test_nb201_search_end_to_end_keeps_alpha_frozen_in_warmup(tmp_path):
   epochs = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["phase"] == "epoch"]
   np.testing.assert_allclose(epochs[0]["op_weights"]["normal"], first, rtol=0, atol=1e-7)   # frozen
   assert np.abs(np.asarray(epochs[1]["op_weights"]["normal"]) - first).max() > 1e-6        # moved
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(FASHION), reason="Debian package dataset-fashion-mnist not installed")
+def test_fairdarts_threshold_search_and_retrain_from_the_command_line(tmp_path):
+  """FairDARTS with its released threshold parse, options given as ``--config.method_kwargs.*``: the search
+  exports a triple-form genotype (picture included) and the retraining script builds and trains it."""
+  search_dir, retrain_dir = tmp_path / "search", tmp_path / "retrain"
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", "/tmp/darts_jax_jit"))
+  run = lambda *args: subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                                     timeout=1200, check=False)
+  proc = run("experiments/search.py", "--config=experiments/configs/fashion_search.py:smoke",
+             f"--workdir={search_dir}", "--config.method=fairdarts", "--config.progress=false",
+             "--config.method_kwargs.parse=threshold_sparse", "--config.method_kwargs.op_threshold=0.5")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  g = genotypes.from_json(open(search_dir / "genotype.json").read())
+  summary = json.load(open(search_dir / "summary.json"))
+  assert genotypes.is_sparse(g) and genotypes.parse(summary["genotype"]) == g
+  assert json.load(open(search_dir / "config.json"))["method_kwargs"] == {"parse": "threshold_sparse",
+                                                                         "op_threshold": 0.5}
+  assert os.path.getsize(search_dir / "cells_normal.png") > 0
+  # σ(α) starts at 0.5 and moves by ~1e-2 in this short run: the strongest op of most edges passes 0.5.
+  assert genotypes.cell_edges(g, "normal") and genotypes.cell_edges(g, "reduce"), g
+  proc = run("experiments/retrain.py", "--config=experiments/configs/fashion_retrain.py:smoke",
+             f"--workdir={retrain_dir}", f"--config.genotype={search_dir / 'genotype.json'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 0.0 <= json.load(open(retrain_dir / "summary.json"))["test_acc"] <= 1.0
