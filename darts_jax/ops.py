@@ -243,8 +243,8 @@ def depthwise_conv_loop(x, w, stride, dilation, pad, chunk=0):
 
   chunk: 0 loops over the k² taps, each streaming the whole batch. > 0 loops over chunks of images of about
   `chunk` output elements with the taps unrolled and fused inside, so each chunk stays in cache across its
-  taps: on this 2-core CPU, for a vmapped wave of 8 edges × 64 images, 32×32×16, 5×5, forward 74 -> 29 ms
-  and kernel gradient 169 -> 81 ms; for one convolution of a final network (no edge axis), slower.
+  taps: faster for a vmapped wave of edges (the supernet), slower for one convolution of a final network (no
+  edge axis); figures in `benchmarks/README.md`.
   """
   xp, ho, wo = _padded_input(x, w.shape[0], stride, dilation, pad)
   return _looped_sum(xp, w, stride, dilation, ho, wo, chunk)

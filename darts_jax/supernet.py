@@ -263,14 +263,10 @@ class SupernetConfig:
     """The policy name that `unit` ("op" or "cell") runs `jax.checkpoint` with in `apply` (or, with ``chain``,
     in the edge chain), None if it does not.
 
-    remat="auto" is "op" in the edge chain and "none" in `apply`. In the chain a checkpointed edge's forward
-    program writes its inputs and what the policy saves: for an edge at C=16, batch 64, 32x32, 12 MB with
-    "nothing", 36 MB with "dots", 60 MB with "convs", instead of 154 MB of residuals, and it runs in 16-24
-    instead of 54 ms, while its backward program recomputes the rest (59, 48 and 47 instead of 23 ms without the
-    weights' gradients). The first-order step at C=16, 8 layers, batch 64 (`benchmarks/memory.py`, this 2-core
-    CPU): no remat 12.6 s per step and 17.2 GB peak RSS; "op" with "nothing" 17.3 s, 3.2 GB; with "dots" (the
-    default policy) 15.0 s, 5.1 GB; with "depthwise" 15.4 s, 5.1 GB; with "convs" 13.4 s, 6.4 GB; "cell" with
-    "nothing" 15.7 s, 6.0 GB. In `apply`, one program for the whole step, "auto" is "none"."""
+    remat="auto" is "op" in the edge chain and "none" in `apply` (one program for the whole step). In the chain
+    a checkpointed edge's forward program writes only its inputs and what the policy saves, and its backward
+    program recomputes the rest: less memory for somewhat slower steps. Measure the trade-off with
+    `python benchmarks/memory.py`; figures in `benchmarks/README.md`."""
     remat = self.remat if self.remat != "auto" else "op" if chain else "none"
     return self.remat_policy if remat == unit else None
 
@@ -768,18 +764,15 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level:
   `bilevel.SharedPassStep` when the problem carries it (``compile_cells`` in the search configs). The chain
   cannot itself be traced by `jax.grad` or `jax.jit`.
 
-  At C=16, 8 layers, batch 64, 32x32 on a 2-core CPU (first order, `compile_cells`): 43.0 s of compilation
-  and 13.4 s per step, where one program per cell body took 74.2 s and 23.3 s.
+  Measure it with `python benchmarks/search_step.py --compile_cells` (figures in `benchmarks/README.md`).
 
   wrt_params=False: ∂params is None; for the passes that only need ∂arch_weights (the α pass of first order,
   the two perturbed passes of finite differences). With arch_only_programs, such passes run backward programs
   without the weights' cotangents, which leave out the kernel gradients: faster passes, but programs of
-  their own to compile (first order as above: 43.0 s and 13.4 s per step, against 33.9 s and 18.1 s
-  without them).
+  their own to compile (`benchmarks/search_step.py --noarch_only_programs` measures the alternative).
 
   cpu_opt_level: XLA's backend optimization level for these programs on a CPU (None: XLA's default). Level 1
-  at C=16, 8 layers, batch 64, 32x32, first order: 43.0 s of compilation and 13.4 s per step, against 36.8 s
-  and 16.3 s at the default level.
+  compiles a little longer for faster steps (`benchmarks/search_step.py --cpu_opt_level=-1` compares).
   """
   ctx = _network_ctx(cfg, ctx)
   prog = _cell_programs(cpu_opt_level if jax.default_backend() == "cpu" else None)
@@ -809,8 +802,8 @@ def cellwise_grads_and_hvp(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_op
   forward sweep of one double-backward program per distinct unit shape (`_preprocess_dd`, `_edge_dd`,
   `_shared_dd`), then a forward and a backward pass (without weight gradients). Peak memory is that of the
   gradient pass, or of one edge's double backward plus the recorded tensors, whichever is larger: each
-  edge's residuals are freed once its backward has run. At C=16, 8 layers, batch 64, 32x32 on a 2-core CPU
-  the exact second-order step (`compile_cells`) compiles in 57.0 s and runs in 44.7 s per step in 16.9 GB.
+  edge's residuals are freed once its backward has run. Measure the exact second-order step with
+  `python benchmarks/search_step.py --compile_cells --modes=second_order_exact`.
   """
   ctx = _network_ctx(cfg, ctx)
   prog = _cell_programs(cpu_opt_level if jax.default_backend() == "cpu" else None)

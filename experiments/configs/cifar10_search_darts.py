@@ -10,8 +10,8 @@ split 25,000 (weights) / 25,000 (α), batch 64, crop + flip, SGD momentum 0.9 wi
 Arguments: '' first-order DARTS (paper, Table 1: 3.00 ± 0.14 % test error after retraining, search cost 1.5
 GPU-days), ``second`` the paper's second-order finite-difference hypergradient (2.76 ± 0.09 % after
 retraining with cifar10_retrain_darts.py, 4 GPU-days; the search costs count four repeated searches),
-``exact`` the exact second-order hypergradient (Hessian-vector product; on a CPU the default edge-by-edge
-programs run it in 16.9 GB at 45 s per step on 2 cores, where the fused exact step does not fit in 24 GB),
+``exact`` the exact second-order hypergradient (Hessian-vector product; on a CPU it runs edge by edge, as the
+first order does; speed and memory in `benchmarks/README.md`),
 ``smoke`` a tiny real run of about a minute on a CPU. Needs the TFDS ``cifar10`` data
 prepared (``--config.data_dir`` names the TFDS directory).
 """

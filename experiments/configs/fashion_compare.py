@@ -5,7 +5,7 @@
   python experiments/compare.py --config=experiments/configs/fashion_compare.py:darts --workdir=/tmp/cmp_darts
   python experiments/compare.py --config=experiments/configs/fashion_compare.py:smoke --workdir=/tmp/cmp_smoke
 
-Default (the README's measured comparison): every method searches the NAS-Bench-201 space with the same
+Default (the README's comparison): every method searches the NAS-Bench-201 space with the same
 protocol, sized for a 2-core CPU: the NB201 supernet with C=8 and N=1 cell per stage (channels 8/16/32) on
 2,560 training images of Fashion-MNIST (1,280 for the weights, 1,280 for α), 28×28×1, batch 64, 6 epochs of
 20 steps, the first epoch weights only for every method (a shared warm-up replacing the papers' own, e.g.
@@ -17,11 +17,11 @@ cell is scored by the real NATS-Bench table (CIFAR-10 test accuracy after 200 ep
 random baseline's expected best-of-N is exact, and one NB201 step costs about a tenth of a DARTS-space step
 on this CPU. The budget is three orders of magnitude below the papers': the table compares the methods'
 behaviour under one small, identical budget, not their published accuracies. Expected: the README's
-"Search-method comparison" (wall time included; the compile cache lets seeds 1 and 2 reuse seed 0's programs).
+"Comparing methods" table (the compile cache lets seeds 1 and 2 reuse seed 0's programs).
 
 ``:darts`` runs the same methods in the DARTS space (`fashion_search`'s 5-cell C=8 supernet, 4,000 images, 5
-epochs of 31 steps): about 7 s per first-order step here, so hours; not measured. ``:retrain`` (DARTS space
-only) also retrains every genotype with `fashion_retrain`'s protocol (about an hour each on 2 CPU cores).
+epochs of 31 steps): hours on a 2-core CPU. ``:retrain`` (DARTS space only) also retrains every genotype with
+`fashion_retrain`'s protocol (about an hour each on 2 CPU cores).
 ``:smoke`` (combinable, e.g. ``:smoke,darts``) is darts + random × 2 seeds with `fashion_search`'s smoke
 settings, a few minutes (mostly XLA compilation). Re-running a command skips finished runs and rewrites the
 report: ``runs/<space>/<method>/seed<k>/search/`` (each a `darts_jax.search` work directory), ``report.md`` /
