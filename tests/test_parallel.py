@@ -41,6 +41,7 @@ def test_batch_that_does_not_divide_over_the_devices_is_one_line():
   _check("bad_batch")
 
 
+@pytest.mark.slow
 def test_sharded_first_order_step_equals_one_device():
   _check("step_equality", "darts", "first_order")
 

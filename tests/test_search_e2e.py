@@ -60,6 +60,7 @@ def test_workdir_with_a_different_config_is_refused(tmp_path):
   assert json.load(open(tmp_path / "config.json")) == {"a": 1}
 
 
+@pytest.mark.slow
 def test_tfds_mock_cifar10_search_fused_step(tmp_path):
   """CIFAR-10 through TFDS' mock data, with the fused step (one program, the default off CPU) end to end."""
   tfds = pytest.importorskip("tensorflow_datasets")
