@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax import networks, ops, supernet
+from darts_jax import genotypes, networks, ops, supernet
 from darts_jax.search_space import DARTS_SPACE
 
 Params = Dict[str, Any]
@@ -234,10 +234,43 @@ def _check_shapes(loaded: Params, expected: Params, what: str) -> None:
                          f"{b.shape}")
 
 
+def _sparse_op_prefixes(r: _Reader, genotype, spec: networks.CellSpec, i: int) -> list:
+  """FairDARTS' `DCOCell` names (triple-form genotypes): the ops of the genotype's entries with node `n` and
+  input `j` form the list `cells.{i}._ops.{n}.{j}`, in the order the entries are written. Returns the prefix
+  of each of the network's edges (`spec.ops`, `genotypes.cell_edges` order) and marks the entries of the
+  edges the network drops (their input is a node without edges; `DCOCell` builds them but skips them) as
+  read, so that they are ignored; every other entry must be used."""
+  raw = getattr(genotype, "reduce" if spec.reduction else "normal")
+  slots, seen = {}, {}  # (node, input) -> [op name of its k-th entry]
+  for name, n, j in raw:
+    slots.setdefault((n, j), []).append(name)
+  out = []
+  for (name, j, _), n in zip(spec.ops, spec.nodes):
+    k = seen.get((n, j), 0)
+    if k >= len(slots.get((n, j), ())) or slots[(n, j)][k] != name:
+      raise InteropError(f"cell {i}: the network's edge {name} ({j} -> {n}) is not entry {k} of the "
+                         f"genotype's ({n}, {j}) entries {slots.get((n, j), [])}")
+    seen[(n, j)] = k + 1
+    out.append(f"cells.{i}._ops.{n}.{j}.{k}")
+  for (n, j), names in slots.items():
+    if seen.get((n, j), 0) not in (0, len(names)):
+      raise InteropError(f"cell {i}: the network keeps {seen[(n, j)]} of the {len(names)} ops on edge "
+                         f"{j} -> {n}; expected all or none")
+    if (n, j) not in seen:  # dropped by the network: accepted, not loaded
+      prefix = f"cells.{i}._ops.{n}.{j}."
+      r.used.update(key for key in r.state if key.startswith(prefix))
+  return out
+
+
 def load_network_params(state: Mapping[str, np.ndarray], cfg: networks.NetworkConfig):
   """(params, batch_stats) of a final network from a reference `model.NetworkCIFAR`/`NetworkImageNet` state
   dict. With `cfg.auxiliary` False, the state dict's `auxiliary_head.*` entries are ignored (released
-  checkpoints carry the head)."""
+  checkpoints carry the head).
+
+  A triple-form genotype (`genotypes.is_sparse`) reads FairDARTS' `NetworkCIFAR` with `DCOCell`s
+  (`parse_method` other than 'darts'): the k-th op written for node n and input j is
+  `cells.{i}._ops.{n}.{j}.{k}`; the weights of the edges that `DCOCell` builds but skips (input from a node
+  without edges), which the network leaves out, are ignored."""
   r = _Reader(state)
   params, stats = networks.init(jax.random.PRNGKey(0), cfg)
   expected = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (params, stats))
@@ -251,10 +284,12 @@ def load_network_params(state: Mapping[str, np.ndarray], cfg: networks.NetworkCo
     cp, cs = params["cells"][i], stats["cells"][i]
     _load_relu_conv_bn(r, f"cells.{i}.preprocess0", cp["pre0"], cs["pre0"])
     _load_relu_conv_bn(r, f"cells.{i}.preprocess1", cp["pre1"], cs["pre1"])
+    prefixes = (_sparse_op_prefixes(r, cfg.genotype, spec, i) if genotypes.is_sparse(cfg.genotype)
+                else [f"cells.{i}._ops.{e}" for e in range(len(spec.ops))])
     for e, (name, _, stride) in enumerate(spec.ops):
       if ops.is_weight_free(name, stride):  # includes skip_connect at stride 1 (Identity)
         continue
-      prefix = f"cells.{i}._ops.{e}"
+      prefix = prefixes[e]
       for key, ref_name, convert in _op_entries(name, prefix):
         cp["ops"][e][key] = _set(cp["ops"][e][key], None, convert(r(ref_name)), ref_name)
       for key, bn_prefix in _op_bn_entries(name, prefix):
