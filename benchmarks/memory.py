@@ -3,7 +3,7 @@
   python benchmarks/memory.py                                   # batch 64, 128, 256 x both modes x all options
   python benchmarks/memory.py --batches=64 --modes=first_order  # the target row first
   python benchmarks/memory.py --remats=none,op --dtypes=float32 --policies=nothing,convs
-  python benchmarks/memory.py --nocompile_cells                 # the fused step (one program per step)
+  python benchmarks/memory.py --step_backend=fused              # the fused step (one program per step)
 
 C=16, 8 layers, 32x32x3 unless told otherwise. Each configuration runs in its own subprocess (so that peak RSS,
 `ru_maxrss`, is that configuration's), which compiles the step, runs `--steps` timed steps, reads its peak RSS,
@@ -11,7 +11,7 @@ then measures XLA's memory analysis. A subprocess that fails or is killed (out o
 "OOM/failed" in the table. Prints one Markdown row per configuration as it finishes, then the whole table.
 
 XLA columns: for the fused step, its program's temporary + argument bytes
-(`jax.jit(...).lower(...).compile().memory_analysis()`). For the edge chain (`compile_cells`, the CPU default)
+(`jax.jit(...).lower(...).compile().memory_analysis()`). For the edge chain (``step_backend=edgewise``, the CPU default)
 the step is several hundred program calls: "largest program" is the largest temporary + argument + output
 bytes of any one of its programs, and "live peak" is the largest sum, over the step's program calls, of the
 bytes of every live array (`jax.live_arrays()`) plus that program's temporary bytes: what the chain holds at its
@@ -38,7 +38,8 @@ _LAYERS = flags.DEFINE_integer("layers", 8, "cells")
 _IMAGE = flags.DEFINE_integer("image", 32, "image side")
 _IN = flags.DEFINE_integer("in_channels", 3, "image channels")
 _STEPS = flags.DEFINE_integer("steps", 2, "timed steps after the first")
-_CELLS = flags.DEFINE_bool("compile_cells", None, "the edge chain (unset: on a CPU only, as the search configs)")
+_BACKEND = flags.DEFINE_enum("step_backend", "auto", ["auto", "fused", "edgewise"],
+                             "as the search config's step_backend (auto: edgewise on a CPU, fused elsewhere)")
 _TIMEOUT = flags.DEFINE_integer("timeout", 1800, "seconds per configuration")
 _CHILD = flags.DEFINE_string("child", None, "internal: run one configuration (JSON) and print its result")
 
@@ -158,7 +159,7 @@ def main(argv):
     child(json.loads(_CHILD.value))
     return
   import jax  # pylint: disable=g-import-not-at-top
-  cells = jax.default_backend() == "cpu" if _CELLS.value is None else _CELLS.value
+  cells = (jax.default_backend() == "cpu") if _BACKEND.value == "auto" else _BACKEND.value == "edgewise"
   print(f"C={_C.value} layers={_LAYERS.value} {_IMAGE.value}x{_IMAGE.value}x{_IN.value} steps={_STEPS.value} "
         f"backend={jax.default_backend()} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
   header = ("| batch | mode | step | remat | policy | compute dtype | XLA GB | peak RSS GB | s/step | compile s |\n"

@@ -2,14 +2,14 @@
 
   python benchmarks/search_step.py                       # the issue's configuration, all modes, default step
   python benchmarks/search_step.py --C=8 --layers=5 --batch=32 --image=28 --in_channels=1 --modes=first_order
-  python benchmarks/search_step.py --compile_once     # bilevel.SharedPassStep, every mode
-  python benchmarks/search_step.py --compile_cells    # the same, one program per distinct edge shape
-  python benchmarks/search_step.py --nocompile_cells  # the fused step (one program per step)
+  python benchmarks/search_step.py --step_backend=per_pass   # bilevel.SharedPassStep, every mode
+  python benchmarks/search_step.py --step_backend=edgewise   # the same, one program per distinct edge shape
+  python benchmarks/search_step.py --step_backend=fused      # one program per step
   python benchmarks/search_step.py --remat=none --compute_dtype=bfloat16   # SupernetConfig's memory options
 
-Without flags it measures the step a search runs by default on this machine: the edge chain
-(`compile_cells`) on a CPU, the fused step elsewhere, with `supernet.SupernetConfig`'s default remat.
-  python benchmarks/search_step.py --compile_cells --noarch_only_programs   # fewer programs, slower α passes
+Without flags it measures the step a search runs by default on this machine (``step_backend=auto``): the
+edge chain on a CPU, the fused step elsewhere, with `supernet.SupernetConfig`'s default remat.
+  python benchmarks/search_step.py --step_backend=edgewise --noarch_only_programs   # fewer programs
 
 XLA flags are read from the environment as usual (e.g. XLA_FLAGS=--xla_backend_optimization_level=0), so
 layouts and flags can be compared with the same script. Prints one Markdown table row per mode.
@@ -35,15 +35,14 @@ _IN = flags.DEFINE_integer("in_channels", 3, "image channels")
 _MODES = flags.DEFINE_list("modes", list(bilevel.HYPERGRADIENTS), "hypergradient modes")
 _STEPS = flags.DEFINE_integer("steps", 5, "timed steps after the first")
 _DW = flags.DEFINE_string("dw_impl", "auto", "depthwise implementation: auto, shift, loop, chunked or xla")
-_ONCE = flags.DEFINE_bool("compile_once", False, "bilevel.SharedPassStep: one network-gradient program per pass")
-_CELLS = flags.DEFINE_bool("compile_cells", None, "compile_once with supernet.cellwise_grads: one program "
-                           "per distinct edge shape (unset: on a CPU only, as the search configs)")
+_BACKEND = flags.DEFINE_enum("step_backend", "auto", ["auto", "fused", "per_pass", "edgewise"],
+                             "as the search config's step_backend (auto: edgewise on a CPU, fused elsewhere)")
 _REMAT = flags.DEFINE_string("remat", supernet.SupernetConfig.remat, "SupernetConfig.remat")
 _POLICY = flags.DEFINE_string("remat_policy", supernet.SupernetConfig.remat_policy, "SupernetConfig.remat_policy")
 _DTYPE = flags.DEFINE_string("compute_dtype", supernet.SupernetConfig.compute_dtype, "SupernetConfig.compute_dtype")
-_OPT = flags.DEFINE_integer("cpu_opt_level", 1, "compile_cells: XLA backend optimization level of the chain's "
+_OPT = flags.DEFINE_integer("cpu_opt_level", 1, "edgewise: XLA backend optimization level of the chain's "
                             "programs on a CPU (-1: XLA's default)")
-_ARCH_ONLY = flags.DEFINE_bool("arch_only_programs", True, "compile_cells: passes that need only the α "
+_ARCH_ONLY = flags.DEFINE_bool("arch_only_programs", True, "edgewise: passes that need only the α "
                                "gradient run backward programs without the weight gradients")
 
 
@@ -51,8 +50,10 @@ def _peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def compile_cells() -> bool:
-  return jax.default_backend() == "cpu" if _CELLS.value is None else _CELLS.value
+def backend() -> str:
+  if _BACKEND.value == "auto":
+    return "edgewise" if jax.default_backend() == "cpu" else "fused"
+  return _BACKEND.value
 
 
 def run_mode(mode: str):
@@ -64,14 +65,14 @@ def run_mode(mode: str):
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a),
                                   grads=(supernet.cellwise_grads(cfg, cpu_opt_level=level,
                                                                  arch_only_programs=_ARCH_ONLY.value)
-                                         if compile_cells() else None),
+                                         if backend() == "edgewise" else None),
                                   grads_and_hvp=(supernet.cellwise_grads_and_hvp(cfg, cpu_opt_level=level)
-                                                 if compile_cells() else None))
+                                                 if backend() == "edgewise" else None))
   key = jax.random.PRNGKey(0)
   state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   shape = (_BATCH.value, _IMAGE.value, _IMAGE.value, _IN.value)
   batch = {"image": jax.random.normal(key, shape), "label": jnp.arange(_BATCH.value) % 10}
-  once = _ONCE.value or compile_cells()
+  once = backend() != "fused"
   step = bilevel.make_search_step(problem, hp, compile_once=once)
   t0 = time.perf_counter()
   if once:   # several small programs and one big one: time the first call, less one step, as trace+compile
@@ -98,7 +99,7 @@ def run_mode(mode: str):
 def main(argv):
   del argv
   print(f"C={_C.value} layers={_LAYERS.value} batch={_BATCH.value} {_IMAGE.value}x{_IMAGE.value}x{_IN.value} "
-        f"dw_impl={_DW.value} compile_once={_ONCE.value} compile_cells={compile_cells()} "
+        f"dw_impl={_DW.value} step_backend={backend()} "
         f"remat={_REMAT.value} remat_policy={_POLICY.value} compute_dtype={_DTYPE.value} "
         f"arch_only_programs={_ARCH_ONLY.value} cpu_opt_level={_OPT.value} "
         f"backend={jax.default_backend()} "
@@ -107,7 +108,7 @@ def main(argv):
   print("|---|---|---|---|---|")
   for mode in _MODES.value:
     tr, co, st, mem = run_mode(mode)
-    label = mode if tr is not None else f"{mode} ({'compile_cells' if compile_cells() else 'compile_once'})"
+    label = mode if tr is not None else f"{mode} ({backend()})"
     trace = "(in compile)" if tr is None else f"{tr:.1f}"
     print(f"| {label} | {trace} | {co:.1f} | {st:.3f} | {mem:.2f} |", flush=True)
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from darts_jax import genotypes
 from darts_jax import nb201
+from darts_jax.search_space import SPACES, get_space
 from darts_jax import workdir as wd
 
 RANDOM = "random"
@@ -55,44 +56,31 @@ def mean_std(values: Iterable[Any]) -> Dict[str, Any]:
   return {"mean": float(np.mean(xs)), "std": float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0, "n": len(xs)}
 
 
-def skip_share(genotype: Any) -> Optional[float]:
+def skip_share(genotype: Any, space=None) -> Optional[float]:
   """The share of ``skip_connect`` edges in the normal cell of a DARTS genotype (text, dict or Genotype), or
   among the 6 edges of a NAS-Bench-201 cell (its ``|op~i|+...`` string or ``{"nb201": string}``)."""
-  ops_ = cell_ops(genotype)
+  ops_ = cell_ops(genotype, space)
   return sum(op == "skip_connect" for op in ops_) / len(ops_) if ops_ else None
-
-
-def _nb201_disconnected(arch: Any) -> bool:
-  try:
-    return not nb201.is_connected(arch)
-  except (ValueError, KeyError, TypeError):
-    return False
 
 
 PARAMETER_FREE = frozenset({"none", "skip_connect", "avg_pool_3x3", "max_pool_3x3"})
 
 
-def cell_ops(genotype: Any) -> Optional[List[str]]:
-  """The ops of an NB201 cell, or of the normal cell of a DARTS genotype (text, dict or Genotype)."""
+def cell_ops(genotype: Any, space=None) -> Optional[List[str]]:
+  """The ops of the (normal) cell of an architecture or its text/JSON form (`SearchSpace.cell_ops`), in
+  `space` or, if None, in the first space that reads it; None if none does."""
   if genotype is None:
     return None
-  if isinstance(genotype, Mapping) and "nb201" in genotype:
-    genotype = genotype["nb201"]
-  try:
-    if isinstance(genotype, str) and genotype.strip().startswith("|"):
-      return list(nb201.parse_arch(genotype))
-    if isinstance(genotype, str):
-      genotype = genotypes.parse(genotype)
-    elif isinstance(genotype, Mapping):
-      genotype = genotypes.from_dict(genotype)
-  except Exception:  # pylint: disable=broad-except  (anything else: not a cell)
-    return None
-  return [op for op, _, _ in genotypes.cell_edges(genotype, "normal")]
+  for sp in ([space] if space is not None else SPACES.values()):
+    ops_ = sp.cell_ops(genotype)
+    if ops_ is not None:
+      return ops_
+  return None
 
 
-def parameter_free(genotype: Any) -> Optional[bool]:
+def parameter_free(genotype: Any, space=None) -> Optional[bool]:
   """Whether the (normal) cell has no op with weights: the collapse of GDAS/DARTS to pooling and identity."""
-  ops_ = cell_ops(genotype)
+  ops_ = cell_ops(genotype, space)
   return None if not ops_ else all(op in PARAMETER_FREE for op in ops_)
 
 
@@ -137,29 +125,20 @@ def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_datas
         "device_kind": device_kind, "genotypes": [s.get("genotype") for s in searches],
         "is_random_baseline": method == RANDOM,
     }
-    if space == "nb201":
-      accs = []
-      if benchmark is not None:
-        for s in searches:
-          try:
-            accs.append(benchmark.query(s["genotype"], benchmark_dataset))
-          except (ValueError, KeyError, TypeError):
-            accs.append(None)
-      params = []
-      for s in searches:
-        try:
-          params.append(nb201.network_param_count(s["genotype"]))
-        except (ValueError, KeyError, TypeError):
-          params.append(None)
-      row["network_params"] = mean_std(params)
-      row["disconnected"] = sum(1 for s in searches if _nb201_disconnected(s.get("genotype")))
-      row["benchmark_test_acc"] = mean_std(accs) if benchmark is not None else None
-      row["benchmark_test_accs"] = accs if benchmark is not None else None
-      row["benchmark_dataset"] = benchmark_dataset if benchmark is not None else None
-    shares = [skip_share(s.get("genotype")) for s in searches]
+    sp = get_space(space)
+    stats = [sp.arch_stats(s.get("genotype"), benchmark, benchmark_dataset) for s in searches]
+    for key in sorted({k for st in stats for k in st}):
+      values = [st.get(key) for st in stats]
+      if all(isinstance(v, bool) for v in values):
+        row[key] = sum(values)           # a count of runs, e.g. disconnected cells
+      else:
+        row[key], row[key + "_per_run"] = mean_std(values), values
+    if "benchmark_test_acc" in row:
+      row["benchmark_dataset"] = benchmark_dataset
+    shares = [skip_share(s.get("genotype"), sp) for s in searches]
     row["skip_share"] = mean_std(shares)
     row["skip_shares"] = shares
-    row["parameter_free"] = sum(1 for s in searches if parameter_free(s.get("genotype")))
+    row["parameter_free"] = sum(1 for s in searches if parameter_free(s.get("genotype"), sp))
     row["collapse"] = bool((row["skip_share"]["mean"] is not None and row["skip_share"]["mean"] >= COLLAPSE_SHARE)
                            or 2 * row["parameter_free"] > len(rs))
     out.setdefault(space, []).append(row)
@@ -172,18 +151,6 @@ def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_datas
 
 def _git_commit() -> str:
   return wd.code_version()
-
-
-def _versions() -> Dict[str, str]:
-  import jax  # pylint: disable=g-import-not-at-top
-  out = {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__}
-  for name in ("jaxlib", "flax", "optax", "orbax.checkpoint", "ml_collections", "matplotlib"):
-    try:
-      mod = __import__(name, fromlist=["__version__"])
-      out[name] = str(getattr(mod, "__version__", "?"))
-    except ImportError:
-      out[name] = "not installed"
-  return out
 
 
 def _hardware() -> Dict[str, Any]:
@@ -244,11 +211,11 @@ def random_search_run(config, run_dir: str) -> Dict[str, Any]:
   method = methods_lib.get_method(RANDOM)
   k_derive = jax.random.split(jax.random.PRNGKey(config.seed), 4)[3]   # the key search.search derives with
   arch = method.derive(None, space, key=k_derive)
-  text = search_lib.write_architecture(run_dir, arch)
+  text = search_lib.write_architecture(run_dir, arch, space)
   summary = {"method": RANDOM, "space": space.name, "dataset": config.dataset, "seed": config.seed,
              "genotype": text, "search_seconds": 0.0, "val_acc": None, "supernet_params": None, "steps": 0,
              "note": "random-sampling baseline: no search, a uniformly random architecture from the seed",
-             "versions": _versions(), "code_version": wd.code_version()}
+             "versions": wd.versions(), "code_version": wd.code_version()}
   wd.write_json(os.path.join(run_dir, "summary.json"), summary)
   return summary
 
@@ -314,7 +281,7 @@ def run_comparison(config, workdir: str) -> Dict[str, Any]:
           executed.append(f"{space}/{method}/seed{seed}/search")
           summary = (random_search_run(scfg, sdir) if method == RANDOM else search_lib.search(scfg, sdir))
         record = {"space": space, "method": method, "seed": seed, "search": summary, "search_dir": sdir}
-        if do_retrain and space != "nb201":
+        if do_retrain and get_space(space).retrainable:
           from darts_jax import retrain as retrain_lib  # pylint: disable=g-import-not-at-top
           tcfg = _run_config(config.retrain_config, genotype=os.path.join(sdir, "genotype.json"), seed=seed)
           tdir = os.path.join(rdir, "retrain")
@@ -335,11 +302,14 @@ def run_comparison(config, workdir: str) -> Dict[str, Any]:
 # The report.
 
 
-def _load_benchmark(config):
-  path = config.get("benchmark_path") or nb201.default_benchmark_path()
-  if not path:
-    return None, None
-  return nb201.load_benchmark(path), str(path)
+def _load_benchmark(config, spaces):
+  """The first benchmark table one of `spaces` scores its architectures with (`SearchSpace.load_benchmark`,
+  at ``config.benchmark_path`` or its default place), and its path; (None, None) if there is none."""
+  for space in spaces:
+    table, path = get_space(space).load_benchmark(config.get("benchmark_path") or None)
+    if table is not None:
+      return table, path
+  return None, None
 
 
 def _curves(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
@@ -393,9 +363,7 @@ def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], method
   from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
   hardware = _hardware()
   device_kind = "GPU" if hardware["backend"] == "gpu" else hardware["backend"].upper()
-  benchmark, bench_path = (None, None)
-  if "nb201" in spaces:
-    benchmark, bench_path = _load_benchmark(config)
+  benchmark, bench_path = _load_benchmark(config, spaces)
   bench_dataset = config.get("benchmark_dataset") or "cifar10"
   tables = aggregate(runs, benchmark, bench_dataset, device_kind)
 
@@ -432,7 +400,7 @@ def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], method
                 "num_params": (r.get("retrain") or {}).get("num_params")} for r in runs],
       "curves": curves, "plot": os.path.basename(plot_path),
       "reproducibility": {
-          "git_commit": _git_commit(), "run_commits": run_commits, "versions": _versions(), "hardware": hardware,
+          "git_commit": _git_commit(), "run_commits": run_commits, "versions": wd.versions(), "hardware": hardware,
           "seeds": list(seeds),
           "search_config": config.search.to_dict(),
           "retrain_config": config.retrain_config.to_dict() if config.get("retrain") else None,
@@ -445,29 +413,28 @@ def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], method
 
 
 def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, device_kind: str) -> List[str]:
+  sp = get_space(space)
   h = device_kind + "-hours"
+  retrained = retrain and sp.retrainable
   cols = ["method", "seeds", "search val acc (%)"]
-  if retrain and space != "nb201":
+  if retrained:
     cols += ["retrained test acc (%)", "retrained params"]
   cols += ["final α entropy", "supernet params", f"search {h} (sum)", f"search {h} (mean)"]
-  if space == "nb201":
-    cols += ["network params (C=16, N=5)", "NB201 benchmark test acc (%)", "disconnected cells",
-             "parameter-free cells", "skip_connect share"]
-  else:
-    cols += ["parameter-free normal cells", "normal-cell skip_connect share"]
+  cols += [header for _, header, _ in sp.stat_columns]
+  cols += ["parameter-free cells", "skip_connect share"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:
     name = r["method"] + (" (random-sampling baseline)" if r["is_random_baseline"] else "")
     cells = [name, ", ".join(map(str, r["seeds"])), _fmt(r["search_val_acc"], 100)]
-    if retrain and space != "nb201":
+    if retrained:
       cells += [_fmt(r["retrain_test_acc"], 100), _fmt(r["retrain_params"], 1, 0)]
     uniform = r.get("alpha_entropy_uniform")
     entropy = _fmt(r.get("alpha_entropy"), 1, 4) + (f" (uniform {uniform:.4f})" if uniform else "")
     cells += [entropy, _fmt(r["supernet_params"], 1, 0), f"{r['search_hours_sum']:.4f}",
               f"{r['search_hours_mean']:.4f}"]
-    if space == "nb201":
-      cells += [_fmt(r.get("network_params"), 1, 0), _fmt(r.get("benchmark_test_acc")),
-                f"{r.get('disconnected', 0)}/{r['num_runs']}"]
+    for key, _, digits in sp.stat_columns:
+      value = r.get(key)
+      cells.append(f"{value}/{r['num_runs']}" if isinstance(value, int) else _fmt(value, 1, digits))
     share = _fmt(r["skip_share"], 1, 2)
     cells += [f"{r['parameter_free']}/{r['num_runs']}", share + (" ⚠ collapse" if r["collapse"] else "")]
     lines.append("| " + " | ".join(cells) + " |")
@@ -487,26 +454,25 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     L += _table_md(space, rows, report["retrain"], report["device_kind"])
     L.append("")
     flagged = [r["method"] for r in rows if r.get("collapse")]
-    where, chance = (("the 6 edges of the discovered cells", "1/5 = 0.20") if space == "nb201" else
-                     ("the normal-cell edges of the final genotypes", "1/7 ≈ 0.14"))
+    sp = get_space(space)
+    n_ops = len(sp._random_ops())   # pylint: disable=protected-access
     L += [f"Collapse check (DARTS' failure mode: cells dominated by parameter-free ops): flagged when the share "
-          f"of `skip_connect` among {where} is >= {COLLAPSE_SHARE:.0%} on average, or when most seeds found a "
-          f"cell with no op that has weights (only {', '.join(f'`{o}`' for o in sorted(PARAMETER_FREE))}). "
-          f"Flagged: {', '.join(flagged) if flagged else 'none'}. A uniformly random cell has a skip_connect "
-          f"share of {chance}.", ""]
-    if space == "nb201":
-      L += ["Disconnected cells: `none` edges cut every path from the cell's input to its output, so the cell "
-            "outputs zeros (every such cell of the table scores 10%, chance level).", ""]
-    if space == "nb201":
+          f"of `skip_connect` among {sp.cell_ops_description} is >= {COLLAPSE_SHARE:.0%} on average, or when "
+          f"most seeds found a cell with no op that has weights (only "
+          f"{', '.join(f'`{o}`' for o in sorted(PARAMETER_FREE))}). Flagged: "
+          f"{', '.join(flagged) if flagged else 'none'}. A uniformly random cell has a skip_connect share of "
+          f"1/{n_ops} ≈ {1 / n_ops:.2f}.", ""]
+    L += [note for note in sp.report_notes] + ([""] if sp.report_notes else [])
+    if sp.has_benchmark:
       b = report.get("nb201_random_baseline")
       if b:
-        L += [f"Random sampling on the NB201 table ({b['num_archs']} cells, {b['dataset']} test accuracy, "
+        L += [f"Random sampling on the {space} table ({b['num_archs']} cells, {b['dataset']} test accuracy, "
               f"best {b['best_in_table']:.2f}%): exact expected best of N uniform samples:", "",
               "| N | expected best-of-N test acc (%) |", "|---|---|"]
         L += [f"| {n} | {v:.2f} |" for n, v in b["expected_best_of_n"].items()]
         L.append("")
       else:
-        L += ["No NAS-Bench-201 table was found (config.benchmark_path / nb201.default_benchmark_path()).", ""]
+        L += [f"No benchmark table for {space} was found (config.benchmark_path or its default place).", ""]
     L += ["Genotypes:", ""]
     L += [f"- {r['method']} seed {r['seed']}: `{r['genotype']}`" for r in report["runs"] if r["space"] == space]
     L.append("")

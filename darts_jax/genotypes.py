@@ -334,6 +334,9 @@ def validate(g: Genotype, primitives: Sequence[str] = ALL_PRIMITIVES, steps: int
       if not 0 <= j <= node + 1:
         raise GenotypeError(f"{cell} cell edge {e} takes input {j}, but node {node} may only take inputs "
                             f"0..{node + 1} (states that exist before it)")
+    if sparse and any(b[1] < a[1] for a, b in zip(ops, ops[1:])):
+      raise GenotypeError(f"{cell} cell lists its (op, node, input) edges out of node order; list them node by "
+                          f"node (FairDARTS' DCOCell computes nodes in the order they first appear)")
     if sparse and not cell_edges(c, cell):
       raise GenotypeError(f"{cell} cell has no edge from the cell inputs: its output would be empty "
                           f"(a threshold parse kept nothing; lower op_threshold or search longer)")

@@ -3,9 +3,9 @@
 A method is a `Method` (a NamedTuple of pure functions and settings):
 
 * ``init_alphas(key, space) -> alphas``: the architecture parameters, a dict with one (num_edges, num_ops)
-  array per cell kind, ``"normal"`` and ``"reduce"`` (a space with ``inputs_per_node=None``, i.e.
-  NAS-Bench-201, shares one α under ``"normal"``, as `nb201.init_alphas`), plus (num_edges,) edge
-  parameters under ``"normal_edge"`` / ``"reduce_edge"`` for PC-DARTS.
+  array per cell kind of `SearchSpace.cell_names` (``"normal"`` and ``"reduce"``; NAS-Bench-201 shares one α
+  under ``"normal"``), plus (num_edges,) edge parameters under ``"normal_edge"`` / ``"reduce_edge"`` for
+  PC-DARTS.
 * ``problem(apply_fn, space, hp) -> bilevel.SearchProblem``: how α becomes the op weights of the α step and
   of the weight step, and what is added to the α objective. ``apply_fn(params, images, arch_weights) ->
   logits``; ``hp`` is the run's `bilevel.SearchHParams`, whose epochs drive the schedules (per epoch, as
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import digamma, gammaln
 
-from darts_jax import bilevel, genotypes, nb201, supernet
+from darts_jax import bilevel, genotypes, supernet
 from darts_jax.search_space import SearchSpace
 
 Params = Dict[str, Any]
@@ -97,7 +97,7 @@ def supernet_config(method: Method, **kwargs) -> supernet.SupernetConfig:
 
 
 def cell_names(space: SearchSpace) -> Tuple[str, ...]:
-  return ("normal",) if space.inputs_per_node is None else ("normal", "reduce")
+  return space.cell_names
 
 
 def node_slices(space: SearchSpace) -> List[Tuple[int, int]]:
@@ -119,10 +119,8 @@ def _map_ops(fn, alphas: Params) -> Params:
 
 
 def _normal_alphas(key, space: SearchSpace, scale: float = 1e-3) -> Params:
-  """1e-3·N(0, 1) per cell kind, exactly `supernet.init_alphas` / `nb201.init_alphas`."""
-  if space.inputs_per_node is None:
-    return {"normal": scale * jax.random.normal(key, space.alpha_shape, jnp.float32)}
-  return supernet.init_alphas(key, space, scale)
+  """1e-3·N(0, 1) per cell kind (`SearchSpace.init_alphas`)."""
+  return space.init_alphas(key, scale)
 
 
 def epoch_of(step, hp: bilevel.SearchHParams) -> jax.Array:
@@ -156,18 +154,9 @@ def darts_minus_beta(step, hp: bilevel.SearchHParams, beta0: float = 1.0) -> jax
 
 
 def derive_from_weights(op_weights: Params, space: SearchSpace):
-  """The DARTS-family discretization of per-edge op strengths.
-
-  DARTS-like spaces: per node, the `inputs_per_node` edges with the strongest non-``none`` op, each with that
-  op (`genotypes.derive_genotype` on the weights as given). NAS-Bench-201: every edge's argmax op,
-  ``none`` included (`nb201.arch_from_alphas`).
-  """
-  w = {k: np.asarray(v, np.float64) for k, v in op_weights.items()}
-  if space.inputs_per_node is None:
-    return nb201.arch_from_alphas(w["normal"])
-  return genotypes.derive_genotype(w["normal"], w["reduce"], space.primitives, steps=space.num_nodes,
-                                   k=space.inputs_per_node, multiplier=space.num_nodes,
-                                   weights_fn=lambda a: a)
+  """The DARTS-family discretization of per-edge op strengths, as the space defines it (`SearchSpace.derive`:
+  the top `inputs_per_node` edges per node in DARTS' space, every edge's argmax in NAS-Bench-201)."""
+  return space.derive(op_weights)
 
 
 def _deriver(op_weights: Callable[[Params, SearchSpace], Params]):
@@ -188,12 +177,8 @@ def _numpy_rng(key) -> np.random.Generator:
 
 
 def random_architecture(key, space: SearchSpace):
-  """A uniformly random architecture: `genotypes.random_genotype` (non-``none`` ops, `inputs_per_node` distinct
-  inputs per node) or `nb201.random_arch` (any op per edge)."""
-  rng = _numpy_rng(key)
-  if space.inputs_per_node is None:
-    return nb201.random_arch(rng)
-  return genotypes.random_genotype(rng, space.primitives, steps=space.num_nodes, k=space.inputs_per_node)
+  """A uniformly random architecture of the space (`SearchSpace.random_arch`), from a JAX key or an int."""
+  return space.random_arch(_numpy_rng(key))
 
 
 def _random_derive(alphas, space, key=None):
@@ -281,7 +266,7 @@ def gdas(tau_max: float = 10.0, tau_min: float = 0.1) -> Method:
   size 256 in the DARTS space (a data setting).
   """
   def problem(apply_fn, space, hp):
-    zero_terms = space.inputs_per_node is None    # NB201's cell (`forward_gdas` of NAS201SearchCell)
+    zero_terms = space.scalar_unsampled_ops
 
     def arch_weights(alphas, rng, step):
       tau = gdas_tau(step, hp, tau_max, tau_min)
@@ -448,11 +433,8 @@ def fairdarts(w01: float = 10.0, parse: str = "darts", op_threshold: float = 0.8
     return jax.tree.map(jnp.zeros_like, _normal_alphas(key, space))
 
   def derive(alphas, space, key=None):
-    w = {k: np.asarray(v, np.float64) for k, v in sigmoid_op_weights(alphas).items()}
-    if parse == "darts" or space.inputs_per_node is None:
-      return derive_from_weights(w, space)
-    return genotypes.derive_threshold(w["normal"], w["reduce"], space.primitives, steps=space.num_nodes,
-                                      threshold=op_threshold, parse=parse, multiplier=space.num_nodes)
+    w = sigmoid_op_weights(alphas)
+    return space.derive(w) if parse == "darts" else space.derive_threshold(w, op_threshold, parse)
 
   return Method("fairdarts", init_alphas, problem, derive, _spaceless(sigmoid_op_weights),
                 hparams={"w_lr": 0.005, "w_lr_min": 0.001, "a_lr": 3e-3, "a_beta1": 0.9, "epochs": 50},
@@ -587,27 +569,10 @@ def darts_minus(beta0: float = 1.0) -> Method:
 
 
 def random_path(key, space: SearchSpace) -> Params:
-  """One-hot op weights of a uniformly random discrete architecture per cell kind.
-
-  DARTS-like spaces: per node, `inputs_per_node` distinct inputs, each with a uniform non-``none`` op; the
-  other edges get weight 0 (Li & Talwalkar's `sample_arch`, minus ``none``). NAS-Bench-201: a uniform op per
-  edge, ``none`` included.
-  """
-  ops = np.array([i for i, p in enumerate(space.primitives)
-                  if space.inputs_per_node is None or p != "none"])
-  out = {}
-  for c_i, cell in enumerate(cell_names(space)):
-    k_op, k_in = jax.random.split(jax.random.fold_in(key, c_i))
-    w = jax.nn.one_hot(jnp.asarray(ops)[jax.random.randint(k_op, (space.num_edges,), 0, len(ops))],
-                       space.num_ops)
-    if space.inputs_per_node is not None:
-      masks = []
-      for n_i, (s, e) in enumerate(node_slices(space)):
-        perm = jax.random.permutation(jax.random.fold_in(k_in, n_i), e - s)
-        masks.append(jnp.zeros((e - s,)).at[perm[:min(space.inputs_per_node, e - s)]].set(1.0))
-      w = w * jnp.concatenate(masks)[:, None]
-    out[cell] = w
-  return out
+  """One-hot op weights of a uniformly random discrete architecture per cell kind (`SearchSpace.random_path`:
+  in DARTS' space `inputs_per_node` distinct inputs per node with a uniform non-``none`` op, as Li &
+  Talwalkar's `sample_arch` minus ``none``; in NAS-Bench-201 a uniform op per edge, ``none`` included)."""
+  return space.random_path(key)
 
 
 class RSWSResult(NamedTuple):

@@ -250,10 +250,8 @@ class NB201Config:
 
 
 def check_input(cfg: NB201Config, x_shape) -> None:
-  if len(x_shape) != 4 or x_shape[-1] != cfg.in_channels:
-    raise ValueError(f"expected an NHWC batch with {cfg.in_channels} channels, got shape {tuple(x_shape)}")
-  if x_shape[1] % 4 or x_shape[2] % 4:
-    raise ValueError(f"image size {x_shape[1]}x{x_shape[2]} must be a multiple of 4 (two 2x2 reductions)")
+  """Raises a one-line ValueError when an input batch cannot go through the network (`ops.check_images`)."""
+  ops.check_images(x_shape, cfg.in_channels, 4, 4, what="the NAS-Bench-201 network's two 2x2 reductions")
 
 
 def _resblock_init(key, c_in, c_out, track):

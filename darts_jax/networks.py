@@ -158,15 +158,9 @@ def layout(cfg: NetworkConfig) -> Layout:
 
 
 def check_input(cfg: NetworkConfig, x_shape) -> None:
-  """Raises a one-line ValueError when an input batch cannot go through the network."""
-  if len(x_shape) != 4:
-    raise ValueError(f"expected an NHWC image batch, got an array of shape {tuple(x_shape)}")
-  _, h, w, c = x_shape
-  if c != cfg.in_channels:
-    raise ValueError(f"input has {c} channels but the network was built for in_channels={cfg.in_channels}")
-  if h < cfg.min_input_size or w < cfg.min_input_size:
-    raise ValueError(f"input {h}x{w} is too small for the {cfg.kind} network's {cfg.downsampling}x "
-                     f"downsampling; use images of at least {cfg.min_input_size}x{cfg.min_input_size}")
+  """Raises a one-line ValueError when an input batch cannot go through the network (`ops.check_images`)."""
+  ops.check_images(x_shape, cfg.in_channels, cfg.min_input_size,
+                   what=f"the {cfg.kind} network's {cfg.downsampling}x downsampling")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -21,9 +21,7 @@ same workdir resumes (a finished run returns its summary without training); NaN/
 from __future__ import annotations
 
 import json
-import math
 import os
-import platform
 import time
 from typing import Any, Dict, NamedTuple
 
@@ -32,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from darts_jax import bilevel
 from darts_jax import data as data_lib
 from darts_jax import genotypes
 from darts_jax import networks
@@ -61,16 +60,8 @@ def resolve(spec: Any, seed: int) -> genotypes.Genotype:
   return genotypes.validate(genotypes.canonical(g))
 
 
-def cosine_lr(lr_max: float, lr_min: float, epochs: int, steps_per_epoch: int):
-  """The reference's per-epoch CosineAnnealingLR: constant within an epoch, lr_max in epoch 0."""
-  def schedule(count):
-    epoch = jnp.minimum(count // steps_per_epoch, epochs)
-    return lr_min + 0.5 * (lr_max - lr_min) * (1 + jnp.cos(jnp.pi * epoch / epochs))
-  return schedule
-
-
 def _lr_at(config, epoch: int) -> float:
-  return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1 + math.cos(math.pi * epoch / config.epochs))
+  return float(bilevel.cosine_lr(config.lr, config.lr_min, config.epochs, 1)(epoch))
 
 
 def _drop_prob_at(config, epoch: int) -> float:
@@ -79,7 +70,7 @@ def _drop_prob_at(config, epoch: int) -> float:
 
 def optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
   """SGD (momentum, L2 weight decay added to the clipped gradient), as `torch.optim.SGD` in the reference."""
-  lr = cosine_lr(config.lr, config.lr_min, config.epochs, steps_per_epoch)
+  lr = bilevel.cosine_lr(config.lr, config.lr_min, config.epochs, steps_per_epoch)
   return optax.chain(optax.clip_by_global_norm(config.grad_clip),
                      optax.add_decayed_weights(config.weight_decay),
                      optax.trace(decay=config.momentum, nesterov=False),
@@ -147,13 +138,6 @@ def evaluate(eval_fn, state: TrainState, dataset, batch_size: int, mean, std, pu
     tot_correct += float(c)
     count += float(n)
   return tot_loss / max(count, 1), tot_correct / max(count, 1)
-
-
-def _versions() -> Dict[str, str]:
-  import flax  # pylint: disable=g-import-not-at-top
-  return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-          "optax": optax.__version__, "numpy": np.__version__, "platform": platform.platform(),
-          "devices": ", ".join(sorted({d.device_kind for d in jax.devices()})), "backend": jax.default_backend()}
 
 
 def _augmentation(config):
@@ -328,7 +312,7 @@ def export(config, workdir, genotype, num_params, steps, elapsed, last, train_ex
              "test_acc": last["test_acc"], "test_loss": last["test_loss"], "num_params": num_params,
              "train_seconds": elapsed, "epochs": config.epochs, "steps": steps,
              "train_examples": train_examples, "test_examples": test_examples,
-             "num_devices": layout.num_devices, "num_processes": jax.process_count(), "versions": _versions(),
+             "num_devices": layout.num_devices, "num_processes": jax.process_count(), "versions": wd.versions(),
              "code_version": wd.code_version()}
   wd.write_json(os.path.join(workdir, "summary.json"), summary)
   return json.loads(json.dumps(wd._jsonable(summary)))  # pylint: disable=protected-access

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -24,11 +23,8 @@ import numpy as np
 
 from darts_jax import bilevel
 from darts_jax import data as data_lib
-from darts_jax import genotypes
 from darts_jax import methods as methods_lib
-from darts_jax import nb201
 from darts_jax import parallel
-from darts_jax import supernet
 from darts_jax import workdir as wd
 from darts_jax.search_space import get_space
 
@@ -49,30 +45,10 @@ class SearchModel:
 
 def build_model(config, method: methods_lib.Method, num_classes: int, image_shape,
                 mesh_devices: int = 1) -> SearchModel:
-  """The supernet; on a mesh of several devices (`mesh_devices`) the depthwise convolutions never slice the
-  batch axis (the CPU's chunked kernels would gather the sharded batch onto every device)."""
+  """The supernet of the config's space (`SearchSpace.build_supernet`)."""
   space = get_space(config.space)
-  key = jax.random.PRNGKey(config.seed)
-  h, w, c = image_shape
-  if space.name == "nb201":
-    cfg = nb201.NB201Config(**{**method.supernet_kwargs, "C": config.model.C, "N": config.model.N,
-                               "num_classes": num_classes, "in_channels": c})
-    nb201.check_input(cfg, (1, h, w, c))
-    init = lambda k: nb201.init_supernet(k, cfg)
-    apply = lambda p, x, a: nb201.apply_supernet(p, x, a, cfg)
-  else:
-    mesh_kw = {"dw_impl": "loop" if jax.default_backend() == "cpu" else "xla"} if mesh_devices > 1 else {}
-    memory_kw = {k: config.model[k] for k in ("remat", "remat_policy", "compute_dtype") if k in config.model}
-    cfg = methods_lib.supernet_config(method, C=config.model.C, layers=config.model.layers,
-                                      num_classes=num_classes, in_channels=c, space=space, **mesh_kw, **memory_kw)
-    supernet.check_input(cfg, (1, h, w, c))
-    init = lambda k: supernet.init(k, cfg)
-    apply = lambda p, x, a: supernet.apply(p, x, a, cfg)
-  shapes = jax.eval_shape(init, key)
-  if space.name == "nb201":
-    return SearchModel(space, init, apply, supernet.count_params(shapes))
-  return SearchModel(space, init, apply, supernet.count_params(shapes), supernet.cellwise_grads(cfg),
-                     supernet.cellwise_grads_and_hvp(cfg))
+  net = space.build_supernet(dict(config.model), num_classes, image_shape, method.supernet_kwargs, mesh_devices)
+  return SearchModel(space, *net)
 
 
 def _entropy(op_weights) -> float:
@@ -84,30 +60,13 @@ def _entropy(op_weights) -> float:
   return float(np.mean(ent))
 
 
-def arch_text(arch) -> str:
-  if isinstance(arch, genotypes.Genotype):
-    return genotypes.to_text(arch)
-  return nb201.arch_to_string(arch)
-
-
-def write_architecture(workdir: str, arch) -> str:
-  """Writes ``genotype.txt`` and ``genotype.json`` (a DARTS genotype, or ``{"nb201": string}``) atomically;
-  returns the text form."""
-  text = arch_text(arch)
+def write_architecture(workdir: str, arch, space) -> str:
+  """Writes ``genotype.txt`` and ``genotype.json`` (`SearchSpace.arch_text` / `arch_json`) atomically; returns
+  the text form."""
+  text = space.arch_text(arch)
   wd.atomic_write(os.path.join(workdir, "genotype.txt"), text + "\n")
-  if isinstance(arch, genotypes.Genotype):
-    wd.atomic_write(os.path.join(workdir, "genotype.json"), genotypes.to_json(arch, indent=2) + "\n")
-  else:
-    wd.write_json(os.path.join(workdir, "genotype.json"), {"nb201": text})
+  wd.write_json(os.path.join(workdir, "genotype.json"), space.arch_json(arch))
   return text
-
-
-def _versions() -> Dict[str, str]:
-  import flax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  return {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
-          "optax": optax.__version__, "numpy": np.__version__, "platform": platform.platform(),
-          "devices": ", ".join(sorted({d.device_kind for d in jax.devices()})), "backend": jax.default_backend()}
 
 
 def load_search_data(config):
@@ -123,19 +82,33 @@ def load_search_data(config):
   return train, mean, std, w_idx, a_idx
 
 
-def _step_program(config, model, problem, hp, layout) -> str:
-  """"compile_cells", "compile_once" or "fused", from the config, the backend and the mesh."""
-  cells, once = config.get("compile_cells"), bool(config.get("compile_once", False))
-  if layout.num_devices > 1:
-    if cells or once:
-      raise ValueError(f"compile_cells/compile_once run on one device but this run has {layout.num_devices}; "
-                       "unset them (the fused step runs on the mesh) or set --config.num_devices=1")
-    return "fused"
-  # None: on a CPU, where the chain of small programs compiles and runs faster than one program for the step;
-  # on a GPU or TPU the many small launches would likely cost more than they save (not measured).
-  cells = (jax.default_backend() == "cpu" if cells is None else bool(cells)) and model.grads is not None
-  once = (once or cells) and bilevel.supports_compile_once(problem, hp)
-  return "compile_cells" if once and cells else "compile_once" if once else "fused"
+STEP_BACKENDS = ("auto", "fused", "per_pass", "edgewise")
+
+
+def step_backend(config, model, problem, hp, layout) -> str:
+  """How the search step runs, from ``config.step_backend``: "fused" (the whole step as one program),
+  "per_pass" (one compiled network gradient called for every pass, `bilevel.SharedPassStep`) or "edgewise"
+  (the same with one small program per distinct edge, chained: `supernet.cellwise_grads`). "auto": edgewise
+  on a CPU, where the chain compiles and runs faster (benchmarks/README.md), fused on GPUs and TPUs and on a
+  mesh of several devices; a method whose weight pass perturbs α (SDARTS) runs fused."""
+  name = config.get("step_backend") or "auto"
+  if name not in STEP_BACKENDS:
+    raise ValueError(f"unknown step_backend {name!r}; choose one of {', '.join(STEP_BACKENDS)}")
+  passes = bilevel.supports_compile_once(problem, hp)
+  if name == "auto":
+    edgewise = jax.default_backend() == "cpu" and model.grads is not None
+    return "edgewise" if edgewise and passes and layout.num_devices == 1 else "fused"
+  if name != "fused":
+    if layout.num_devices > 1:
+      raise ValueError(f"step_backend={name!r} runs on one device but this run has {layout.num_devices}; "
+                       "use 'fused' or 'auto' (the fused step runs on the mesh) or --config.num_devices=1")
+    if not passes:
+      raise ValueError(f"step_backend={name!r} cannot run a method that perturbs the weight pass's α (SDARTS); "
+                       "use 'fused' or 'auto'")
+    if name == "edgewise" and model.grads is None:
+      raise ValueError(f"step_backend='edgewise' needs the DARTS supernet's edge programs, which the "
+                       f"{model.space.name} space has not; use 'per_pass', 'fused' or 'auto'")
+  return name
 
 
 class _Batches:
@@ -183,6 +156,8 @@ def search(config, workdir: str) -> Dict[str, Any]:
   SIGTERM the run saves a checkpoint of its current step and raises `workdir.Preempted`."""
   method = methods_lib.get_method(config.method, **dict(config.get("method_kwargs", {}) or {})).for_space(
       config.get("space", "darts"))
+  if (config.get("step_backend") or "auto") not in STEP_BACKENDS:
+    raise ValueError(f"unknown step_backend {config.step_backend!r}; choose one of {', '.join(STEP_BACKENDS)}")
   layout = parallel.make_layout(int(config.get("num_devices") or 0))
   layout.check_batch_size(config.batch_size)
   wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS, write=layout.is_main)
@@ -211,9 +186,9 @@ def search(config, workdir: str) -> Dict[str, Any]:
   log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True),
                       enabled=layout.is_main)
 
-  step_program = _step_program(config, model, problem, hp, layout)
+  step_program = step_backend(config, model, problem, hp, layout)
   once = step_program != "fused"
-  if step_program == "compile_cells":
+  if step_program == "edgewise":
     problem = problem._replace(grads=model.grads, grads_and_hvp=model.grads_and_hvp)
   shardings = layout.step_shardings() if mesh_run else None
   make = lambda update: bilevel.make_search_step(problem, hp, update_alphas=update, compile_once=once,
@@ -267,7 +242,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
           opw = jax.device_get(method.op_weights(alphas, space))
           arch = method.derive(alphas, space, key=k_derive)   # the key: RS-WS' and random's derive sample
           log.write(step, {"phase": "epoch", "epoch": epoch, "val_loss": val_loss, "val_acc": val_acc,
-                           "alpha_entropy": _entropy(opw), "genotype": arch_text(arch),
+                           "alpha_entropy": _entropy(opw), "genotype": space.arch_text(arch),
                            "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
                            "seconds_per_step": seconds / max(epoch_steps, 1), "elapsed": elapsed})
           guard.save(step, elapsed)
@@ -383,7 +358,7 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
             opw = jax.device_get(method.op_weights(st.alphas, space))
             log.write(step, {"phase": "epoch", "epoch": step // steps_per_epoch - 1, "val_loss": val_loss,
                              "val_acc": val_acc, "alpha_entropy": _entropy(opw),
-                             "genotype": arch_text(method.derive(st.alphas, space, key=derive_keys[s])),
+                             "genotype": space.arch_text(method.derive(st.alphas, space, key=derive_keys[s])),
                              "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
                              "seconds_per_step": seconds / max(epoch_steps, 1) / len(configs),
                              "elapsed": elapsed / len(configs)})
@@ -437,9 +412,9 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
     arch = method.select(key, space, score, config.get("num_candidates", 100)).best
   else:
     arch = method.derive(alphas, space, key=key)
-  parallel.check_same_on_all_processes(alphas, arch_text(arch), "α or architecture")
+  parallel.check_same_on_all_processes(alphas, space.arch_text(arch), "α or architecture")
   common = {"method": config.method, "space": space.name, "dataset": config.dataset, "seed": config.seed,
-            "genotype": arch_text(arch), "search_seconds": elapsed, "supernet_params": model.num_params,
+            "genotype": space.arch_text(arch), "search_seconds": elapsed, "supernet_params": model.num_params,
             # Mean per-edge entropy of the final op weights; ln(num_ops) means α has not moved from uniform.
             "alpha_entropy": _entropy(jax.device_get(method.op_weights(alphas, space))),
             "alpha_entropy_uniform": math.log(space.num_ops),
@@ -448,18 +423,15 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
             "bn_stats": config.get("bn_stats", "global") or "global", **(extra or {})}
   if not layout.is_main:
     return {**common, "val_acc": None}
-  text = write_architecture(workdir, arch)
+  write_architecture(workdir, arch, space)
   wd.write_json(os.path.join(workdir, "alphas.json"), {k: np.asarray(v).tolist() for k, v in alphas.items()})
-  if isinstance(arch, genotypes.Genotype):
-    visualize.plot_genotype(arch, os.path.join(workdir, "cells"))
-  else:
-    visualize.plot_nb201(text, os.path.join(workdir, "cell"))
+  space.plot_arch(arch, workdir)
   records = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r.get("phase") == "epoch"]
   if records:
     history = {k: [r["op_weights"][k] for r in records] for k in records[-1]["op_weights"]}
     visualize.plot_alpha_history(history, space.primitives, os.path.join(workdir, "alphas"))
   summary = {**common, "val_acc": records[-1]["val_acc"] if records else None,
-             "versions": _versions(), "code_version": wd.code_version()}
+             "versions": wd.versions(), "code_version": wd.code_version()}
   wd.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 

@@ -473,6 +473,20 @@ def write_json(path: str, obj: Any) -> None:
   atomic_write(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
+def versions() -> Dict[str, str]:
+  """The versions a run's summary records: Python, the libraries, the platform, the JAX devices and backend."""
+  import platform  # pylint: disable=g-import-not-at-top
+  out = {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__}
+  for name in ("jaxlib", "flax", "optax", "orbax.checkpoint", "ml_collections", "matplotlib"):
+    try:
+      out[name] = str(getattr(__import__(name, fromlist=["__version__"]), "__version__", "?"))
+    except ImportError:
+      out[name] = "not installed"
+  out.update(platform=platform.platform(), devices=", ".join(sorted({d.device_kind for d in jax.devices()})),
+             backend=jax.default_backend())
+  return out
+
+
 def code_version() -> str:
   """The git commit of the darts_jax checkout running this code, with ``+dirty`` if its tracked files have
   uncommitted changes; "unknown" outside a git checkout."""

@@ -60,6 +60,7 @@ _CONFIGS = {"search.py": "experiments/configs/fashion_search.py:smoke",
     ("compare.py", "--config.search.epochs=abc", ["--config.search.epochs=abc"]),
     ("search.py", "--config.method_kwargs.nosuch=1", ["'darts' takes no option(s) nosuch"]),
     ("search.py", "--config.method_kwargs.parse", ["--config.method_kwargs.parse=VALUE"]),
+    ("search.py", "--config.step_backend=magic", ["unknown step_backend 'magic'", "edgewise"]),
 ])
 def test_bad_config_flag_is_one_line_exit_1(tmp_path, script, flag, says):
   rc, err = _script(script, f"--config={_CONFIGS[script]}", f"--workdir={tmp_path / 'w'}", flag)

@@ -428,6 +428,7 @@ def test_triple_form_round_trips_and_computes_only_reachable_edges():
     ([("none", 2, 0)], "'none'"),
     ([("skip_connect", 3, 2)], "no edge from the cell inputs"),
     ([("sep_conv_3x3", 2, 0), ("skip_connect", 3)], "mixes"),
+    ([("sep_conv_3x3", 3, 0), ("sep_conv_3x3", 2, 0)], "out of node order"),
 ])
 def test_triple_form_validation(normal, words):
   with pytest.raises(G.GenotypeError) as info:

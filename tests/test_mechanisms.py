@@ -253,10 +253,10 @@ def test_rsws_search_exports_the_best_candidate_on_the_supernet_and_never_moves_
   assert 0 < int(np.argmax(scores)) < len(scores) - 1, (
       f"{scores}: the test wants a best candidate that is neither the first nor the last; pick another seed")
   best = M.derive_from_weights(weights[int(np.argmax(scores))], space_def)
-  text = search.arch_text(best)
+  text = space_def.arch_text(best)
   assert summary["genotype"] == text
   assert open(os.path.join(workdir, "genotype.txt")).read().strip() == text
-  others = {search.arch_text(M.derive_from_weights(w, space_def)) for i, w in enumerate(weights)
+  others = {space_def.arch_text(M.derive_from_weights(w, space_def)) for i, w in enumerate(weights)
             if scores[i] < max(scores)}
   assert others and text not in others
 

@@ -115,7 +115,7 @@ def _alphas_close(a_dir, b_dir, rtol=1e-2, atol=2e-4):
 def one_device_run(tmp_path_factory):
   """The smoke search on one device with the fused step (what the mesh runs), the reference of the runs below."""
   workdir = str(tmp_path_factory.mktemp("one") / "run")
-  proc = subprocess.run(_search_cmd(workdir, "--config.num_devices=1", "--config.compile_cells=false"),
+  proc = subprocess.run(_search_cmd(workdir, "--config.num_devices=1", "--config.step_backend=fused"),
                         env=_env(devices=1), capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir

@@ -65,7 +65,7 @@ def test_tfds_mock_cifar10_search_fused_step(tmp_path):
   """CIFAR-10 through TFDS' mock data, with the fused step (one program, the default off CPU) end to end."""
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=64):
-    summary = search.search(_smoke(dataset="cifar10", subset=0, compile_cells=False), str(tmp_path / "run"))
+    summary = search.search(_smoke(dataset="cifar10", subset=0, step_backend="fused"), str(tmp_path / "run"))
   g, _ = _check_artifacts(str(tmp_path / "run"), epochs=2)
   assert genotypes.to_text(g) == summary["genotype"]
   assert summary["step_program"] == "fused"
@@ -91,7 +91,7 @@ def test_fashion_search_artifacts_resume_sigkill_and_sigterm(tmp_path):
   summary = search.search(_smoke(), straight)
   g, saved = _check_artifacts(straight, epochs=2)
   assert genotypes.to_text(g) == summary["genotype"] == saved["genotype"]
-  assert summary["step_program"] == "compile_cells"   # the default on a CPU
+  assert summary["step_program"] == "edgewise"   # the default on a CPU
   n_records = len(wd.read_metrics(os.path.join(straight, "metrics.jsonl")))
   again = search.search(_smoke(), straight)  # finished run: resumes at the end, trains nothing
   assert again["genotype"] == summary["genotype"] and again["steps"] == summary["steps"]
@@ -207,3 +207,30 @@ def test_fairdarts_threshold_search_and_retrain_from_the_command_line(tmp_path):
              f"--workdir={retrain_dir}", f"--config.genotype={search_dir / 'genotype.json'}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 0.0 <= json.load(open(retrain_dir / "summary.json"))["test_acc"] <= 1.0
+
+
+def test_step_backend_choice():
+  """``config.step_backend``: auto is the edge chain on a CPU where it can run (DARTS space, no perturbed weight
+  pass, one device), fused otherwise; an explicit backend that cannot run the search is one ValueError."""
+  import types  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from darts_jax import methods  # pylint: disable=g-import-not-at-top
+
+  def choose(backend, method="darts", space="darts", devices=1):
+    c = _smoke(step_backend=backend, method=method, space=space)
+    m = methods.get_method(method).for_space(space)
+    model = search.build_model(c, m, 10, (28, 28, 1))
+    hp = m.search_hparams(epochs=1, steps_per_epoch=1)
+    return search.step_backend(c, model, m.problem(model.apply, model.space, hp), hp,
+                               types.SimpleNamespace(num_devices=devices))
+
+  assert jax.default_backend() == "cpu"
+  assert choose("auto") == "edgewise" and choose("fused") == "fused" and choose("per_pass") == "per_pass"
+  assert choose("auto", method="sdarts_rs") == "fused"
+  assert choose("auto", space="nb201") == "fused" and choose("per_pass", space="nb201") == "per_pass"
+  assert choose("auto", devices=8) == "fused"
+  for kw, words in [(dict(backend="edgewise", space="nb201"), "edge programs"),
+                    (dict(backend="per_pass", method="sdarts_adv"), "perturbs"),
+                    (dict(backend="edgewise", devices=8), "one device")]:
+    with pytest.raises(ValueError, match=words):
+      choose(**kw)

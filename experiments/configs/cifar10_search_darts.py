@@ -43,9 +43,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.remat_policy = "dots"
   c.model.compute_dtype = "float32"
   c.hparams = bilevel.hparams_config(hypergradient="first_order")  # SearchHParams overrides
-  c.compile_once = False   # one compiled network gradient for every pass (bilevel.SharedPassStep)
-  # compile_once with one program per distinct edge (supernet.cellwise_grads[_and_hvp]); None: on a CPU only
-  c.compile_cells = ml_collections.config_dict.placeholder(bool)
+  # "auto" (edgewise on a CPU, fused elsewhere), "fused" (one program per step), "per_pass" (one network-gradient
+  # program for every pass) or "edgewise" (one program per distinct edge, chained); see search.step_backend
+  c.step_backend = "auto"
   c.num_devices = 0           # devices of the data-parallel mesh (0: all, over every process)
   c.bn_stats = "global"       # BatchNorm statistics of the global batch, or "device": per device's shard
   c.checkpoint_every = 0      # also checkpoint every this many steps (0: at epoch ends only)

@@ -42,9 +42,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # α's Adam lr 10× DARTS' 3e-4: this run takes 780 α steps, 4 % of the paper's 19,550, and at 3e-4 α's
   # entropy stayed at ln 8 to four digits, leaving the genotype to initialization noise.
   c.hparams.a_lr = 3e-3
-  c.compile_once = False      # one compiled network gradient for every pass (bilevel.SharedPassStep)
-  # compile_once with one program per distinct edge (supernet.cellwise_grads); None: on a CPU only
-  c.compile_cells = ml_collections.config_dict.placeholder(bool)
+  # "auto" (edgewise on a CPU, fused elsewhere), "fused" (one program per step), "per_pass" (one network-gradient
+  # program for every pass) or "edgewise" (one program per distinct edge, chained); see search.step_backend
+  c.step_backend = "auto"
   c.num_devices = 0           # devices of the data-parallel mesh (0: all, over every process)
   c.bn_stats = "global"       # BatchNorm statistics of the global batch, or "device": per device's shard
   c.checkpoint_every = 0      # also checkpoint every this many steps (0: at epoch ends only)
