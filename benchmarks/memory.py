@@ -51,15 +51,15 @@ def _peak_rss_gb() -> float:
 def _setup(conf):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from darts_jax import bilevel, supernet  # pylint: disable=g-import-not-at-top
+  from darts_jax import bilevel, edgewise, supernet  # pylint: disable=g-import-not-at-top
   cfg = supernet.SupernetConfig(C=conf["C"], layers=conf["layers"], in_channels=conf["in_channels"],
                                 remat=conf["remat"], remat_policy=conf["policy"], compute_dtype=conf["dtype"])
   hp = bilevel.SearchHParams(hypergradient=conf["mode"], steps_per_epoch=100)
   cells = conf["compile_cells"]
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a),
-                                  grads=supernet.cellwise_grads(cfg) if cells else None,
-                                  grads_and_hvp=supernet.cellwise_grads_and_hvp(cfg) if cells else None)
+                                  grads=edgewise.cellwise_grads(cfg) if cells else None,
+                                  grads_and_hvp=edgewise.cellwise_grads_and_hvp(cfg) if cells else None)
   key = jax.random.PRNGKey(0)
   state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   shape = (conf["batch"], conf["image"], conf["image"], conf["in_channels"])
@@ -115,11 +115,11 @@ def child(conf):
   del step, state, metrics
   jax.clear_caches()
   if conf["compile_cells"]:
-    programs = supernet._cell_programs(1)   # pylint: disable=protected-access
+    programs = edgewise._cell_programs(1)   # pylint: disable=protected-access
     rec = _Recorder(jax, programs)
     wrapped = supernet._CellPrograms(*[rec.wrap(n, f)   # pylint: disable=protected-access
                                        for n, f in zip(programs._fields, programs)])
-    supernet._cell_programs = lambda level: wrapped   # pylint: disable=protected-access
+    edgewise._cell_programs = lambda level: wrapped   # pylint: disable=protected-access
     # The step's `grads` closed over the programs when it was made: make it again around the wrapped ones.
     jax, supernet, step, state, batch = _setup(conf)
     rec.live_peak = 0

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from darts_jax import bilevel
+from darts_jax import edgewise
 from darts_jax import supernet
 
 _C = flags.DEFINE_integer("C", 16, "initial channels")
@@ -63,10 +64,10 @@ def run_mode(mode: str):
   level = None if _OPT.value < 0 else _OPT.value
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a),
-                                  grads=(supernet.cellwise_grads(cfg, cpu_opt_level=level,
+                                  grads=(edgewise.cellwise_grads(cfg, cpu_opt_level=level,
                                                                  arch_only_programs=_ARCH_ONLY.value)
                                          if backend() == "edgewise" else None),
-                                  grads_and_hvp=(supernet.cellwise_grads_and_hvp(cfg, cpu_opt_level=level)
+                                  grads_and_hvp=(edgewise.cellwise_grads_and_hvp(cfg, cpu_opt_level=level)
                                                  if backend() == "edgewise" else None))
   key = jax.random.PRNGKey(0)
   state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)

@@ -131,14 +131,14 @@ class SearchProblem(NamedTuple):
     SDARTS' perturbed α). They are constants to the weight gradient. None: the weight step uses
     `arch_weights`, like the α step.
   grads: optional (params, arch_weights, batch, wrt_params=True) -> (loss, accuracy, ∂params, ∂arch_weights)
-    of `apply`'s cross-entropy, computed otherwise than as one compiled program (`supernet.cellwise_grads`:
+    of `apply`'s cross-entropy, computed otherwise than as one compiled program (`edgewise.cellwise_grads`:
     one program per distinct edge shape, chained); `SharedPassStep` calls it for every pass, with
     wrt_params=False (∂params None, and not computed) where only ∂arch_weights is used. None: jit of the
     gradient.
   grads_and_hvp: optional (params, arch_weights, batch) -> (loss, accuracy, ∂params, ∂arch_weights, hvp) with
     hvp(v) = ∇_{arch_weights} ⟨∇params L, v⟩ at the same point: the training pass of `second_order_exact` in
     `SharedPassStep` and its second-order term, computed otherwise than as compiled programs of the whole
-    network (`supernet.cellwise_grads_and_hvp`). None: `grads`, and jit of reverse-over-reverse
+    network (`edgewise.cellwise_grads_and_hvp`). None: `grads`, and jit of reverse-over-reverse
     differentiation of `apply`.
   """
   apply: Callable[..., jax.Array]
@@ -262,7 +262,7 @@ def make_search_step(problem: SearchProblem, hp: SearchHParams, update_alphas: b
   compile_once: run the step as `SharedPassStep` (same numbers up to float rounding): one compiled network
     gradient serves every pass of the step (plus, for the exact second order, one Hessian-vector program),
     which cuts compile time and peak memory at the price of computing weight gradients in the α passes too
-    (unless the problem's own `grads` can skip them, as `supernet.cellwise_grads` does).
+    (unless the problem's own `grads` can skip them, as `edgewise.cellwise_grads` does).
   """
   if compile_once:
     if shardings is not None:
@@ -292,9 +292,9 @@ class SharedPassStep:
   second term by finite differences of two more `grads` calls, `second_order_exact` computes it with one
   Hessian-vector program (reverse over reverse through the training loss only), which is the exact gradient
   through the unrolled step. Results equal `search_step` up to float rounding (tested); the warm-up step (no
-  α update) reuses the same program. A problem that carries its own `grads` (`supernet.cellwise_grads`:
+  α update) reuses the same program. A problem that carries its own `grads` (`edgewise.cellwise_grads`:
   one program per distinct edge shape, chained) has that called for every pass instead, and its own
-  `grads_and_hvp` (`supernet.cellwise_grads_and_hvp`) for the exact second order's training pass and term.
+  `grads_and_hvp` (`edgewise.cellwise_grads_and_hvp`) for the exact second order's training pass and term.
   """
 
   def __init__(self, problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True,
@@ -367,7 +367,7 @@ class SharedPassStep:
 
     self._grads = problem.grads if problem.grads is not None else jax.jit(grads)
     # Passes that only need ∂arch_weights skip the weight gradients where the problem's grads can
-    # (`supernet.cellwise_grads`); the one-program gradient is reused rather than compiling a second one.
+    # (`edgewise.cellwise_grads`); the one-program gradient is reused rather than compiling a second one.
     self._arch_grads = (functools.partial(problem.grads, wrt_params=False) if problem.grads is not None
                         else self._grads)
     self._hvp = jax.jit(hvp)

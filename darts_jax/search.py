@@ -39,8 +39,8 @@ class SearchModel:
   init: Any          # key -> params
   apply: Any         # (params, images, arch_weights) -> logits
   num_params: int
-  grads: Any = None  # the edge-by-edge network gradient (`supernet.cellwise_grads`), DARTS space only
-  grads_and_hvp: Any = None   # ... and the exact second order's (`supernet.cellwise_grads_and_hvp`)
+  grads: Any = None  # the edge-by-edge network gradient (`edgewise.cellwise_grads`), DARTS space only
+  grads_and_hvp: Any = None   # ... and the exact second order's (`edgewise.cellwise_grads_and_hvp`)
 
 
 def build_model(config, method: methods_lib.Method, num_classes: int, image_shape,
@@ -88,7 +88,7 @@ STEP_BACKENDS = ("auto", "fused", "per_pass", "edgewise")
 def step_backend(config, model, problem, hp, layout) -> str:
   """How the search step runs, from ``config.step_backend``: "fused" (the whole step as one program),
   "per_pass" (one compiled network gradient called for every pass, `bilevel.SharedPassStep`) or "edgewise"
-  (the same with one small program per distinct edge, chained: `supernet.cellwise_grads`). "auto": edgewise
+  (the same with one small program per distinct edge, chained: `edgewise.cellwise_grads`). "auto": edgewise
   on a CPU, where the chain compiles and runs faster (benchmarks/README.md), fused on GPUs and TPUs and on a
   mesh of several devices; a method whose weight pass perturbs α (SDARTS) runs fused."""
   name = config.get("step_backend") or "auto"

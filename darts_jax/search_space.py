@@ -130,7 +130,7 @@ class SearchSpace:
     devices (`mesh_devices`) the depthwise convolutions never slice the batch axis (the CPU's chunked kernels
     would gather the sharded batch onto every device)."""
     import jax  # pylint: disable=g-import-not-at-top
-    from darts_jax import supernet  # pylint: disable=g-import-not-at-top
+    from darts_jax import edgewise, supernet  # pylint: disable=g-import-not-at-top
     h, w, c = image_shape
     mesh_kw = {"dw_impl": "loop" if jax.default_backend() == "cpu" else "xla"} if mesh_devices > 1 else {}
     memory_kw = {k: model[k] for k in ("remat", "remat_policy", "compute_dtype") if k in model}
@@ -141,7 +141,7 @@ class SearchSpace:
     init = lambda k: supernet.init(k, cfg)
     return Supernet(init, lambda p, x, a: supernet.apply(p, x, a, cfg),
                     supernet.count_params(jax.eval_shape(init, jax.random.PRNGKey(0))),
-                    supernet.cellwise_grads(cfg), supernet.cellwise_grads_and_hvp(cfg))
+                    edgewise.cellwise_grads(cfg), edgewise.cellwise_grads_and_hvp(cfg))
 
   def derive(self, op_weights: Dict[str, Any]):
     """The discrete architecture of per-edge op strengths: per node, the `inputs_per_node` edges with the
@@ -251,7 +251,7 @@ class SearchSpace:
 class Supernet(NamedTuple):
   """A space's search network: `init(key) -> params`, `apply(params, images, op_weights) -> logits`, its
   parameter count, and (DARTS space) the edge-by-edge network gradient `grads` and that of the exact second
-  order `grads_and_hvp` (`supernet.cellwise_grads` / `cellwise_grads_and_hvp`; None elsewhere)."""
+  order `grads_and_hvp` (`edgewise.cellwise_grads` / `cellwise_grads_and_hvp`; None elsewhere)."""
   init: Callable[..., Any]
   apply: Callable[..., Any]
   num_params: int

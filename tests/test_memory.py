@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from darts_jax import bilevel
+from darts_jax import edgewise
 from darts_jax import supernet
 from darts_jax.search_space import SearchSpace
 
@@ -33,7 +34,7 @@ def _fused_grads(cfg, params, weights, data):
 
 
 def _chain_grads(cfg, params, weights, data):
-  loss, _, g_p, g_w = supernet.cellwise_grads(cfg, cpu_opt_level=None)(params, weights, data)
+  loss, _, g_p, g_w = edgewise.cellwise_grads(cfg, cpu_opt_level=None)(params, weights, data)
   return loss, (g_p, g_w)
 
 
@@ -78,7 +79,7 @@ def test_remat_keeps_the_exact_second_order_term(remat):
   v = jax.tree.unflatten(tree, [jax.random.normal(jax.random.PRNGKey(i), x.shape) for i, x in enumerate(leaves)])
   outs = []
   for r in ("none", remat):
-    loss, _, g_p, g_w, hvp = supernet.cellwise_grads_and_hvp(supernet.SupernetConfig(**BASE, remat=r),
+    loss, _, g_p, g_w, hvp = edgewise.cellwise_grads_and_hvp(supernet.SupernetConfig(**BASE, remat=r),
                                                              cpu_opt_level=None)(params, weights, data)
     outs.append((loss, (g_p, g_w, hvp(v))))
   for k in outs[0][1][2]:
@@ -110,7 +111,7 @@ def test_bfloat16_compute_stays_within_its_precision_and_keeps_float32_state():
   hp = bilevel.SearchHParams(epochs=1, steps_per_epoch=2)
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a),
-                                  grads=supernet.cellwise_grads(cfg, cpu_opt_level=None))
+                                  grads=edgewise.cellwise_grads(cfg, cpu_opt_level=None))
   key = jax.random.PRNGKey(2)
   state = bilevel.init_state(params, supernet.init_alphas(key, cfg), hp, key)
   step = bilevel.make_search_step(problem, hp, donate=False, compile_once=True)
@@ -127,12 +128,12 @@ def test_remat_reduces_the_memory_of_the_gradient():
   outputs ("dots", the default), far fewer bytes than the whole op's residuals; with remat="cell" a cell keeps
   no VJPs at all until its backward pass."""
   params, weights, data = _problem(batch=8, size=16)
-  prog = supernet._cell_programs(None)
+  prog = edgewise._cell_programs(None)
 
   def tape(remat, policy="nothing"):
     cfg = supernet.SupernetConfig(**BASE, remat=remat, remat_policy=policy)
     ctx = supernet._network_ctx(cfg, supernet.ops.Ctx())
-    return supernet._forward_tape(prog, cfg, ctx, params, weights, data["image"])[1]
+    return edgewise._forward_tape(prog, cfg, ctx, params, weights, data["image"])[1]
 
   def residual_bytes(remat, policy="nothing"):
     return sum(x.nbytes for x in jax.tree.leaves(tape(remat, policy)[0].body_vjps.edges))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import bilevel, genotypes, methods as M, nb201, ops, supernet
+from darts_jax import bilevel, edgewise, genotypes, methods as M, nb201, ops, supernet
 from darts_jax.search_space import DARTS_SPACE, NB201_SPACE, SearchSpace
 
 KEY = jax.random.PRNGKey(0)
@@ -548,8 +548,8 @@ def test_compile_cells_step_equals_compile_once_step_on_the_supernet(name):
   problem = m.problem(lambda p, x, w: supernet.apply(p, x, w, cfg), DARTS_SPACE, hp)
   if not bilevel.supports_compile_once(problem, hp):
     pytest.skip("a weight-pass hook needs the fused step")
-  cells_problem = problem._replace(grads=supernet.cellwise_grads(cfg, cpu_opt_level=None),
-                                   grads_and_hvp=supernet.cellwise_grads_and_hvp(cfg, cpu_opt_level=None))
+  cells_problem = problem._replace(grads=edgewise.cellwise_grads(cfg, cpu_opt_level=None),
+                                   grads_and_hvp=edgewise.cellwise_grads_and_hvp(cfg, cpu_opt_level=None))
   init = lambda: bilevel.init_state(supernet.init(KEY, cfg), m.init_alphas(KEY, DARTS_SPACE), hp,
                                     jax.random.PRNGKey(1))
   a, b = init(), init()

@@ -7,6 +7,7 @@ import pytest
 
 from darts_jax import bilevel
 from darts_jax import ops
+from darts_jax import edgewise
 from darts_jax import supernet
 from darts_jax.search_space import DARTS_SPACE, SearchSpace
 
@@ -93,7 +94,7 @@ def _partial_channel_problem(layers):
 
 
 def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
-  """`supernet.cellwise_grads` chains one forward and one backward program per distinct unit shape: it gives
+  """`edgewise.cellwise_grads` chains one forward and one backward program per distinct unit shape: it gives
   `jax.grad`'s numbers through `apply` for the weights and the op weights (here with PC-DARTS' partial
   channels and edge factors), the edges of one stride and resolution run the same compiled mixed op, and with
   wrt_params=False it gives the same op-weight gradients without the weights' backward programs."""
@@ -104,9 +105,9 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
     return bilevel.cross_entropy(logits, batch["label"]), jnp.mean(jnp.argmax(logits, -1) == batch["label"])
 
   (want_loss, want_acc), want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, weights)
-  edge_fwd = supernet._cell_programs(None).edge_fwd
+  edge_fwd = edgewise._cell_programs(None).edge_fwd
   edges = edge_fwd._cache_size()
-  got_loss, got_acc, *got = supernet.cellwise_grads(cfg, cpu_opt_level=None)(params, weights, batch)
+  got_loss, got_acc, *got = edgewise.cellwise_grads(cfg, cpu_opt_level=None)(params, weights, batch)
   # 6 cells: normal, normal | reduce, normal | reduce, normal -> stride-1 edges at 3 resolutions, stride-2
   # edges into 2 reductions
   assert edge_fwd._cache_size() - edges == 5
@@ -117,25 +118,25 @@ def test_cellwise_grads_equal_the_network_gradient_and_share_cell_programs():
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(w))))
   assert float(np.max(np.abs(got[1]["normal_edge"]))) > 0
   # Passes that need only ∂arch_weights (the α pass, finite differences) skip the weights' backward programs.
-  pullbacks = supernet._cell_programs(None).pullback._cache_size()
-  arch_loss, _, no_params, arch = supernet.cellwise_grads(cfg, cpu_opt_level=None)(params, weights, batch,
+  pullbacks = edgewise._cell_programs(None).pullback._cache_size()
+  arch_loss, _, no_params, arch = edgewise.cellwise_grads(cfg, cpu_opt_level=None)(params, weights, batch,
                                                                                    wrt_params=False)
-  assert no_params is None and supernet._cell_programs(None).pullback._cache_size() == pullbacks
+  assert no_params is None and edgewise._cell_programs(None).pullback._cache_size() == pullbacks
   np.testing.assert_allclose(arch_loss, got_loss, rtol=1e-6)
   for g, w in zip(jax.tree.leaves(arch), jax.tree.leaves(got[1])):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7 * float(np.max(np.abs(w))))
   # ...unless told to reuse the full backward programs (fewer programs to compile).
-  inputs_only = supernet._cell_programs(None).pullback_inputs._cache_size()
-  reused = supernet.cellwise_grads(cfg, cpu_opt_level=None, arch_only_programs=False)(params, weights, batch,
+  inputs_only = edgewise._cell_programs(None).pullback_inputs._cache_size()
+  reused = edgewise.cellwise_grads(cfg, cpu_opt_level=None, arch_only_programs=False)(params, weights, batch,
                                                                                       wrt_params=False)
-  assert reused[2] is None and supernet._cell_programs(None).pullback_inputs._cache_size() == inputs_only
+  assert reused[2] is None and edgewise._cell_programs(None).pullback_inputs._cache_size() == inputs_only
   for g, w in zip(jax.tree.leaves(reused[3]), jax.tree.leaves(got[1])):
     np.testing.assert_array_equal(g, w)
 
 
 @pytest.mark.slow   # about 90 s on 2 busy cores, most of it compiling the whole-network double backward
 def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
-  """`supernet.cellwise_grads_and_hvp` gives the network gradient and, from what that pass recorded,
+  """`edgewise.cellwise_grads_and_hvp` gives the network gradient and, from what that pass recorded,
   double-backward programs per distinct edge chained forwards then backwards give the mixed second
   derivative ∇_{op weights}⟨∇_params L, v⟩ of differentiating `apply` twice; here with partial channels and
   edge factors, max pooling, a separable convolution and both kinds of preprocessing (after a normal cell
@@ -149,7 +150,7 @@ def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
 
   want = jax.jit(jax.grad(lambda w: optax.tree_utils.tree_vdot(jax.grad(loss)(params, w), v)))(weights)
   want_loss, (want_p, want_w) = jax.value_and_grad(loss, argnums=(0, 1))(params, weights)
-  got_loss, _, got_p, got_w, hvp = supernet.cellwise_grads_and_hvp(cfg, cpu_opt_level=None)(params, weights, batch)
+  got_loss, _, got_p, got_w, hvp = edgewise.cellwise_grads_and_hvp(cfg, cpu_opt_level=None)(params, weights, batch)
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
   for g, w in zip(jax.tree.leaves((got_p, got_w)), jax.tree.leaves((want_p, want_w))):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(w))))
@@ -172,8 +173,8 @@ def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradi
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
   once = bilevel.make_search_step(problem, hp, donate=False, compile_once=True)
-  cellwise = supernet.cellwise_grads(cfg, cpu_opt_level=None)
-  second = supernet.cellwise_grads_and_hvp(cfg, cpu_opt_level=None)
+  cellwise = edgewise.cellwise_grads(cfg, cpu_opt_level=None)
+  second = edgewise.cellwise_grads_and_hvp(cfg, cpu_opt_level=None)
   cells = bilevel.make_search_step(problem._replace(grads=cellwise, grads_and_hvp=second), hp, donate=False,
                                    compile_once=True)
   key = jax.random.PRNGKey(3)
