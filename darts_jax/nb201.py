@@ -428,3 +428,10 @@ def network_param_count(arch: ArchLike, cfg: NB201Config = NB201Config()) -> int
   shapes = jax.eval_shape(lambda k: init_network(k, arch, cfg)[0], jax.random.PRNGKey(0))
   return count_params(shapes)
 
+
+def from_arch(arch: ArchLike, cfg: NB201Config = NB201Config(), seed: int = 0, rngs=None):
+  """The final network of `arch` as a Flax NNX module (`darts_jax.modules.NB201Network`); `rngs` defaults to
+  ``nnx.Rngs(seed)``."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from darts_jax import modules  # pylint: disable=g-import-not-at-top
+  return modules.NB201Network(arch, cfg, rngs=rngs if rngs is not None else nnx.Rngs(seed))

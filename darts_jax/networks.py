@@ -72,7 +72,7 @@ class NetworkConfig:
     if not isinstance(spec, (str, genotypes.Genotype)) and not hasattr(spec, "__fspath__"):
       raise ValueError(f"genotype must be a Genotype, a registry name, genotype text or a file path, "
                        f"got {type(spec).__name__}")
-    g = genotypes.validate(genotypes.canonical(genotypes.resolve_genotype(spec)))
+    g = genotypes.validate(genotypes.canonical(genotypes.resolve_genotype(spec)), primitives=tuple(ops.OPS))
     object.__setattr__(self, "genotype", g)
     if self.kind not in KINDS:
       raise ValueError(f"kind={self.kind!r}; expected one of {', '.join(KINDS)}")
@@ -348,3 +348,17 @@ def apply(params: Params, batch_stats: Params, x: jax.Array, cfg: NetworkConfig,
   pooled = jnp.mean(s1, axis=(1, 2))
   logits = pooled @ params["classifier"]["w"] + params["classifier"]["b"]
   return logits, aux_logits, new_stats
+
+
+def from_genotype(genotype, *, C: int, layers: int, num_classes: int, auxiliary: bool = False,
+                  in_channels: int = 3, kind: str = "cifar", drop_path_prob: float = 0.0, seed: int = 0,
+                  rngs=None):
+  """The final network of `genotype` (a `genotypes.Genotype`, a registry name, genotype text or a .json/.txt
+  path) as a Flax NNX module (`darts_jax.modules.Network`), for training in an ordinary Flax/optax loop:
+  ``model(x)`` gives evaluation logits, ``model(x, train=True)`` ``(logits, aux_logits)``. `rngs` (an
+  ``nnx.Rngs`` with ``params`` and ``dropout`` streams) defaults to ``nnx.Rngs(seed)``."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from darts_jax import modules  # pylint: disable=g-import-not-at-top
+  cfg = NetworkConfig(genotype=genotype, C=C, num_classes=num_classes, layers=layers, auxiliary=auxiliary,
+                      in_channels=in_channels, kind=kind, drop_path_prob=drop_path_prob)
+  return modules.Network(cfg, rngs=rngs if rngs is not None else nnx.Rngs(seed))

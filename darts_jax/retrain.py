@@ -34,6 +34,7 @@ from darts_jax import bilevel
 from darts_jax import data as data_lib
 from darts_jax import genotypes
 from darts_jax import networks
+from darts_jax import ops
 from darts_jax import workdir as wd
 
 # Config keys that may change when a run is continued.
@@ -57,7 +58,7 @@ def resolve(spec: Any, seed: int) -> genotypes.Genotype:
       raise genotypes.GenotypeError("config.genotype is empty: give a registry name (e.g. DARTS_V2), a "
                                     "genotype.json/.txt path, Genotype(...) text or 'random'")
     g = genotypes.resolve_genotype(spec.strip() if isinstance(spec, str) else spec)
-  return genotypes.validate(genotypes.canonical(g))
+  return genotypes.validate(genotypes.canonical(g), primitives=tuple(ops.OPS))
 
 
 def _lr_at(config, epoch: int) -> float:

@@ -243,6 +243,9 @@ class SupernetConfig:
                        "(reduction cells sit at layers//3 and 2*layers//3)")
     if self.C < 1 or self.num_classes < 1:
       raise ValueError(f"C={self.C} and num_classes={self.num_classes} must be positive")
+    if not 1 <= self.multiplier <= self.space.num_nodes:
+      raise ValueError(f"multiplier={self.multiplier}: a cell concatenates 1..{self.space.num_nodes} of the "
+                       f"{self.space.name} space's intermediate nodes")
     if self.partial_channels < 1 or self.C % self.partial_channels:
       raise ValueError(f"C={self.C} must be divisible by partial_channels={self.partial_channels}")
     if self.space.num_inputs != 2 or self.space.output != "concat":

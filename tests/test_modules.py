@@ -1,0 +1,130 @@
+"""The Flax NNX layer (`darts_jax.modules`): final networks trained in a user's own optax loop, α as its own
+variable type in the supernet, and a candidate op written as an NNX module used by a search step."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from darts_jax import bilevel, genotypes, modules, nb201, networks, ops, supernet
+from darts_jax.data import sources
+from darts_jax.search_space import SearchSpace
+
+FASHION = os.path.join(sources.FASHION_MNIST_DEFAULT_DIR, "train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not os.path.exists(FASHION), reason="Debian package dataset-fashion-mnist not installed")
+def test_from_genotype_trains_in_an_optax_loop_on_fashion_mnist():
+  """As a user's own code would: the searched-style network as an NNX module, nnx.Optimizer over its
+  nnx.Param, a jitted train step; the loss falls and the running statistics move."""
+  train = sources.load_dataset("fashion_mnist", "train")
+  x = jnp.asarray(train.images[:256], jnp.float32) / 255.0
+  y = jnp.asarray(train.labels[:256])
+  model = networks.from_genotype("DARTS_V2", C=8, layers=3, num_classes=10, in_channels=1, auxiliary=True,
+                                 drop_path_prob=0.1)
+  assert isinstance(model, nnx.Module)
+  optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+  stats_before = [np.asarray(x) for x in jax.tree.leaves(model.trees()[1])]
+
+  @nnx.jit
+  def train_step(model, optimizer, xb, yb):
+    def loss_fn(model):
+      logits, aux = model(xb, train=True)
+      ce = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, yb).mean()
+      return ce(logits) + 0.4 * ce(aux)
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses = [float(train_step(model, optimizer, x[i:i + 64], y[i:i + 64])) for _ in range(4) for i in (0, 64, 128, 192)]
+  assert np.all(np.isfinite(losses))
+  assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
+  params, stats = model.trees()
+  assert any(np.abs(np.asarray(a) - b).max() > 1e-3 for a, b in zip(jax.tree.leaves(stats), stats_before))
+  # The module computes the functional network on its own values; nnx.Param holds exactly its weights.
+  assert len(jax.tree.leaves(nnx.state(model, nnx.Param))) == len(jax.tree.leaves(params))
+  want = networks.apply(params, stats, x[:8], model.cfg, train=False)[0]
+  np.testing.assert_allclose(np.asarray(model(x[:8])), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_nb201_network_module_is_the_functional_network():
+  arch = nb201.parse_arch("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|avg_pool_3x3~1|nor_conv_3x3~2|")
+  cfg = nb201.NB201Config(C=4, N=1, num_classes=3, in_channels=1)
+  model = nb201.from_arch(arch, cfg, seed=1)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+  params, stats = model.trees()
+  np.testing.assert_allclose(np.asarray(model(x)), np.asarray(nb201.apply_network(params, stats, x, arch, cfg, False)[0]),
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_supernet_keeps_alpha_in_its_own_variable_type():
+  cfg = supernet.SupernetConfig(C=4, layers=3, num_classes=3, in_channels=1)
+  model = modules.Supernet(cfg, rngs=nnx.Rngs(0))
+  alphas, weights = model.alphas.value(), model.weights.value()
+  assert set(alphas) == {"normal", "reduce"}
+  # α is its own variable type: the Alpha state holds exactly α's leaves, the Param state exactly the weights'.
+  assert len(jax.tree.leaves(nnx.state(model, modules.Alpha))) == len(jax.tree.leaves(alphas)) == 2
+  assert len(jax.tree.leaves(nnx.state(model, nnx.Param))) == len(jax.tree.leaves(weights))
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
+  np.testing.assert_allclose(np.asarray(model(x)),
+                             np.asarray(supernet.apply(weights, x, supernet.softmax_weights(alphas), cfg)),
+                             rtol=1e-6, atol=1e-6)
+  # Split once into the pure state, step it, write it back.
+  hp = bilevel.SearchHParams(epochs=1, steps_per_epoch=1, a_lr=0.1)
+  state = modules.search_state(model, hp, jax.random.PRNGKey(2))
+  problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
+                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
+  batch = {"image": x, "label": jnp.arange(4) % 3}
+  state, _ = bilevel.make_search_step(problem, hp, donate=False)(state, batch, batch)
+  modules.update_from_state(model, state)
+  moved = model.alphas.value()["normal"]
+  assert np.abs(np.asarray(moved) - np.asarray(alphas["normal"])).max() > 1e-3
+
+
+class GatedConv(nnx.Module):
+  """A candidate op as a user would write it: ReLU, 3×3 conv at the edge's stride, BatchNorm, sigmoid gate."""
+
+  def __init__(self, c, stride, affine, *, rngs):
+    self.conv = nnx.Conv(c, c, (3, 3), strides=stride, padding=1, use_bias=False, rngs=rngs)
+    self.gate = nnx.Param(jnp.zeros((c,)))
+    self.bn = nnx.BatchNorm(c, use_scale=affine, use_bias=affine, use_running_average=False, rngs=rngs)
+
+  def __call__(self, x):
+    return self.bn(self.conv(jax.nn.relu(x))) * jax.nn.sigmoid(self.gate[...])
+
+
+def test_nnx_candidate_op_in_a_search_step_and_a_final_network():
+  modules.register_op("gated_conv_3x3", GatedConv, override=True)
+  with pytest.raises(ValueError, match="exists"):
+    modules.register_op("gated_conv_3x3", GatedConv)
+  space = SearchSpace(name="nnx_op", primitives=("none", "skip_connect", "gated_conv_3x3"), num_inputs=2,
+                      num_nodes=2)
+  cfg = supernet.SupernetConfig(C=4, layers=3, num_classes=3, in_channels=1, space=space, multiplier=2,
+                                dw_impl="loop")
+  params = supernet.init(jax.random.PRNGKey(0), cfg)
+  alphas = space.init_alphas(jax.random.PRNGKey(1))
+  hp = bilevel.SearchHParams(epochs=1, steps_per_epoch=1, a_lr=0.1)
+  problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
+                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
+  state = bilevel.init_state(params, alphas, hp, jax.random.PRNGKey(2))
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32), "label": jnp.arange(8) % 3}
+  new, metrics = bilevel.make_search_step(problem, hp, donate=False)(state, batch, batch)
+  assert bool(metrics["finite"])
+  # The op's own weights (the conv kernel and the gate) took the weight step; its α moved.
+  op_leaves = lambda p: jax.tree.leaves(p["cells"][0]["waves"][0]["gated_conv_3x3"])
+  assert op_leaves(params) and all(
+      np.abs(np.asarray(a) - np.asarray(b)).max() > 0 for a, b in zip(op_leaves(new.params), op_leaves(params)))
+  col = space.primitive_index("gated_conv_3x3")
+  assert np.abs(np.asarray(new.alphas["normal"][:, col] - alphas["normal"][:, col])).max() > 1e-3
+  # The derived genotype uses it, and builds a final network (affine BatchNorm, tracked statistics).
+  g = genotypes.make_genotype([("gated_conv_3x3", 0), ("skip_connect", 1), ("gated_conv_3x3", 2),
+                               ("gated_conv_3x3", 0)], [2, 3], [("gated_conv_3x3", 0), ("gated_conv_3x3", 1),
+                                                                ("skip_connect", 2), ("gated_conv_3x3", 1)], [2, 3])
+  model = networks.from_genotype(g, C=4, layers=3, num_classes=3, in_channels=1)
+  logits, _ = model(batch["image"], train=True)
+  assert logits.shape == (8, 3) and np.all(np.isfinite(np.asarray(logits)))
+  assert ops.get_op("gated_conv_3x3") is ops.get_op("gated_conv_3x3", search=True)
