@@ -117,7 +117,7 @@ def child(conf):
   if conf["compile_cells"]:
     programs = edgewise._cell_programs(1)   # pylint: disable=protected-access
     rec = _Recorder(jax, programs)
-    wrapped = supernet._CellPrograms(*[rec.wrap(n, f)   # pylint: disable=protected-access
+    wrapped = edgewise._CellPrograms(*[rec.wrap(n, f)   # pylint: disable=protected-access
                                        for n, f in zip(programs._fields, programs)])
     edgewise._cell_programs = lambda level: wrapped   # pylint: disable=protected-access
     # The step's `grads` closed over the programs when it was made: make it again around the wrapped ones.

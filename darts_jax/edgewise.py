@@ -383,10 +383,10 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level:
   returns its VJP with the residuals and a backward program applies it. At 8 layers XLA compiles 5 mixed-op
   edges (stride 1 at each of the 3 resolutions, stride 2 into each reduction) where one program per cell
   compiled 5 cell bodies of 14 edges each; every pass of a search step reuses them. Used by
-  `bilevel.SharedPassStep` when the problem carries it (``compile_cells`` in the search configs). The chain
+  `bilevel.SharedPassStep` when the problem carries it (``step_backend="edgewise"`` in the search configs). The chain
   cannot itself be traced by `jax.grad` or `jax.jit`.
 
-  Measure it with `python benchmarks/search_step.py --compile_cells` (figures in `benchmarks/README.md`).
+  Measure it with `python benchmarks/search_step.py --step_backend=edgewise` (figures in `benchmarks/README.md`).
 
   wrt_params=False: ∂params is None; for the passes that only need ∂arch_weights (the α pass of first order,
   the two perturbed passes of finite differences). With arch_only_programs, such passes run backward programs
@@ -425,7 +425,7 @@ def cellwise_grads_and_hvp(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_op
   `_shared_dd`), then a forward and a backward pass (without weight gradients). Peak memory is that of the
   gradient pass, or of one edge's double backward plus the recorded tensors, whichever is larger: each
   edge's residuals are freed once its backward has run. Measure the exact second-order step with
-  `python benchmarks/search_step.py --compile_cells --modes=second_order_exact`.
+  `python benchmarks/search_step.py --step_backend=edgewise --modes=second_order_exact`.
   """
   ctx = _network_ctx(cfg, ctx)
   prog = _cell_programs(cpu_opt_level if jax.default_backend() == "cpu" else None)

@@ -17,7 +17,7 @@ A method is a `Method` (a NamedTuple of pure functions and settings):
   sigmoids) and PC-DARTS (softmax times the edge's normalized weight).
 * ``update_alphas``: False for methods that never step α (pass it to `bilevel.make_search_step`).
 * ``supernet_kwargs``: supernet config fields the method needs (`supernet.SupernetConfig` via
-  `supernet_config`, `nb201.NB201Config` in `darts_jax.search`).
+  `supernet_config`, `nb201.NB201Config`; `SearchSpace.build_supernet` applies them).
 * ``hparams``: the paper's `bilevel.SearchHParams` overrides (`Method.search_hparams` applies them).
 * ``warmup_epochs``: epochs at the start of each of ``warmup_stages`` equal stages that the paper trains
   weights only (run them with ``update_alphas=False``; `frozen_epochs`).

@@ -251,7 +251,8 @@ class NB201Config:
 
 def check_input(cfg: NB201Config, x_shape) -> None:
   """Raises a one-line ValueError when an input batch cannot go through the network (`ops.check_images`)."""
-  ops.check_images(x_shape, cfg.in_channels, 4, 4, what="the NAS-Bench-201 network's two 2x2 reductions")
+  ops.check_images(x_shape, cfg.in_channels, 4, 4, network="the NAS-Bench-201 network",
+                   reason="its two 2x2 reductions")
 
 
 def _resblock_init(key, c_in, c_out, track):

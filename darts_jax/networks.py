@@ -159,8 +159,8 @@ def layout(cfg: NetworkConfig) -> Layout:
 
 def check_input(cfg: NetworkConfig, x_shape) -> None:
   """Raises a one-line ValueError when an input batch cannot go through the network (`ops.check_images`)."""
-  ops.check_images(x_shape, cfg.in_channels, cfg.min_input_size,
-                   what=f"the {cfg.kind} network's {cfg.downsampling}x downsampling")
+  ops.check_images(x_shape, cfg.in_channels, cfg.min_input_size, network=f"the {cfg.kind} network",
+                   reason=f"its {cfg.downsampling}x downsampling")
 
 
 # --------------------------------------------------------------------------------------------------------

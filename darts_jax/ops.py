@@ -617,15 +617,17 @@ def drop_path(x, drop_prob: float, key):
   return x / keep * mask
 
 
-def check_images(x_shape, in_channels: int, min_size: int = 1, multiple: int = 1, what: str = "the network"):
-  """Raises a one-line ValueError when an image batch of shape `x_shape` cannot go through a network: NHWC,
-  `in_channels` channels, at least `min_size` pixels and a multiple of `multiple` per side."""
+def check_images(x_shape, in_channels: int, min_size: int = 1, multiple: int = 1, network: str = "the network",
+                 reason: str = "its downsampling"):
+  """Raises a one-line ValueError when an image batch of shape `x_shape` cannot go through `network`: NHWC,
+  `in_channels` channels, at least `min_size` pixels and a multiple of `multiple` per side (for `reason`)."""
   if len(x_shape) != 4:
     raise ValueError(f"expected an NHWC image batch, got an array of shape {tuple(x_shape)}")
   _, h, w, c = x_shape
   if c != in_channels:
-    raise ValueError(f"input has {c} channels but {what} was built for in_channels={in_channels}")
+    raise ValueError(f"input has {c} channels but {network} was built for in_channels={in_channels}")
   if h < min_size or w < min_size:
-    raise ValueError(f"input {h}x{w} is too small for {what}; use images of at least {min_size}x{min_size}")
+    raise ValueError(f"input {h}x{w} is too small for {network} ({reason}); use images of at least "
+                     f"{min_size}x{min_size}")
   if h % multiple or w % multiple:
-    raise ValueError(f"image size {h}x{w} must be a multiple of {multiple} for {what}")
+    raise ValueError(f"image size {h}x{w} must be a multiple of {multiple} for {network} ({reason})")

@@ -29,7 +29,10 @@ from darts_jax import workdir as wd
 from darts_jax.search_space import get_space
 
 # Config keys that may change when a run is continued (e.g. asking for a longer log interval).
-RESUMABLE_KEYS = ("progress", "log_every", "checkpoint_every", "num_devices")
+# Fields a resumed run may change. step_backend: every backend computes the same step (up to float rounding);
+# compile_once / compile_cells: what older work directories recorded for it.
+RESUMABLE_KEYS = ("progress", "log_every", "checkpoint_every", "num_devices", "step_backend", "compile_once",
+                  "compile_cells")
 
 
 @dataclasses.dataclass
@@ -271,6 +274,8 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
   """
   if jax.process_count() > 1:
     raise ValueError("search_seeds runs in one process; run each seed with search() on a multi-process mesh")
+  if any((c.get("step_backend") or "auto") not in ("auto", "fused") for c in configs):
+    raise ValueError("search_seeds runs every seed in one fused program; set step_backend to 'auto' or 'fused'")
   base = configs[0]
   differ = sorted({k for c in configs for k, v in c.to_dict().items() if base.to_dict().get(k) != v} - {"seed"})
   if differ:

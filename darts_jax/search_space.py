@@ -165,8 +165,13 @@ class SearchSpace:
     from darts_jax import genotypes  # pylint: disable=g-import-not-at-top
     return genotypes.random_genotype(rng, self.primitives, steps=self.num_nodes, k=self.inputs_per_node)
 
+  @property
+  def arch_ops(self) -> Tuple[str, ...]:
+    """The ops a discrete architecture of the space can use (``none`` is not one in DARTS' cells)."""
+    return tuple(p for p in self.primitives if p != "none")
+
   def _random_ops(self) -> np.ndarray:
-    return np.array([i for i, p in enumerate(self.primitives) if p != "none"])
+    return np.array([self.primitive_index(p) for p in self.arch_ops])
 
   def random_path(self, key) -> Dict[str, Any]:
     """One-hot op weights of a uniformly random discrete architecture per cell kind (traceable): per node,
@@ -329,8 +334,9 @@ class NB201Space(SearchSpace):
     from darts_jax import nb201  # pylint: disable=g-import-not-at-top
     return nb201.random_arch(rng)
 
-  def _random_ops(self) -> np.ndarray:
-    return np.arange(self.num_ops)
+  @property
+  def arch_ops(self) -> Tuple[str, ...]:
+    return self.primitives
 
   def _path_mask(self, key, w):
     return w

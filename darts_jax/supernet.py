@@ -274,7 +274,8 @@ class SupernetConfig:
 
 def check_input(cfg: SupernetConfig, x_shape) -> None:
   """Raises a one-line ValueError when an input batch cannot go through the network (`ops.check_images`)."""
-  ops.check_images(x_shape, cfg.in_channels, cfg.min_input_size, what="the search network's 2 reductions")
+  ops.check_images(x_shape, cfg.in_channels, cfg.min_input_size, network="the search network",
+                   reason="its 2 reductions")
 
 
 def init(key, cfg: SupernetConfig) -> Params:
