@@ -48,6 +48,7 @@ def first_order():
   return hp, bilevel.make_search_step(_problem(), hp)
 
 
+@pytest.mark.slow
 def test_search_learns_and_is_reproducible_and_compiles_once(first_order):
   hp, step = first_order
   alphas0 = supernet.init_alphas(jax.random.PRNGKey(0), TINY)
