@@ -60,8 +60,12 @@ def test_nb201_network_module_is_the_functional_network():
                              rtol=1e-6, atol=1e-6)
 
 
+SMALL = SearchSpace(name="small", primitives=("none", "skip_connect", "sep_conv_3x3"), num_inputs=2, num_nodes=2)
+
+
 def test_supernet_keeps_alpha_in_its_own_variable_type():
-  cfg = supernet.SupernetConfig(C=4, layers=3, num_classes=3, in_channels=1)
+  cfg = supernet.SupernetConfig(C=4, layers=3, num_classes=3, in_channels=1, space=SMALL, multiplier=2,
+                                dw_impl="loop")
   model = modules.Supernet(cfg, rngs=nnx.Rngs(0))
   alphas, weights = model.alphas.value(), model.weights.value()
   assert set(alphas) == {"normal", "reduce"}
