@@ -15,13 +15,14 @@ step, so the steps compile and run as they do without NNX.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from darts_jax import ops
+from darts_jax import bilevel, nb201, networks, ops, supernet
 
 Params = Dict[str, Any]
 
@@ -48,7 +49,20 @@ class _Tree(nnx.Module):
       v.set_value(x)
 
 
-class Network(nnx.Module):
+class _FinalNetwork(nnx.Module):
+  """What both final networks share: weights and running statistics as `_Tree`s of the functional pytrees."""
+
+  def __init__(self, params, stats):
+    self.params = _Tree(params, nnx.Param)
+    self.batch_stats = _Tree(stats, nnx.BatchStat)
+
+  def trees(self) -> Tuple[Params, Params]:
+    """(params, batch_stats) as the functional network's pytrees (`networks.apply` / `nb201.apply_network`,
+    `interop`)."""
+    return self.params.value(), self.batch_stats.value()
+
+
+class Network(_FinalNetwork):
   """A final DARTS network (`networks.NetworkConfig`) as an NNX module.
 
   ``model(x)`` gives evaluation logits (running statistics); ``model(x, train=True)`` gives
@@ -58,16 +72,12 @@ class Network(nnx.Module):
   """
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
-    from darts_jax import networks  # pylint: disable=g-import-not-at-top
-    params, stats = networks.init(rngs.params(), cfg)
+    super().__init__(*networks.init(rngs.params(), cfg))
     self.cfg = cfg
     self.drop_path_prob = nnx.data(jnp.asarray(cfg.drop_path_prob, jnp.float32))
-    self.params = _Tree(params, nnx.Param)
-    self.batch_stats = _Tree(stats, nnx.BatchStat)
     self.rngs = rngs
 
   def __call__(self, x: jax.Array, *, train: bool = False):
-    from darts_jax import networks  # pylint: disable=g-import-not-at-top
     key = self.rngs.dropout() if train else None
     logits, aux, new_stats = networks.apply(self.params.value(), self.batch_stats.value(), x, self.cfg, train,
                                             rng=key, drop_path_prob=self.drop_path_prob)
@@ -76,33 +86,21 @@ class Network(nnx.Module):
     self.batch_stats.assign(new_stats)
     return logits, aux
 
-  def trees(self) -> Tuple[Params, Params]:
-    """(params, batch_stats) as the functional network's pytrees (`networks.apply`, `interop`)."""
-    return self.params.value(), self.batch_stats.value()
 
-
-class NB201Network(nnx.Module):
+class NB201Network(_FinalNetwork):
   """A NAS-Bench-201 final network (`nb201.init_network` / `apply_network`) as an NNX module; ``model(x)``
   gives evaluation logits, ``model(x, train=True)`` training logits (batch statistics, running ones updated)."""
 
   def __init__(self, arch, cfg, *, rngs: nnx.Rngs):
-    from darts_jax import nb201  # pylint: disable=g-import-not-at-top
-    params, stats = nb201.init_network(rngs.params(), arch, cfg)
+    super().__init__(*nb201.init_network(rngs.params(), arch, cfg))
     self.arch, self.cfg = nb201.as_arch(arch), cfg
-    self.params = _Tree(params, nnx.Param)
-    self.batch_stats = _Tree(stats, nnx.BatchStat)
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    from darts_jax import nb201  # pylint: disable=g-import-not-at-top
     logits, new_stats = nb201.apply_network(self.params.value(), self.batch_stats.value(), x, self.arch,
                                             self.cfg, train)
     if train:
       self.batch_stats.assign(new_stats)
     return logits
-
-  def trees(self) -> Tuple[Params, Params]:
-    """(params, batch_stats) as `nb201.apply_network`'s pytrees."""
-    return self.params.value(), self.batch_stats.value()
 
 
 class Supernet(nnx.Module):
@@ -110,21 +108,18 @@ class Supernet(nnx.Module):
   `Alpha`. ``model(x)`` runs it on softmax(α) (or on given op weights: ``model(x, op_weights)``)."""
 
   def __init__(self, cfg, *, rngs: nnx.Rngs, init_alphas: Optional[Callable[[jax.Array], Params]] = None):
-    from darts_jax import supernet  # pylint: disable=g-import-not-at-top
     self.cfg = cfg
     self.weights = _Tree(supernet.init(rngs.params(), cfg), nnx.Param)
     alphas = (init_alphas or (lambda k: cfg.space.init_alphas(k)))(rngs.params())
     self.alphas = _Tree(alphas, Alpha)
 
   def __call__(self, x: jax.Array, op_weights: Optional[Params] = None) -> jax.Array:
-    from darts_jax import supernet  # pylint: disable=g-import-not-at-top
     weights = op_weights if op_weights is not None else supernet.softmax_weights(self.alphas.value())
     return supernet.apply(self.weights.value(), x, weights, self.cfg)
 
 
 def search_state(model: Supernet, hp, rng: jax.Array):
   """The `bilevel.SearchState` of a `Supernet` (its weights and α as plain pytrees, fresh optimizer states)."""
-  from darts_jax import bilevel  # pylint: disable=g-import-not-at-top
   return bilevel.init_state(model.weights.value(), model.alphas.value(), hp, rng)
 
 
@@ -181,7 +176,6 @@ def _module_op(factory: Callable[..., nnx.Module], weight_free: bool) -> ops.OpD
 
 
 def _takes_train(module) -> bool:
-  import inspect  # pylint: disable=g-import-not-at-top
   return "train" in inspect.signature(type(module).__call__).parameters
 
 
