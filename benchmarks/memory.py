@@ -51,20 +51,20 @@ def _peak_rss_gb() -> float:
 def _setup(conf):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from darts_jax import bilevel, edgewise, supernet  # pylint: disable=g-import-not-at-top
+  from darts_jax import bilevel, steps, supernet  # pylint: disable=g-import-not-at-top
+  from darts_jax.steps import edgewise  # pylint: disable=g-import-not-at-top
   cfg = supernet.SupernetConfig(C=conf["C"], layers=conf["layers"], in_channels=conf["in_channels"],
                                 remat=conf["remat"], remat_policy=conf["policy"], compute_dtype=conf["dtype"])
   hp = bilevel.SearchHParams(hypergradient=conf["mode"], steps_per_epoch=100)
   cells = conf["compile_cells"]
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
-                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a),
-                                  grads=edgewise.cellwise_grads(cfg) if cells else None,
-                                  grads_and_hvp=edgewise.cellwise_grads_and_hvp(cfg) if cells else None)
+                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
   key = jax.random.PRNGKey(0)
   state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   shape = (conf["batch"], conf["image"], conf["image"], conf["in_channels"])
   batch = {"image": jax.random.normal(key, shape), "label": jnp.arange(conf["batch"]) % 10}
-  step = bilevel.make_search_step(problem, hp, compile_once=cells)
+  step = steps.make_search_step(problem, hp, backend="edgewise" if cells else "fused",
+                                gradients=edgewise.gradients(cfg) if cells else None)
   return jax, supernet, step, state, batch
 
 
@@ -115,6 +115,7 @@ def child(conf):
   del step, state, metrics
   jax.clear_caches()
   if conf["compile_cells"]:
+    from darts_jax.steps import edgewise  # pylint: disable=g-import-not-at-top
     programs = edgewise._cell_programs(1)   # pylint: disable=protected-access
     rec = _Recorder(jax, programs)
     wrapped = edgewise._CellPrograms(*[rec.wrap(n, f)   # pylint: disable=protected-access

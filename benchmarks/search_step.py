@@ -2,7 +2,7 @@
 
   python benchmarks/search_step.py                       # the configuration, all modes, default step
   python benchmarks/search_step.py --C=8 --layers=5 --batch=32 --image=28 --in_channels=1 --modes=first_order
-  python benchmarks/search_step.py --step_backend=per_pass   # bilevel.SharedPassStep, every mode
+  python benchmarks/search_step.py --step_backend=per_pass   # steps.per_pass, every mode
   python benchmarks/search_step.py --step_backend=edgewise   # the same, one program per distinct edge shape
   python benchmarks/search_step.py --step_backend=fused      # one program per step
   python benchmarks/search_step.py --remat=none --compute_dtype=bfloat16   # SupernetConfig's memory options
@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from darts_jax import bilevel
-from darts_jax import edgewise
+from darts_jax import steps
 from darts_jax import supernet
+from darts_jax.steps import edgewise
 
 _C = flags.DEFINE_integer("C", 16, "initial channels")
 _LAYERS = flags.DEFINE_integer("layers", 8, "cells")
@@ -63,18 +64,15 @@ def run_mode(mode: str):
   hp = bilevel.SearchHParams(hypergradient=mode, steps_per_epoch=100)
   level = None if _OPT.value < 0 else _OPT.value
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
-                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a),
-                                  grads=(edgewise.cellwise_grads(cfg, cpu_opt_level=level,
-                                                                 arch_only_programs=_ARCH_ONLY.value)
-                                         if backend() == "edgewise" else None),
-                                  grads_and_hvp=(edgewise.cellwise_grads_and_hvp(cfg, cpu_opt_level=level)
-                                                 if backend() == "edgewise" else None))
+                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
+  net = (edgewise.gradients(cfg, cpu_opt_level=level, arch_only_programs=_ARCH_ONLY.value)
+         if backend() == "edgewise" else None)
   key = jax.random.PRNGKey(0)
   state = bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   shape = (_BATCH.value, _IMAGE.value, _IMAGE.value, _IN.value)
   batch = {"image": jax.random.normal(key, shape), "label": jnp.arange(_BATCH.value) % 10}
   once = backend() != "fused"
-  step = bilevel.make_search_step(problem, hp, compile_once=once)
+  step = steps.make_search_step(problem, hp, backend=backend(), gradients=net)
   t0 = time.perf_counter()
   if once:   # several small programs and one big one: time the first call, less one step, as trace+compile
     state, metrics = step(state, batch, batch)

@@ -166,7 +166,7 @@ def _search_config(fixture) -> supernet.SupernetConfig:
 
 
 def _search_outputs(fixture, keys=None) -> Dict[str, Any]:
-  from darts_jax import bilevel, genotypes  # pylint: disable=g-import-not-at-top
+  from darts_jax import bilevel, genotypes, steps  # pylint: disable=g-import-not-at-top
   cfg = _search_config(fixture)
   state = fixture_state_dict(fixture)
   params = load_search_params(state, cfg)
@@ -194,7 +194,7 @@ def _search_outputs(fixture, keys=None) -> Dict[str, Any]:
     if momentum:
       m = load_search_params_like(momentum, cfg)
       w_opt = set_momentum_buffer(w_opt, m)
-    fn = jax.jit(lambda p, a, o, tb, vb, hp=hp: bilevel.hypergradient(
+    fn = jax.jit(lambda p, a, o, tb, vb, hp=hp: steps.hypergradient(
         problem, hp, p, a, o, tb, vb, jax.random.PRNGKey(0), jnp.zeros((), jnp.int32))[0])
     g = fn(params, alphas, w_opt, train, val)
     out[f"{key}_alphas_normal"] = np.asarray(g["normal"])

@@ -15,7 +15,7 @@ A method is a `Method` (a NamedTuple of pure functions and settings):
 * ``op_weights(alphas, space) -> {"normal": (E, O)[, "reduce": (E, O)]}``: the deterministic per-edge op
   strengths that `derive` ranks (for logs, plots, entropies). Rows sum to 1 except for FairDARTS (independent
   sigmoids) and PC-DARTS (softmax times the edge's normalized weight).
-* ``update_alphas``: False for methods that never step α (pass it to `bilevel.make_search_step`).
+* ``update_alphas``: False for methods that never step α (pass it to `steps.make_search_step`).
 * ``supernet_kwargs``: supernet config fields the method needs (`supernet.SupernetConfig` via
   `supernet_config`, `nb201.NB201Config`; `SearchSpace.build_supernet` applies them).
 * ``hparams``: the paper's `bilevel.SearchHParams` overrides (`Method.search_hparams` applies them).

@@ -7,7 +7,7 @@ A `Layout` is a `jax.sharding.Mesh` with a ``seed`` and a ``data`` axis and the 
   batch (XLA inserts the all-reduces), and BatchNorm's batch statistics are those of the global batch, so N
   devices give the numbers of one device with the same global batch. `per_device_bn` instead computes them
   per device, as PyTorch's DataParallel does.
-* many seeds (`bilevel.make_multi_seed_step`): the stacked states and batches are sharded along ``seed``.
+* many seeds (`steps.make_multi_seed_step`): the stacked states and batches are sharded along ``seed``.
 * many hosts: `initialize` starts `jax.distributed` (one process per host, or per GPU); every process reads
   only its rows of each global batch (`Layout.rows`) and `Layout.put_batch` assembles the global array.
   `Layout.is_main` is the process that writes logs and exports; `check_same_on_all_processes` verifies at
@@ -74,7 +74,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """A (seed, data) device mesh and the shardings of states and batches on it; `stacked`: states and batches
-  carry a leading seed axis (`bilevel.make_multi_seed_step`)."""
+  carry a leading seed axis (`steps.make_multi_seed_step`)."""
   mesh: Mesh
   stacked: bool = False
 
@@ -109,7 +109,7 @@ class Layout:
     return NamedSharding(self.mesh, P(SEED) if self.stacked else P())
 
   def step_shardings(self) -> Tuple[NamedSharding, NamedSharding]:
-    """(state, batch) shardings for `bilevel.make_search_step` / `retrain.make_train_step`."""
+    """(state, batch) shardings for `steps.make_search_step` / `retrain.make_train_step`."""
     return self.state, self.batch
 
   def check_batch_size(self, batch_size: int, what: str = "batch_size") -> None:

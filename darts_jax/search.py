@@ -25,6 +25,7 @@ from darts_jax import bilevel
 from darts_jax import data as data_lib
 from darts_jax import methods as methods_lib
 from darts_jax import parallel
+from darts_jax import steps
 from darts_jax import workdir as wd
 from darts_jax.search_space import get_space
 
@@ -35,23 +36,11 @@ RESUMABLE_KEYS = ("progress", "log_every", "checkpoint_every", "num_devices", "s
                   "compile_cells")
 
 
-@dataclasses.dataclass
-class SearchModel:
-  """The supernet of a search space, as init/apply functions and what to export."""
-  space: Any
-  init: Any          # key -> params
-  apply: Any         # (params, images, arch_weights) -> logits
-  num_params: int
-  grads: Any = None  # the edge-by-edge network gradient (`edgewise.cellwise_grads`), DARTS space only
-  grads_and_hvp: Any = None   # ... and the exact second order's (`edgewise.cellwise_grads_and_hvp`)
-
-
 def build_model(config, method: methods_lib.Method, num_classes: int, image_shape,
-                mesh_devices: int = 1) -> SearchModel:
-  """The supernet of the config's space (`SearchSpace.build_supernet`)."""
-  space = get_space(config.space)
-  net = space.build_supernet(dict(config.model), num_classes, image_shape, method.supernet_kwargs, mesh_devices)
-  return SearchModel(space, *net)
+                mesh_devices: int = 1):
+  """The `search_space.Supernet` of the config's space (`SearchSpace.build_supernet`)."""
+  return get_space(config.space).build_supernet(dict(config.model), num_classes, image_shape,
+                                                method.supernet_kwargs, mesh_devices)
 
 
 def _entropy(op_weights) -> float:
@@ -90,16 +79,16 @@ STEP_BACKENDS = ("auto", "fused", "per_pass", "edgewise")
 
 def step_backend(config, model, problem, hp, layout) -> str:
   """How the search step runs, from ``config.step_backend``: "fused" (the whole step as one program),
-  "per_pass" (one compiled network gradient called for every pass, `bilevel.SharedPassStep`) or "edgewise"
-  (the same with one small program per distinct edge, chained: `edgewise.cellwise_grads`). "auto": edgewise
+  "per_pass" (one compiled network gradient called for every pass, `steps.per_pass`) or "edgewise"
+  (the same with one small program per distinct edge, chained: `steps.edgewise`). "auto": edgewise
   on a CPU, where the chain compiles and runs faster (benchmarks/README.md), fused on GPUs and TPUs and on a
   mesh of several devices; a method whose weight pass perturbs α (SDARTS) runs fused."""
   name = config.get("step_backend") or "auto"
   if name not in STEP_BACKENDS:
     raise ValueError(f"unknown step_backend {name!r}; choose one of {', '.join(STEP_BACKENDS)}")
-  passes = bilevel.supports_compile_once(problem, hp)
+  passes = steps.supports("per_pass", problem)
   if name == "auto":
-    edgewise = jax.default_backend() == "cpu" and model.grads is not None
+    edgewise = jax.default_backend() == "cpu" and model.edge_gradients is not None
     return "edgewise" if edgewise and passes and layout.num_devices == 1 else "fused"
   if name != "fused":
     if layout.num_devices > 1:
@@ -108,7 +97,7 @@ def step_backend(config, model, problem, hp, layout) -> str:
     if not passes:
       raise ValueError(f"step_backend={name!r} cannot run a method that perturbs the weight pass's α (SDARTS); "
                        "use 'fused' or 'auto'")
-    if name == "edgewise" and model.grads is None:
+    if name == "edgewise" and model.edge_gradients is None:
       raise ValueError(f"step_backend='edgewise' needs the DARTS supernet's edge programs, which the "
                        f"{model.space.name} space has not; use 'per_pass', 'fused' or 'auto'")
   return name
@@ -190,12 +179,9 @@ def search(config, workdir: str) -> Dict[str, Any]:
                       enabled=layout.is_main)
 
   step_program = step_backend(config, model, problem, hp, layout)
-  once = step_program != "fused"
-  if step_program == "edgewise":
-    problem = problem._replace(grads=model.grads, grads_and_hvp=model.grads_and_hvp)
   shardings = layout.step_shardings() if mesh_run else None
-  make = lambda update: bilevel.make_search_step(problem, hp, update_alphas=update, compile_once=once,
-                                                 shardings=shardings)
+  make = lambda update: steps.make_search_step(problem, hp, update_alphas=update, backend=step_program,
+                                               gradients=model.edge_gradients, shardings=shardings)
   step_fn = make(True) if not frozen.all() else None
   warm_fn = make(False) if frozen.any() else None
   eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)
@@ -265,7 +251,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
 
 def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[str, Any]]:
   """The searches of `configs` (one per seed; they may differ in ``seed`` alone) as one vmapped program
-  (`bilevel.make_multi_seed_step`), the seeds spread over the devices' ``seed`` axis; returns their summaries.
+  (`steps.make_multi_seed_step`), the seeds spread over the devices' ``seed`` axis; returns their summaries.
 
   Each seed gets what `search` would give it: its own data split and order, weights, α and rng, and its own
   work directory with the same files, checkpoints included, so either function can resume it. Seeds resume
@@ -310,8 +296,8 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
   stacked = layout.put_state(stack([r[0] for r in restored]))
   logs = [wd.MetricsLog(d, resume_step=start, tensorboard=c.get("tensorboard", True))
           for c, d in zip(configs, workdirs)]
-  make = lambda update: bilevel.make_multi_seed_step(problem, hp, update_alphas=update,
-                                                     shardings=layout.step_shardings())
+  make = lambda update: steps.make_multi_seed_step(problem, hp, update_alphas=update,
+                                                   shardings=layout.step_shardings())
   step_fn = make(True) if not frozen.all() else None
   warm_fn = make(False) if frozen.any() else None
   eval_fn = bilevel.make_eval_step(problem)

@@ -130,7 +130,8 @@ class SearchSpace:
     devices (`mesh_devices`) the depthwise convolutions never slice the batch axis (the CPU's chunked kernels
     would gather the sharded batch onto every device)."""
     import jax  # pylint: disable=g-import-not-at-top
-    from darts_jax import edgewise, supernet  # pylint: disable=g-import-not-at-top
+    from darts_jax import supernet  # pylint: disable=g-import-not-at-top
+    from darts_jax.steps import edgewise  # pylint: disable=g-import-not-at-top
     h, w, c = image_shape
     mesh_kw = {"dw_impl": "loop" if jax.default_backend() == "cpu" else "xla"} if mesh_devices > 1 else {}
     memory_kw = {k: model[k] for k in ("remat", "remat_policy", "compute_dtype") if k in model}
@@ -140,8 +141,8 @@ class SearchSpace:
     supernet.check_input(cfg, (1, h, w, c))
     init = lambda k: supernet.init(k, cfg)
     return Supernet(init, lambda p, x, a: supernet.apply(p, x, a, cfg),
-                    supernet.count_params(jax.eval_shape(init, jax.random.PRNGKey(0))),
-                    edgewise.cellwise_grads(cfg), edgewise.cellwise_grads_and_hvp(cfg))
+                    supernet.count_params(jax.eval_shape(init, jax.random.PRNGKey(0))), self,
+                    edgewise.gradients(cfg))
 
   def derive(self, op_weights: Dict[str, Any]):
     """The discrete architecture of per-edge op strengths: per node, the `inputs_per_node` edges with the
@@ -255,13 +256,13 @@ class SearchSpace:
 
 class Supernet(NamedTuple):
   """A space's search network: `init(key) -> params`, `apply(params, images, op_weights) -> logits`, its
-  parameter count, and (DARTS space) the edge-by-edge network gradient `grads` and that of the exact second
-  order `grads_and_hvp` (`edgewise.cellwise_grads` / `cellwise_grads_and_hvp`; None elsewhere)."""
+  parameter count, the space, and (DARTS space) the edgewise step backend's network gradients
+  (`steps.edgewise.gradients`; None elsewhere)."""
   init: Callable[..., Any]
   apply: Callable[..., Any]
   num_params: int
-  grads: Optional[Callable[..., Any]] = None
-  grads_and_hvp: Optional[Callable[..., Any]] = None
+  space: "SearchSpace"
+  edge_gradients: Optional[Any] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +318,7 @@ class NB201Space(SearchSpace):
     nb201.check_input(cfg, (1, h, w, c))
     init = lambda k: nb201.init_supernet(k, cfg)
     return Supernet(init, lambda p, x, a: nb201.apply_supernet(p, x, a, cfg),
-                    supernet.count_params(jax.eval_shape(init, jax.random.PRNGKey(0))))
+                    supernet.count_params(jax.eval_shape(init, jax.random.PRNGKey(0))), self)
 
   def derive(self, op_weights: Dict[str, Any]):
     """Every edge's argmax op, ``none`` included (`nb201.arch_from_alphas`)."""

@@ -2,7 +2,7 @@
 
 jaxlib 0.10.2's XLA:CPU crashes (SIGSEGV in a YNNPACK transpose) running the vmapped multi-seed search step
 when it hands reductions to YNNPACK. `cpu_compiler_options_without_ynn_reduce` is what
-`bilevel.make_multi_seed_step` compiles that program with on a CPU: YNNPACK for dots only. It is not applied
+`steps.make_multi_seed_step` compiles that program with on a CPU: YNNPACK for dots only. It is not applied
 globally, because XLA's own reductions are less accurate on these programs: with them everywhere, the
 first-order α-gradient on the reference fixture drifts from 2e-5 to 6e-3 relative error.
 

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 from darts_jax import bilevel
 from darts_jax import methods
 from darts_jax import parallel
+from darts_jax import steps
 from darts_jax import supernet
 
 BATCH = 16
@@ -83,8 +84,8 @@ def step_equality(method_name: str = "darts", hypergradient: str = "first_order"
   layout = parallel.make_layout()
   batches = cast(_batches(3))
   one = jax.device_put(state0, jax.devices()[0])
-  step_one = bilevel.make_search_step(problem, hp, method.update_alphas, donate=False)
-  step_mesh = bilevel.make_search_step(problem, hp, method.update_alphas, donate=False,
+  step_one = steps.make_search_step(problem, hp, method.update_alphas, donate=False)
+  step_mesh = steps.make_search_step(problem, hp, method.update_alphas, donate=False,
                                        shardings=layout.step_shardings())
   worst = 0.0
   for i, (tb, vb) in enumerate(batches):
@@ -149,7 +150,7 @@ def multi_seed(method_name: str = "gdas"):
   layout = parallel.make_layout(seeds=2)
   assert layout.seed_size == 2 and layout.data_size == 4
   states = layout.put_state(bilevel.init_seeds(init_p, init_a, hp, seeds))
-  step = bilevel.make_multi_seed_step(problem, hp, donate=False, shardings=layout.step_shardings())
+  step = steps.make_multi_seed_step(problem, hp, donate=False, shardings=layout.step_shardings())
   per_seed = [_batches(2, seed=s) for s in seeds]
   stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
   for i in range(2):
@@ -159,7 +160,7 @@ def multi_seed(method_name: str = "gdas"):
     states, _ = step(states, tb, vb)
   for leaf in jax.tree.leaves(states):
     assert leaf.sharding.spec == P("seed"), leaf.sharding
-  single = bilevel.make_search_step(problem, hp, donate=False)
+  single = steps.make_search_step(problem, hp, donate=False)
   for s_i, seed in enumerate(seeds):
     k_w, k_a, k_s = jax.random.split(jax.random.PRNGKey(seed), 3)   # as a separate run with this seed
     st = bilevel.init_state(init_p(k_w), init_a(k_a), hp, k_s)

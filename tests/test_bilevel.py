@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from darts_jax import bilevel
+from darts_jax import steps
 from darts_jax import supernet
 from darts_jax.search_space import SearchSpace
 
@@ -45,7 +46,7 @@ def _run(step, hp, seed, steps, snapshot_at=None):
 @pytest.fixture(scope="module")
 def first_order():
   hp = bilevel.SearchHParams(epochs=20, steps_per_epoch=10, a_lr=3e-2)
-  return hp, bilevel.make_search_step(_problem(), hp)
+  return hp, steps.make_search_step(_problem(), hp)
 
 
 @pytest.mark.slow
@@ -67,7 +68,7 @@ def test_alpha_step_comes_first_and_weights_use_new_alphas():
   # The α update happens on the val batch before the weight update: with a zero weight learning rate the
   # weights do not move but α does.
   hp = bilevel.SearchHParams(w_lr=0.0, w_lr_min=0.0, w_weight_decay=0.0)
-  step = jax.jit(lambda s, t, v: bilevel.search_step(_problem(SMALL), hp, s, t, v))
+  step = jax.jit(lambda s, t, v: steps.search_step(_problem(SMALL), hp, s, t, v))
   key = jax.random.PRNGKey(0)
   state = bilevel.init_state(supernet.init(key, SMALL), supernet.init_alphas(key, SMALL), hp, key)
   batch = _synthetic(key, 4)
@@ -117,7 +118,7 @@ def test_second_order_modes_run_on_a_tiny_network():
   for mode in bilevel.HYPERGRADIENTS:
     hp = bilevel.SearchHParams(hypergradient=mode, w_lr=0.5)
     w_opt = bilevel.weight_optimizer(hp).init(params)
-    fn = jax.jit(lambda p, a, o, t, v, hp=hp: bilevel.hypergradient(
+    fn = jax.jit(lambda p, a, o, t, v, hp=hp: steps.hypergradient(
         _problem(), hp, p, a, o, t, v, jax.random.PRNGKey(0), jnp.zeros((), jnp.int32))[0])
     out[mode] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(fn(params, alphas, w_opt, tb, vb))])
   assert all(np.all(np.isfinite(v)) for v in out.values())
@@ -136,8 +137,8 @@ def test_vmapped_seeds_equal_separate_runs():
                               seeds)
   batches = [[_synthetic(jax.random.PRNGKey(10 * s + t), 8) for t in range(2)] for s in seeds]
   stack = lambda bs: jax.tree.map(lambda *xs: jnp.stack(xs), *bs)
-  multi = bilevel.make_multi_seed_step(problem, hp, donate=False)
-  single = jax.jit(lambda st, tb, vb: bilevel.search_step(problem, hp, st, tb, vb))
+  multi = steps.make_multi_seed_step(problem, hp, donate=False)
+  single = jax.jit(lambda st, tb, vb: steps.search_step(problem, hp, st, tb, vb))
   for i in range(3):
     states, _ = multi(states, stack([b[0] for b in batches]), stack([b[1] for b in batches]))
   for j, seed in enumerate(seeds):
@@ -152,3 +153,62 @@ def test_vmapped_seeds_equal_separate_runs():
                                rtol=1e-4, atol=1e-6)
   assert not np.allclose(states.alphas["normal"][0], states.alphas["normal"][1])
   assert multi._cache_size() == 1
+
+
+def test_hypergradients_equal_the_bilevel_objective_differentiated_directly():
+  """`steps.hypergradient` (the step's formula: op-weight gradients carried back through `arch_weights`, the
+  exact second order by a Hessian-vector product) equals jax.grad of the objectives as the paper writes them,
+  for stochastic op weights (a key of their own for the unrolled training pass), a regularizer and a momentum
+  buffer; finite differences equal their definition."""
+  cfg = SMALL
+  def arch_weights(a, rng, step):
+    noise = {k: 0.3 * jax.random.gumbel(jax.random.fold_in(rng, i), v.shape) for i, (k, v) in enumerate(a.items())}
+    return {k: jax.nn.softmax(v + noise[k], -1) for k, v in a.items()}
+  reg = lambda a, w, step: 0.1 * sum(jnp.sum(w[k] * a[k]) for k in a)
+  problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg), arch_weights=arch_weights,
+                                  regularizer=reg)
+  key = jax.random.PRNGKey(4)
+  params = supernet.init(key, cfg)
+  alphas = jax.tree.map(lambda a: 300 * a, supernet.init_alphas(key, cfg))
+  tb, vb = _synthetic(jax.random.PRNGKey(5), 8), _synthetic(jax.random.PRNGKey(6), 8)
+  rng, step = jax.random.PRNGKey(7), jnp.asarray(3, jnp.int32)
+  k_val, k_train = jax.random.split(rng)
+  ce = lambda p, w, b: bilevel.cross_entropy(problem.apply(p, b["image"], w), b["label"])
+  hp = bilevel.SearchHParams(epochs=4, steps_per_epoch=2, w_lr=0.2)
+  w_opt = bilevel.weight_optimizer(hp).init(params)
+  _, w_opt = bilevel.weight_optimizer(hp).update(jax.grad(ce)(params, arch_weights(alphas, k_train, step), tb),
+                                                 w_opt, params)
+  eta = bilevel.cosine_lr(hp.w_lr, hp.w_lr_min, hp.epochs, hp.steps_per_epoch)(step)
+  assert 0 < eta < hp.w_lr
+
+  def val_objective(p, a):
+    w = arch_weights(a, k_val, step)
+    return ce(p, w, vb) + reg(a, w, step)
+
+  def unrolled(a):
+    g = jax.grad(ce)(params, arch_weights(a, k_train, step), tb)
+    return jax.tree.map(lambda w, gw, m: w - eta * (hp.w_momentum * m + gw + hp.w_weight_decay * w), params, g,
+                        bilevel.momentum_buffer(w_opt))
+
+  def fd_reference():
+    w2 = unrolled(alphas)
+    v = jax.grad(val_objective)(w2, alphas)
+    r = hp.fd_r / optax.global_norm(v)
+    train_a = lambda p: jax.grad(lambda a: ce(p, arch_weights(a, k_train, step), tb))(alphas)
+    plus = train_a(jax.tree.map(lambda w, d: w + r * d, params, v))
+    minus = train_a(jax.tree.map(lambda w, d: w - r * d, params, v))
+    return jax.tree.map(lambda g, p, m: g - eta * (p - m) / (2 * r), jax.grad(val_objective, 1)(w2, alphas), plus,
+                        minus)
+
+  want = {"first_order": jax.jit(lambda: jax.grad(lambda a: val_objective(params, a))(alphas))(),
+          "second_order_exact": jax.jit(lambda: jax.grad(lambda a: val_objective(unrolled(a), a))(alphas))(),
+          "second_order_fd": jax.jit(fd_reference)()}
+  for mode, expected in want.items():
+    h = bilevel.SearchHParams(epochs=4, steps_per_epoch=2, w_lr=0.2, hypergradient=mode)
+    got, _ = jax.jit(lambda: steps.hypergradient(problem, h, params, alphas, w_opt, tb, vb, rng, step))()
+    for k in expected:
+      np.testing.assert_allclose(got[k], expected[k], rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(expected[k]))),
+                                 err_msg=f"{mode} {k}")
+  first = np.concatenate([np.ravel(x) for x in jax.tree.leaves(want["first_order"])])
+  exact = np.concatenate([np.ravel(x) for x in jax.tree.leaves(want["second_order_exact"])])
+  assert np.linalg.norm(exact - first) > 1e-3 * np.linalg.norm(first)   # the second-order term is not negligible

@@ -25,6 +25,7 @@ from darts_jax import data as data_lib
 from darts_jax import methods as M
 from darts_jax import nb201
 from darts_jax import search
+from darts_jax import steps
 from darts_jax import supernet
 from darts_jax.search_space import DARTS_SPACE, NB201_SPACE, SearchSpace
 
@@ -298,7 +299,7 @@ def _sdarts_vs_darts(space):
   for name in ("darts", "sdarts_rs", "sdarts_adv"):
     m = M.get_method(name)
     assert m.search_hparams(epochs=2, steps_per_epoch=1) == hp
-    step = bilevel.make_search_step(m.problem(apply_fn, space, hp), hp, m.update_alphas, donate=False)
+    step = steps.make_search_step(m.problem(apply_fn, space, hp), hp, m.update_alphas, donate=False)
     runs[name] = step(init(), tb, vb)
   ref, _ = runs["darts"]
   for name in ("sdarts_rs", "sdarts_adv"):

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import bilevel
-from darts_jax import edgewise
+from darts_jax import bilevel, steps
+from darts_jax.steps import edgewise
 from darts_jax import supernet
 from darts_jax.search_space import SearchSpace
 
@@ -110,11 +110,11 @@ def test_bfloat16_compute_stays_within_its_precision_and_keeps_float32_state():
   cfg = supernet.SupernetConfig(**BASE, compute_dtype="bfloat16")
   hp = bilevel.SearchHParams(epochs=1, steps_per_epoch=2)
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
-                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a),
-                                  grads=edgewise.cellwise_grads(cfg, cpu_opt_level=None))
+                                  arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
   key = jax.random.PRNGKey(2)
   state = bilevel.init_state(params, supernet.init_alphas(key, cfg), hp, key)
-  step = bilevel.make_search_step(problem, hp, donate=False, compile_once=True)
+  step = steps.make_search_step(problem, hp, donate=False, backend="edgewise",
+                                gradients=edgewise.gradients(cfg, cpu_opt_level=None))
   state, metrics = step(state, data, data)
   assert np.isfinite(float(metrics["val_loss"]))
   floats = [x for x in jax.tree.leaves((state.params, state.alphas, state.w_opt, state.a_opt))

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import bilevel, edgewise, genotypes, methods as M, nb201, ops, supernet
+from darts_jax import bilevel, genotypes, methods as M, nb201, ops, steps, supernet
+from darts_jax.steps import edgewise
 from darts_jax.search_space import DARTS_SPACE, NB201_SPACE, SearchSpace
 
 KEY = jax.random.PRNGKey(0)
@@ -425,13 +426,13 @@ def test_darts_family_derive_on_nb201():
 # Every method through bilevel's one search step.
 
 
-def _run(method, apply_fn, params, space, steps=2, batch_size=4):
+def _run(method, apply_fn, params, space, n_steps=2, batch_size=4):
   hp = method.search_hparams(epochs=2, steps_per_epoch=1)
   params = jax.tree.map(jnp.copy, params)  # the step donates its state
   state = bilevel.init_state(params, method.init_alphas(KEY, space), hp, jax.random.PRNGKey(1))
   alphas0 = jax.tree.map(np.asarray, state.alphas)
-  step = bilevel.make_search_step(method.problem(apply_fn, space, hp), hp, method.update_alphas)
-  for i in range(steps):
+  step = steps.make_search_step(method.problem(apply_fn, space, hp), hp, method.update_alphas)
+  for i in range(n_steps):
     state, metrics = step(state, _batch(jax.random.PRNGKey(10 + i), batch_size),
                           _batch(jax.random.PRNGKey(20 + i), batch_size))
   return alphas0, state, metrics
@@ -474,7 +475,7 @@ def test_bilevel_weight_step_uses_weight_arch_weights():
   alphas = M.get_method("darts").init_alphas(KEY, DARTS_SPACE)
   state = bilevel.init_state(jax.tree.map(jnp.copy, params), alphas, hp, KEY)
   tb, vb = _batch(jax.random.PRNGKey(1)), _batch(jax.random.PRNGKey(2))
-  state, metrics = bilevel.make_search_step(problem, hp, donate=False)(state, tb, vb)
+  state, metrics = steps.make_search_step(problem, hp, donate=False)(state, tb, vb)
   zero = jax.tree.map(jnp.zeros_like, M.softmax_op_weights(alphas))
   expected = bilevel.cross_entropy(_toy_apply(params, tb["image"], zero), tb["label"])
   assert float(metrics["train_loss"]) == pytest.approx(float(expected), rel=1e-6)
@@ -499,19 +500,19 @@ def test_method_on_tiny_supernet(name):
     ("fairdarts", "first_order"), ("beta_darts", "first_order"), ("darts_minus", "first_order"),
     ("rsws", "first_order"), ("darts", "second_order_fd"), ("darts", "second_order_exact"),
     ("gdas", "second_order_exact"), ("beta_darts", "second_order_fd")])
-def test_compile_once_step_equals_fused_step(name, hypergradient):
-  """`bilevel.SharedPassStep` (one compiled network gradient for every pass) gives the fused step's numbers
+def test_per_pass_step_equals_fused_step(name, hypergradient):
+  """The per-pass backend (one compiled network gradient for every pass) gives the fused step's numbers
   for every method and hypergradient it supports: random op weights (GDAS, DrNAS, RS-WS), regularizers
   (FairDARTS, β-DARTS), edge factors (PC-DARTS), α-independent extras (DARTS-), and both second orders
   (finite differences, and the exact one through a Hessian-vector program)."""
   m = M.get_method(name)
   hp = dataclasses.replace(m.search_hparams(epochs=2, steps_per_epoch=2), hypergradient=hypergradient)
   problem = m.problem(_toy_apply, DARTS_SPACE, hp)
-  assert bilevel.supports_compile_once(problem, hp)
-  fused = bilevel.make_search_step(problem, hp, m.update_alphas, donate=False)
-  shared = bilevel.make_search_step(problem, hp, m.update_alphas, compile_once=True)
-  warm_f = bilevel.make_search_step(problem, hp, False, donate=False)
-  warm_s = bilevel.make_search_step(problem, hp, False, compile_once=True)
+  assert steps.supports("per_pass", problem)
+  fused = steps.make_search_step(problem, hp, m.update_alphas, donate=False)
+  shared = steps.make_search_step(problem, hp, m.update_alphas, backend="per_pass")
+  warm_f = steps.make_search_step(problem, hp, False, donate=False)
+  warm_s = steps.make_search_step(problem, hp, False, backend="per_pass")
   init = lambda: bilevel.init_state(_toy_init(KEY), m.init_alphas(KEY, DARTS_SPACE), hp, jax.random.PRNGKey(1))
   a, b = init(), init()
   for i, (fa, fb) in enumerate([(warm_f, warm_s), (fused, shared), (fused, shared)]):
@@ -526,36 +527,35 @@ def test_compile_once_step_equals_fused_step(name, hypergradient):
   assert m.update_alphas == (not np.allclose(a.alphas["normal"], init().alphas["normal"]))
 
 
-def test_compile_once_refuses_weight_pass_hooks():
+def test_pass_by_pass_backends_refuse_weight_pass_hooks():
   for name, hp in (("sdarts_rs", bilevel.SearchHParams()),
                    ("sdarts_rs", bilevel.SearchHParams(hypergradient="second_order_exact"))):
     m = M.get_method(name)
     problem = m.problem(_toy_apply, DARTS_SPACE, hp)
-    assert not bilevel.supports_compile_once(problem, hp)
-    with pytest.raises(ValueError, match="compile_once needs"):
-      bilevel.make_search_step(problem, hp, compile_once=True)
+    assert not steps.supports("per_pass", problem) and steps.supports("fused", problem)
+    with pytest.raises(ValueError, match="cannot run a method that perturbs"):
+      steps.make_search_step(problem, hp, backend="per_pass")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", M.METHODS)
-def test_compile_cells_step_equals_compile_once_step_on_the_supernet(name):
-  """Searches on a CPU run the edge-by-edge step (`compile_cells`) by default: for every method it serves, on
+def test_edgewise_step_equals_per_pass_step_on_the_supernet(name):
+  """Searches on a CPU run the edgewise step by default: for every method it serves, on
   the real (tiny) supernet with the method's own settings (PC-DARTS' partial channels), a warm-up step and two
   search steps give the one-program gradient's numbers."""
   m = M.get_method(name)
   cfg = M.supernet_config(m, C=4, layers=3, num_classes=3)
   hp = m.search_hparams(epochs=2, steps_per_epoch=2)
   problem = m.problem(lambda p, x, w: supernet.apply(p, x, w, cfg), DARTS_SPACE, hp)
-  if not bilevel.supports_compile_once(problem, hp):
+  if not steps.supports("edgewise", problem):
     pytest.skip("a weight-pass hook needs the fused step")
-  cells_problem = problem._replace(grads=edgewise.cellwise_grads(cfg, cpu_opt_level=None),
-                                   grads_and_hvp=edgewise.cellwise_grads_and_hvp(cfg, cpu_opt_level=None))
+  net = edgewise.gradients(cfg, cpu_opt_level=None)
   init = lambda: bilevel.init_state(supernet.init(KEY, cfg), m.init_alphas(KEY, DARTS_SPACE), hp,
                                     jax.random.PRNGKey(1))
   a, b = init(), init()
   for i, update in enumerate((False, m.update_alphas, m.update_alphas)):
-    once = bilevel.make_search_step(problem, hp, update, donate=False, compile_once=True)
-    cells = bilevel.make_search_step(cells_problem, hp, update, donate=False, compile_once=True)
+    once = steps.make_search_step(problem, hp, update, donate=False, backend="per_pass")
+    cells = steps.make_search_step(problem, hp, update, donate=False, backend="edgewise", gradients=net)
     tb, vb = _batch(jax.random.PRNGKey(10 + i)), _batch(jax.random.PRNGKey(20 + i))
     a, ma = once(a, tb, vb)
     b, mb = cells(b, tb, vb)

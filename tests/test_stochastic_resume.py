@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from darts_jax import bilevel
+from darts_jax import steps
 from darts_jax import methods as M
 from darts_jax import search
 from darts_jax import workdir as wd
@@ -66,8 +67,8 @@ def test_multi_seed_step_equals_separate_runs_on_every_leaf(name):
   batches = [[(_batch(jax.random.PRNGKey(100 * s + 2 * t)), _batch(jax.random.PRNGKey(100 * s + 2 * t + 1)))
               for t in range(3)] for s in seeds]
   stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-  multi = bilevel.make_multi_seed_step(problem, hp, donate=False)
-  single = bilevel.make_search_step(problem, hp, donate=False)
+  multi = steps.make_multi_seed_step(problem, hp, donate=False)
+  single = steps.make_search_step(problem, hp, donate=False)
   multi_metrics, single_metrics = [], [[] for _ in seeds]
   for t in range(3):
     stacked, mm = multi(stacked, stack([b[t][0] for b in batches]), stack([b[t][1] for b in batches]))

@@ -7,7 +7,8 @@ import pytest
 
 from darts_jax import bilevel
 from darts_jax import ops
-from darts_jax import edgewise
+from darts_jax import steps
+from darts_jax.steps import edgewise
 from darts_jax import supernet
 from darts_jax.search_space import DARTS_SPACE, SearchSpace
 
@@ -164,19 +165,17 @@ def test_cellwise_hvp_equals_reverse_over_reverse_through_the_network():
 
 @pytest.mark.parametrize("hypergradient", ["first_order", "second_order_fd",
                                            pytest.param("second_order_exact", marks=pytest.mark.slow)])
-def test_search_step_with_cellwise_grads_equals_the_compile_once_step(hypergradient):
-  """`bilevel.SharedPassStep` calls a problem's own `grads` for every pass (and its own `grads_and_hvp` for
-  the exact second order): with the edge-by-edge programs, a DARTS step (first order, finite differences with
+def test_edgewise_step_equals_the_per_pass_step(hypergradient):
+  """The edgewise backend runs the per-pass step on the edge chain's gradients (and its Hessian-vector term
+  for the exact second order): a DARTS step (first order, finite differences with
   its five passes, the exact second order) equals the one-program gradient's, without host transfers."""
   cfg = supernet.SupernetConfig(C=2, layers=3, num_classes=3, in_channels=1, space=SMALL_SPACE, multiplier=2)
   hp = bilevel.SearchHParams(epochs=2, steps_per_epoch=2, hypergradient=hypergradient)
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
-  once = bilevel.make_search_step(problem, hp, donate=False, compile_once=True)
-  cellwise = edgewise.cellwise_grads(cfg, cpu_opt_level=None)
-  second = edgewise.cellwise_grads_and_hvp(cfg, cpu_opt_level=None)
-  cells = bilevel.make_search_step(problem._replace(grads=cellwise, grads_and_hvp=second), hp, donate=False,
-                                   compile_once=True)
+  once = steps.make_search_step(problem, hp, donate=False, backend="per_pass")
+  cells = steps.make_search_step(problem, hp, donate=False, backend="edgewise",
+                                 gradients=edgewise.gradients(cfg, cpu_opt_level=None))
   key = jax.random.PRNGKey(3)
   init = lambda: bilevel.init_state(supernet.init(key, cfg), supernet.init_alphas(key, cfg), hp, key)
   a, b = init(), init()

@@ -1,10 +1,12 @@
-"""The supernet's gradients as a chain of small programs, run from Python: the ``edgewise`` step backend.
+"""The ``edgewise`` step backend: the per-pass step with the supernet's gradients as a chain of small programs.
 
 `cellwise_grads` and `cellwise_grads_and_hvp` compute what differentiating `supernet.apply`'s cross-entropy
 gives (and the exact second order's Hessian-vector term), as one program per distinct unit (stem,
 preprocessing, an edge's mixed op, a state's shared weight-free ops, the head) chained in Python. XLA compiles
 each distinct unit once, which takes far less than one program for a step, and on a CPU the chain runs faster
-(benchmarks/README.md). Memory options (`supernet.SupernetConfig.remat`) apply per unit as in `supernet.apply`.
+(benchmarks/README.md). `gradients` packs them as `hypergradient.NetworkGradients` and `make_step` runs
+`per_pass.PerPassStep` on them. Memory options (`supernet.SupernetConfig.remat`) apply per unit as in
+`supernet.apply`.
 """
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ import numpy as np
 import optax
 
 from darts_jax import ops
+from darts_jax.bilevel import SearchHParams, SearchProblem
 from darts_jax.search_space import SearchSpace
+from darts_jax.steps import hypergradient as hg
+from darts_jax.steps import per_pass
 # The model's building blocks, which the chain runs unit by unit.
 from darts_jax.supernet import (SupernetConfig, _channel_shuffle, _checkpointed, _head, _network_ctx,
                                 _preprocess, _stack_trees, _stem, cell_waves, search_op)
@@ -383,7 +388,7 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level:
   returns its VJP with the residuals and a backward program applies it. At 8 layers XLA compiles 5 mixed-op
   edges (stride 1 at each of the 3 resolutions, stride 2 into each reduction) where one program per cell
   compiled 5 cell bodies of 14 edges each; every pass of a search step reuses them. Used by
-  `bilevel.SharedPassStep` when the problem carries it (``step_backend="edgewise"`` in the search configs). The chain
+  by the ``edgewise`` step backend (`make_step`; ``step_backend="edgewise"`` in the search configs). The chain
   cannot itself be traced by `jax.grad` or `jax.jit`.
 
   Measure it with `python benchmarks/search_step.py --step_backend=edgewise` (figures in `benchmarks/README.md`).
@@ -533,3 +538,17 @@ def _chain_hvp(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, a
         if j >= 0:
           _accumulate(prog, mu, j, g)
   return {k: out[k] if k in out else jnp.zeros_like(w) for k, w in arch_weights.items()}
+
+
+def gradients(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level: Optional[int] = 1,
+              arch_only_programs: bool = True) -> hg.NetworkGradients:
+  """`cellwise_grads` and `cellwise_grads_and_hvp` of one supernet as the step's `NetworkGradients`."""
+  return hg.NetworkGradients(cellwise_grads(cfg, ctx, cpu_opt_level, arch_only_programs),
+                             cellwise_grads_and_hvp(cfg, ctx, cpu_opt_level))
+
+
+def make_step(problem: SearchProblem, hp: SearchHParams, net: hg.NetworkGradients, update_alphas: bool = True,
+              donate: bool = True) -> per_pass.PerPassStep:
+  """The edgewise step `(state, train_batch, val_batch) -> (state, metrics)` of a problem whose network is
+  the supernet of `net` (`gradients(cfg)`)."""
+  return per_pass.PerPassStep(problem, hp, update_alphas, donate, gradients=net, name="edgewise")
