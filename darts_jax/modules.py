@@ -3,7 +3,10 @@
 * `Network` (`networks.from_genotype`) and `NB201Network` (`nb201.from_arch`): a final network as an
   ``nnx.Module``, its weights ``nnx.Param`` and its BatchNorm running statistics ``nnx.BatchStat``; calling it
   runs `networks.apply` / `nb201.apply_network`, the functions the reference fixtures and the interop loaders
-  check, so a module and the functional network give the same numbers.
+  check, so a module and the functional network give the same numbers. A `Network`'s layers are submodules
+  (``model.cells[i]`` a `Cell`, ``model.cells[i].ops[e]`` an `Op`).
+* `Op`: a built-in candidate operation (``sep_conv_3x3``, ``max_pool_3x3``, ...) as a layer of one's own model,
+  computing what `ops.get_op` computes.
 * `Supernet`: the search network with α in its own variable type, `Alpha`, kept apart from the weights;
   `search_state` splits it once into the pure `bilevel.SearchState` the jitted steps run on, and
   `update_from_state` writes a state back.
@@ -49,45 +52,132 @@ class _Tree(nnx.Module):
       v.set_value(x)
 
 
-class _FinalNetwork(nnx.Module):
-  """What both final networks share: weights and running statistics as `_Tree`s of the functional pytrees."""
+class _Layer(nnx.Module):
+  """One layer's functional pytrees held as variables: its weights (`_Tree` of ``nnx.Param``) and its BatchNorm
+  running statistics (`_Tree` of ``nnx.BatchStat``)."""
 
   def __init__(self, params, stats):
     self.params = _Tree(params, nnx.Param)
     self.batch_stats = _Tree(stats, nnx.BatchStat)
 
   def trees(self) -> Tuple[Params, Params]:
-    """(params, batch_stats) as the functional network's pytrees (`networks.apply` / `nb201.apply_network`,
+    """(params, batch_stats) as the functional pytrees (`ops`, `networks.apply`, `nb201.apply_network`,
     `interop`)."""
     return self.params.value(), self.batch_stats.value()
 
+  def _set_stats(self, stats) -> None:
+    self.batch_stats.assign(stats)
 
-class Network(_FinalNetwork):
+
+class Op(_Layer):
+  """A candidate operation (any name in `ops.OPS`: the built-in ones or those of `register_op`) as an NNX
+  module, to use a DARTS op as a layer in one's own Flax model.
+
+  ``Op(name, C, stride, affine=True, rngs=...)`` initializes it like a final network's edge: weights from
+  ``rngs.params`` as ``nnx.Param`` (``affine``: whether its BatchNorms learn a scale and bias) and tracked
+  BatchNorm running statistics as ``nnx.BatchStat``; a weight-free op (pooling, ``none``, stride-1
+  ``skip_connect``) holds neither. ``trees=(params, batch_stats)`` holds given functional pytrees instead (e.g.
+  an edge of a trained network). ``op(x)`` is evaluation mode (running statistics); ``op(x, train=True)``
+  normalizes with the batch's statistics and updates the running ones in the module. Either runs the
+  functional op, ``ops.get_op(name).apply``, so the numbers are the functional op's. ``dw_impl``: depthwise
+  convolution implementation (`ops.Ctx`).
+  """
+
+  def __init__(self, name: str, C: int, stride: int = 1, *, affine: bool = True,
+               rngs: Optional[nnx.Rngs] = None, trees: Optional[Tuple[Params, Params]] = None,
+               dw_impl: str = "auto"):
+    if (rngs is None) == (trees is None):
+      raise ValueError("Op needs exactly one of rngs= (fresh weights) and trees= (given (params, batch_stats))")
+    opdef = ops.get_op(name)
+    super().__init__(*(trees if trees is not None else opdef.init(rngs.params(), C, stride, affine, True)))
+    self.name, self.C, self.stride, self.dw_impl = name, C, stride, dw_impl
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    params, stats = self.trees()
+    y, new_stats = ops.get_op(self.name).apply(params, stats, x, self.stride,
+                                               ops.Ctx(train=train, dw_impl=self.dw_impl))
+    if train:
+      self._set_stats(new_stats)
+    return y
+
+
+class Cell(nnx.Module):
+  """One cell of a final `Network`, for inspecting (or changing) its weights and statistics layer by layer:
+  ``pre0`` and ``pre1`` (the two inputs' preprocessing, `_Layer`s) and ``ops[e]``, an `Op` per genotype edge
+  (callable on its own); ``spec`` is its `networks.CellSpec` (channels, reduction, each edge's input and
+  stride). The network runs all cells together through `networks.apply`."""
+
+  def __init__(self, spec, params, stats, dw_impl: str = "auto"):
+    self.spec = spec
+    self.pre0 = _Layer(params["pre0"], stats["pre0"])
+    self.pre1 = _Layer(params["pre1"], stats["pre1"])
+    self.ops = nnx.List([Op(name, spec.c, stride, trees=(p, s), dw_impl=dw_impl)
+                         for (name, _, stride), p, s in zip(spec.ops, params["ops"], stats["ops"])])
+
+  def trees(self) -> Tuple[Params, Params]:
+    """(params, batch_stats): this cell's entries of the functional network's ``cells`` lists."""
+    layers = {"pre0": self.pre0.trees(), "pre1": self.pre1.trees()}
+    op_trees = [op.trees() for op in self.ops]
+    return ({**{k: t[0] for k, t in layers.items()}, "ops": [t[0] for t in op_trees]},
+            {**{k: t[1] for k, t in layers.items()}, "ops": [t[1] for t in op_trees]})
+
+  def _set_stats(self, stats) -> None:
+    self.pre0._set_stats(stats["pre0"])
+    self.pre1._set_stats(stats["pre1"])
+    for op, s in zip(self.ops, stats["ops"]):
+      op._set_stats(s)
+
+
+class Network(nnx.Module):
   """A final DARTS network (`networks.NetworkConfig`) as an NNX module.
 
   ``model(x)`` gives evaluation logits (running statistics); ``model(x, train=True)`` gives
   ``(logits, aux_logits)`` with batch statistics, updates the running statistics and applies drop path at
   ``cfg.drop_path_prob`` (keys from ``rngs.dropout``; aux_logits is None without the auxiliary head). Set
   ``model.drop_path_prob`` to schedule it (the reference raises it linearly over the epochs).
+
+  Its layers are submodules: ``stem`` (ImageNet: ``stem0``, ``stem1``), ``cells[i]`` (a `Cell`, whose
+  ``ops[e]`` are `Op`s), ``aux`` (with the auxiliary head) and ``classifier``; ``trees()`` gathers them into
+  the functional pytrees, on which a call runs `networks.apply` as a whole.
   """
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
-    super().__init__(*networks.init(rngs.params(), cfg))
+    params, stats = networks.init(rngs.params(), cfg)
     self.cfg = cfg
+    self.cells = nnx.List([Cell(spec, p, s, cfg.dw_impl) for spec, p, s in
+                           zip(networks.layout(cfg).cells, params["cells"], stats["cells"])])
+    self._heads = tuple(k for k in params if k != "cells")
+    self._stat_keys = tuple(stats)   # the classifier has no statistics; trees() keeps networks.init's keys
+    for k in self._heads:
+      setattr(self, k, _Layer(params[k], stats.get(k, {})))
     self.drop_path_prob = nnx.data(jnp.asarray(cfg.drop_path_prob, jnp.float32))
     self.rngs = rngs
 
+  def trees(self) -> Tuple[Params, Params]:
+    """(params, batch_stats) as `networks.init` lays them out (`networks.apply`, `interop`)."""
+    heads = {k: getattr(self, k).trees() for k in self._heads}
+    cells = [c.trees() for c in self.cells]
+    params = {**{k: t[0] for k, t in heads.items()}, "cells": [t[0] for t in cells]}
+    stats = {**{k: t[1] for k, t in heads.items()}, "cells": [t[1] for t in cells]}
+    return params, {k: stats[k] for k in self._stat_keys}
+
   def __call__(self, x: jax.Array, *, train: bool = False):
     key = self.rngs.dropout() if train else None
-    logits, aux, new_stats = networks.apply(self.params.value(), self.batch_stats.value(), x, self.cfg, train,
-                                            rng=key, drop_path_prob=self.drop_path_prob)
+    params, stats = self.trees()
+    logits, aux, new_stats = networks.apply(params, stats, x, self.cfg, train, rng=key,
+                                            drop_path_prob=self.drop_path_prob)
     if not train:
       return logits
-    self.batch_stats.assign(new_stats)
+    for k, s in new_stats.items():
+      if k == "cells":
+        for cell, cs in zip(self.cells, s):
+          cell._set_stats(cs)
+      else:
+        getattr(self, k)._set_stats(s)
     return logits, aux
 
 
-class NB201Network(_FinalNetwork):
+class NB201Network(_Layer):
   """A NAS-Bench-201 final network (`nb201.init_network` / `apply_network`) as an NNX module; ``model(x)``
   gives evaluation logits, ``model(x, train=True)`` training logits (batch statistics, running ones updated)."""
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from darts_jax import bilevel, genotypes, modules, nb201, networks, ops, supernet
+from darts_jax import bilevel, genotypes, modules, nb201, networks, ops, steps, supernet
 from darts_jax.data import sources
 from darts_jax.search_space import SearchSpace
 
@@ -82,7 +82,7 @@ def test_supernet_keeps_alpha_in_its_own_variable_type():
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
   batch = {"image": x, "label": jnp.arange(4) % 3}
-  state, _ = bilevel.make_search_step(problem, hp, donate=False)(state, batch, batch)
+  state, _ = steps.make_search_step(problem, hp, donate=False)(state, batch, batch)
   modules.update_from_state(model, state)
   moved = model.alphas.value()["normal"]
   assert np.abs(np.asarray(moved) - np.asarray(alphas["normal"])).max() > 1e-3
@@ -116,7 +116,7 @@ def test_nnx_candidate_op_in_a_search_step_and_a_final_network():
   state = bilevel.init_state(params, alphas, hp, jax.random.PRNGKey(2))
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32), "label": jnp.arange(8) % 3}
-  new, metrics = bilevel.make_search_step(problem, hp, donate=False)(state, batch, batch)
+  new, metrics = steps.make_search_step(problem, hp, donate=False)(state, batch, batch)
   assert bool(metrics["finite"])
   # The op's own weights (the conv kernel and the gate) took the weight step; its α moved.
   op_leaves = lambda p: jax.tree.leaves(p["cells"][0]["waves"][0]["gated_conv_3x3"])
@@ -132,3 +132,107 @@ def test_nnx_candidate_op_in_a_search_step_and_a_final_network():
   logits, _ = model(batch["image"], train=True)
   assert logits.shape == (8, 3) and np.all(np.isfinite(np.asarray(logits)))
   assert ops.get_op("gated_conv_3x3") is ops.get_op("gated_conv_3x3", search=True)
+
+
+BUILT_IN_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+                "sep_conv_7x7", "dil_conv_3x3", "dil_conv_5x5", "conv_7x1_1x7", "nor_conv_1x1", "nor_conv_3x3")
+
+
+def _assert_trees_equal(got, want):
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("name", BUILT_IN_OPS)
+def test_op_module_is_the_functional_op(name, stride):
+  c = 4
+  op = modules.Op(name, c, stride, rngs=nnx.Rngs(0))
+  opdef = ops.get_op(name)
+  params, stats = opdef.init(nnx.Rngs(0).params(), c, stride, True, True)
+  _assert_trees_equal(op.trees(), (params, stats))
+  # nnx.Param holds exactly the op's weights, nnx.BatchStat its running statistics; weight-free ops hold none.
+  n_params = len(jax.tree.leaves(nnx.state(op, nnx.Param)))
+  assert n_params == len(jax.tree.leaves(params))
+  assert (n_params == 0) == ops.is_weight_free(name, stride)
+  assert len(jax.tree.leaves(nnx.state(op, nnx.BatchStat))) == len(jax.tree.leaves(stats))
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 7, 7, c)) + 0.5
+  ctx = lambda train: ops.Ctx(train=train, dw_impl=op.dw_impl)
+  np.testing.assert_array_equal(np.asarray(op(x)), np.asarray(opdef.apply(params, stats, x, stride, ctx(False))[0]))
+  _assert_trees_equal(op.trees()[1], stats)   # evaluation leaves the running statistics alone
+  y_train, stats_train = opdef.apply(params, stats, x, stride, ctx(True))
+  np.testing.assert_array_equal(np.asarray(op(x, train=True)), np.asarray(y_train))
+  _assert_trees_equal(op.trees()[1], stats_train)
+  if stats:
+    assert max(np.abs(np.asarray(a) - np.asarray(b)).max()
+               for a, b in zip(jax.tree.leaves(stats_train), jax.tree.leaves(stats))) > 1e-3
+  # Evaluation now normalizes with the updated running statistics.
+  np.testing.assert_array_equal(np.asarray(op(x)),
+                                np.asarray(opdef.apply(params, stats_train, x, stride, ctx(False))[0]))
+
+
+def test_op_module_without_affine_batch_norm_and_from_given_trees():
+  op = modules.Op("sep_conv_3x3", 4, 1, affine=False, rngs=nnx.Rngs(0))
+  params, stats = op.trees()
+  assert set(params) == {"dw1", "pw1", "dw2", "pw2"} and set(stats) == {"bn1", "bn2"}
+  twin = modules.Op("sep_conv_3x3", 4, 1, trees=(params, stats))
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 5, 4))
+  np.testing.assert_array_equal(np.asarray(twin(x, train=True)), np.asarray(op(x, train=True)))
+  with pytest.raises(ValueError, match="exactly one"):
+    modules.Op("sep_conv_3x3", 4, 1)
+  with pytest.raises(ValueError, match="unknown operation"):
+    modules.Op("sep_conv_4x4", 4, 1, rngs=nnx.Rngs(0))
+
+
+def test_optimizer_step_on_an_op_module_changes_its_weights():
+  op = modules.Op("dil_conv_3x3", 4, 2, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(op, optax.sgd(0.1), wrt=nnx.Param)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 4))
+  target = jax.random.normal(jax.random.PRNGKey(2), (4, 4, 4, 4))
+  params_before, stats_before = op.trees()
+
+  @nnx.jit
+  def train_step(op, optimizer):
+    loss, grads = nnx.value_and_grad(lambda op: jnp.mean((op(x, train=True) - target) ** 2))(op)
+    optimizer.update(op, grads)
+    return loss
+
+  losses = [float(train_step(op, optimizer)) for _ in range(3)]
+  assert losses[-1] < losses[0], losses
+  params, stats = op.trees()
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_before)):
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 0
+  assert np.abs(np.asarray(stats["bn"]["mean"]) - np.asarray(stats_before["bn"]["mean"])).max() > 1e-3
+
+
+def test_network_layers_are_cells_of_op_modules():
+  model = networks.from_genotype("DARTS_V2", C=4, layers=3, num_classes=3, in_channels=1, auxiliary=True, seed=2)
+  cfg = model.cfg
+  params, stats = model.trees()
+  # trees() lays the submodules out exactly as networks.init does.
+  fresh = networks.init(jax.random.PRNGKey(0), cfg)
+  assert jax.tree.structure((params, stats)) == jax.tree.structure(fresh)
+  lay = networks.layout(cfg)
+  assert len(model.cells) == cfg.layers
+  assert [c.spec.reduction for c in model.cells] == [s.reduction for s in lay.cells] == [False, True, True]
+  for i, cell in enumerate(model.cells):
+    assert [(op.name, op.stride) for op in cell.ops] == [(n, s) for n, _, s in lay.cells[i].ops]
+    for e, op in enumerate(cell.ops):
+      assert isinstance(op, modules.Op)
+      _assert_trees_equal(op.trees(), (params["cells"][i]["ops"][e], stats["cells"][i]["ops"][e]))
+  _assert_trees_equal(model.classifier.trees()[0], params["classifier"])
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  # Training mode: the functional network's logits, and its new statistics written back into the cells' ops.
+  logits, aux, new_stats = networks.apply(params, stats, x, cfg, True)
+  got_logits, got_aux = model(x, train=True)
+  np.testing.assert_array_equal(np.asarray(got_logits), np.asarray(logits))
+  np.testing.assert_array_equal(np.asarray(got_aux), np.asarray(aux))
+  _assert_trees_equal(model.trees()[1], new_stats)
+  _assert_trees_equal(model.cells[0].ops[0].trees()[1], new_stats["cells"][0]["ops"][0])
+  # The network reads its weights from the submodules: zeroing one edge's op changes the logits.
+  before = np.asarray(model(x))
+  edge = model.cells[0].ops[0]
+  nnx.update(edge, jax.tree.map(jnp.zeros_like, nnx.state(edge, nnx.Param)))
+  assert all(not np.asarray(a).any() for a in jax.tree.leaves(model.trees()[0]["cells"][0]["ops"][0]))
+  assert np.abs(np.asarray(model(x)) - before).max() > 1e-6
