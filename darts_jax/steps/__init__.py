@@ -1,4 +1,4 @@
-"""The search step's backends, chosen by name: one formula (`hypergradient`), three ways to run it.
+"""The search step's backends, chosen by name: one formula (`formula`), three ways to run it.
 
 * ``fused`` (`fused`): the whole step as one jitted program; GPUs, TPUs, meshes, several seeds, SDARTS.
 * ``per_pass`` (`per_pass`): one compiled network-gradient program called for every pass, plus small
@@ -6,7 +6,7 @@
 * ``edgewise`` (`edgewise`): the per-pass step with the network's gradients as a chain of one small program
   per distinct edge (DARTS space): the fastest to compile and run on a CPU.
 
-All three compute `hypergradient.search_step`; they agree up to float rounding (tests/test_methods.py,
+All three compute `formula.search_step`; they agree up to float rounding (tests/test_methods.py,
 tests/test_supernet.py). The search loop picks one with ``config.step_backend`` (`search.step_backend`).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Optional
 from darts_jax.bilevel import SearchHParams, SearchProblem
 from darts_jax.steps import edgewise, fused, per_pass
 from darts_jax.steps.fused import make_multi_seed_step, search_step
-from darts_jax.steps.hypergradient import NetworkGradients, hypergradient
+from darts_jax.steps.formula import NetworkGradients, hypergradient
 
 __all__ = ["BACKENDS", "NetworkGradients", "hypergradient", "make_multi_seed_step", "make_search_step",
            "search_step", "supports"]

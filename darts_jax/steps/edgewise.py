@@ -4,7 +4,7 @@
 gives (and the exact second order's Hessian-vector term), as one program per distinct unit (stem,
 preprocessing, an edge's mixed op, a state's shared weight-free ops, the head) chained in Python. XLA compiles
 each distinct unit once, which takes far less than one program for a step, and on a CPU the chain runs faster
-(benchmarks/README.md). `gradients` packs them as `hypergradient.NetworkGradients` and `make_step` runs
+(benchmarks/README.md). `gradients` packs them as `formula.NetworkGradients` and `make_step` runs
 `per_pass.PerPassStep` on them. Memory options (`supernet.SupernetConfig.remat`) apply per unit as in
 `supernet.apply`.
 """
@@ -21,7 +21,7 @@ import optax
 from darts_jax import ops
 from darts_jax.bilevel import SearchHParams, SearchProblem
 from darts_jax.search_space import SearchSpace
-from darts_jax.steps import hypergradient as hg
+from darts_jax.steps import formula as hg
 from darts_jax.steps import per_pass
 # The model's building blocks, which the chain runs unit by unit.
 from darts_jax.supernet import (SupernetConfig, _channel_shuffle, _checkpointed, _head, _network_ctx,

@@ -1,6 +1,6 @@
 """The ``fused`` step backend: the whole search step as one jitted program, state donated.
 
-`hypergradient.search_step` with `hypergradient.autodiff` gradients and its pieces inline, traced into one
+`formula.search_step` with `formula.autodiff` gradients and its pieces inline, traced into one
 XLA program: the backend for GPUs and TPUs, for a mesh of devices (`parallel.Layout.step_shardings`), for
 several seeds at once (`make_multi_seed_step`) and for methods whose weight pass perturbs α (SDARTS).
 """
@@ -10,12 +10,12 @@ import jax
 
 from darts_jax import parallel, xla_setup
 from darts_jax.bilevel import SearchHParams, SearchProblem
-from darts_jax.steps import hypergradient as hg
+from darts_jax.steps import formula as hg
 
 
 def search_step(problem: SearchProblem, hp: SearchHParams, state, train_batch, val_batch,
                 update_alphas: bool = True):
-  """One search iteration as a pure, traceable function (`hypergradient.search_step`, autodiff gradients)."""
+  """One search iteration as a pure, traceable function (`formula.search_step`, autodiff gradients)."""
   return hg.search_step(hp, hg.autodiff(problem), hg.pieces(problem, hp), state, train_batch, val_batch,
                         update_alphas)
 

@@ -2,10 +2,10 @@
 
 The fused step holds every forward+backward pass of the supernet in one program (two for first order, five
 for finite differences), so XLA compiles the network that many times and may keep several passes' activations
-alive at once. `PerPassStep` runs `hypergradient.search_step` from Python instead: the network's loss and its
+alive at once. `PerPassStep` runs `formula.search_step` from Python instead: the network's loss and its
 gradients with respect to the weights and the op weights are one jitted program reused by every pass (the
 passes that need only the op weights' gradient reuse it too rather than compiling a second one), the exact
-second order's Hessian-vector term is one more, and `hypergradient.Pieces` are small jitted programs. Less
+second order's Hessian-vector term is one more, and `formula.Pieces` are small jitted programs. Less
 compile time and peak memory than the fused step, the same numbers up to float rounding. Given other
 `NetworkGradients` (`steps.edgewise.gradients`: one program per distinct edge, chained) it runs those.
 """
@@ -17,7 +17,7 @@ from typing import Optional
 import jax
 
 from darts_jax.bilevel import SearchHParams, SearchProblem, SearchState
-from darts_jax.steps import hypergradient as hg
+from darts_jax.steps import formula as hg
 
 
 def supports(problem: SearchProblem) -> bool:
@@ -27,7 +27,7 @@ def supports(problem: SearchProblem) -> bool:
 
 
 def jitted_gradients(problem: SearchProblem) -> hg.NetworkGradients:
-  """`hypergradient.autodiff`'s gradients as one jitted program for every pass, and one Hessian-vector
+  """`formula.autodiff`'s gradients as one jitted program for every pass, and one Hessian-vector
   program."""
   full = jax.jit(hg.autodiff(problem).grads)
   hvp = jax.jit(hg.hessian_vector_product(problem))

@@ -5,8 +5,9 @@ are computed and how the pieces are compiled:
 
 * `NetworkGradients` is the interface to the network: ``grads(params, op_weights, batch, wrt_params=True) ->
   (loss, accuracy, ∂params or None, ∂op_weights)`` of the cross-entropy, and ``grads_and_hvp(params,
-  op_weights, batch)``, the same (∂op_weights may be None) plus ``hvp(v) = ∇_{op_weights} ⟨∇_params L, v⟩``. `autodiff` builds it from
-  a `bilevel.SearchProblem` by `jax.grad`; the edge chain (`steps.edgewise`) builds it program by program.
+  op_weights, batch)``, the same (∂op_weights may be None) plus ``hvp(v) = ∇_{op_weights} ⟨∇_params L, v⟩``.
+  `autodiff` builds it from a `bilevel.SearchProblem` by `jax.grad`; the edge chain (`steps.edgewise`)
+  builds it program by program.
 * `Pieces` are the small functions between network passes (the unrolled step, the finite-difference points,
   the α and weight updates): traced inline in the fused step, each jitted once in the per-pass steps.
 
