@@ -103,6 +103,14 @@ def step_backend(config, model, problem, hp, layout) -> str:
   return name
 
 
+def make_step(backend: str, model, problem, hp, update_alphas: bool = True, shardings=None):
+  """The search step of `backend` (a `step_backend` result) for `model` (`build_model`): the edgewise one runs
+  the model's edge programs, the others their own gradients."""
+  gradients = model.edge_gradients if backend == "edgewise" else None
+  return steps.make_search_step(problem, hp, update_alphas=update_alphas, backend=backend, gradients=gradients,
+                                shardings=shardings)
+
+
 class _Batches:
   """The (train, val) batch pairs of the search loop from `start` on: each process reads its own rows of
   every global batch and gets them back as arrays on the mesh."""
@@ -180,8 +188,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
 
   step_program = step_backend(config, model, problem, hp, layout)
   shardings = layout.step_shardings() if mesh_run else None
-  make = lambda update: steps.make_search_step(problem, hp, update_alphas=update, backend=step_program,
-                                               gradients=model.edge_gradients, shardings=shardings)
+  make = lambda update: make_step(step_program, model, problem, hp, update, shardings)
   step_fn = make(True) if not frozen.all() else None
   warm_fn = make(False) if frozen.any() else None
   eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)

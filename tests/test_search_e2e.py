@@ -229,6 +229,16 @@ def test_step_backend_choice():
   assert choose("auto", method="sdarts_rs") == "fused"
   assert choose("auto", space="nb201") == "fused" and choose("per_pass", space="nb201") == "per_pass"
   assert choose("auto", devices=8) == "fused"
+  # The chosen backend runs its own gradients: per_pass the jitted whole-network ones, edgewise the edge chain.
+  c = _smoke()
+  m = methods.get_method("darts").for_space("darts")
+  model = search.build_model(c, m, 10, (28, 28, 1))
+  hp = m.search_hparams(epochs=1, steps_per_epoch=1)
+  problem = m.problem(model.apply, model.space, hp)
+  assert model.edge_gradients is not None
+  assert search.make_step("edgewise", model, problem, hp).net is model.edge_gradients
+  per_pass = search.make_step("per_pass", model, problem, hp).net
+  assert per_pass is not model.edge_gradients and per_pass.grads is not model.edge_gradients.grads
   for kw, words in [(dict(backend="edgewise", space="nb201"), "edge programs"),
                     (dict(backend="per_pass", method="sdarts_adv"), "perturbs"),
                     (dict(backend="edgewise", devices=8), "one device")]:
