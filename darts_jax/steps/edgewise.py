@@ -21,7 +21,7 @@ import optax
 from darts_jax import ops
 from darts_jax.bilevel import SearchHParams, SearchProblem
 from darts_jax.search_space import SearchSpace
-from darts_jax.steps import formula as hg
+from darts_jax.steps import formula
 from darts_jax.steps import per_pass
 # The model's building blocks, which the chain runs unit by unit.
 from darts_jax.supernet import (SupernetConfig, _channel_shuffle, _checkpointed, _head, _network_ctx,
@@ -541,13 +541,13 @@ def _chain_hvp(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, a
 
 
 def gradients(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level: Optional[int] = 1,
-              arch_only_programs: bool = True) -> hg.NetworkGradients:
+              arch_only_programs: bool = True) -> formula.NetworkGradients:
   """`cellwise_grads` and `cellwise_grads_and_hvp` of one supernet as the step's `NetworkGradients`."""
-  return hg.NetworkGradients(cellwise_grads(cfg, ctx, cpu_opt_level, arch_only_programs),
+  return formula.NetworkGradients(cellwise_grads(cfg, ctx, cpu_opt_level, arch_only_programs),
                              cellwise_grads_and_hvp(cfg, ctx, cpu_opt_level))
 
 
-def make_step(problem: SearchProblem, hp: SearchHParams, net: hg.NetworkGradients, update_alphas: bool = True,
+def make_step(problem: SearchProblem, hp: SearchHParams, net: formula.NetworkGradients, update_alphas: bool = True,
               donate: bool = True) -> per_pass.PerPassStep:
   """The edgewise step `(state, train_batch, val_batch) -> (state, metrics)` of a problem whose network is
   the supernet of `net` (`gradients(cfg)`)."""

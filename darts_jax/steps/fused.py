@@ -10,13 +10,13 @@ import jax
 
 from darts_jax import parallel, xla_setup
 from darts_jax.bilevel import SearchHParams, SearchProblem
-from darts_jax.steps import formula as hg
+from darts_jax.steps import formula
 
 
 def search_step(problem: SearchProblem, hp: SearchHParams, state, train_batch, val_batch,
                 update_alphas: bool = True):
   """One search iteration as a pure, traceable function (`formula.search_step`, autodiff gradients)."""
-  return hg.search_step(hp, hg.autodiff(problem), hg.pieces(problem, hp), state, train_batch, val_batch,
+  return formula.search_step(hp, formula.autodiff(problem), formula.pieces(problem, hp), state, train_batch, val_batch,
                         update_alphas)
 
 

@@ -17,7 +17,7 @@ from typing import Optional
 import jax
 
 from darts_jax.bilevel import SearchHParams, SearchProblem, SearchState
-from darts_jax.steps import formula as hg
+from darts_jax.steps import formula
 
 
 def supports(problem: SearchProblem) -> bool:
@@ -26,11 +26,11 @@ def supports(problem: SearchProblem) -> bool:
   return problem.weight_arch_weights is None
 
 
-def jitted_gradients(problem: SearchProblem) -> hg.NetworkGradients:
+def jitted_gradients(problem: SearchProblem) -> formula.NetworkGradients:
   """`formula.autodiff`'s gradients as one jitted program for every pass, and one Hessian-vector
   program."""
-  full = jax.jit(hg.autodiff(problem).grads)
-  hvp = jax.jit(hg.hessian_vector_product(problem))
+  full = jax.jit(formula.autodiff(problem).grads)
+  hvp = jax.jit(formula.hessian_vector_product(problem))
 
   def grads(params, op_weights, batch, wrt_params=True):
     del wrt_params   # one program serves every pass; ∂params is computed anyway
@@ -39,7 +39,7 @@ def jitted_gradients(problem: SearchProblem) -> hg.NetworkGradients:
   def grads_and_hvp(params, op_weights, batch):
     return (*grads(params, op_weights, batch), functools.partial(hvp, params, op_weights, batch=batch))
 
-  return hg.NetworkGradients(grads, grads_and_hvp)
+  return formula.NetworkGradients(grads, grads_and_hvp)
 
 
 class PerPassStep:
@@ -47,14 +47,14 @@ class PerPassStep:
   weight update donates the old weights and their optimizer state."""
 
   def __init__(self, problem: SearchProblem, hp: SearchHParams, update_alphas: bool = True, donate: bool = True,
-               gradients: Optional[hg.NetworkGradients] = None, name: str = "per_pass"):
+               gradients: Optional[formula.NetworkGradients] = None, name: str = "per_pass"):
     if not supports(problem):
       raise ValueError(f"step_backend={name!r} cannot run a method that perturbs the weight pass's α (SDARTS); "
                        "use the fused step")
     self.hp, self.update_alphas = hp, update_alphas
     self.net = gradients if gradients is not None else jitted_gradients(problem)
     wrap = lambda f, donate_argnums=(): jax.jit(f, donate_argnums=donate_argnums if donate else ())
-    self.fns = hg.pieces(problem, hp, wrap)
+    self.fns = formula.pieces(problem, hp, wrap)
 
   def __call__(self, state: SearchState, train_batch, val_batch):
-    return hg.search_step(self.hp, self.net, self.fns, state, train_batch, val_batch, self.update_alphas)
+    return formula.search_step(self.hp, self.net, self.fns, state, train_batch, val_batch, self.update_alphas)
