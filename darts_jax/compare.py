@@ -313,30 +313,53 @@ def _load_benchmark(config, spaces):
   return None, None
 
 
-def _curves(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
-  """{space: {method: {"elapsed": [...], "val_acc": [...]}}}: per epoch, means over the seeds that reached it."""
-  per: Dict[tuple, List[List[tuple]]] = {}
+def parameter_free_share(genotype: Any, space=None) -> Optional[float]:
+  """The share of parameter-free ops (`PARAMETER_FREE`) among the (normal) cell's edges; None if unreadable."""
+  ops_ = cell_ops(genotype, space)
+  return sum(op in PARAMETER_FREE for op in ops_) / len(ops_) if ops_ else None
+
+
+CURVE_KEYS = ("elapsed", "val_acc", "alpha_entropy", "skip_share", "parameter_free_share")
+
+
+def _epoch_record(m: Mapping[str, Any], space) -> Dict[str, Optional[float]]:
+  genotype = m.get("genotype")
+  num = lambda v: float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+  return {"elapsed": num(m.get("elapsed")), "val_acc": num(m.get("val_acc")),
+          "alpha_entropy": num(m.get("alpha_entropy")),
+          "skip_share": skip_share(genotype, space) if genotype else None,
+          "parameter_free_share": parameter_free_share(genotype, space) if genotype else None}
+
+
+def _curves(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Dict[str, Any]]]:
+  """{space: {method: {key: [...] for key in CURVE_KEYS, "num_seeds": n}}}: per epoch, the mean over the seeds
+  that reached it of the elapsed seconds, the supernet's val accuracy, α's mean entropy and the share of
+  ``skip_connect`` and of parameter-free ops in the cell derived at that epoch (None where no seed has it)."""
+  per: Dict[tuple, List[List[Dict[str, Optional[float]]]]] = {}
   for r in runs:
     path = os.path.join(r["search_dir"], "metrics.jsonl")
     if not os.path.exists(path):
       continue
-    recs = [(float(m["elapsed"]), float(m["val_acc"])) for m in wd.read_metrics(path)
+    sp = get_space(r["space"])
+    recs = [_epoch_record(m, sp) for m in wd.read_metrics(path)
             if m.get("phase") == "epoch" and m.get("val_acc") is not None and m.get("elapsed") is not None]
     if recs:
       per.setdefault((r["space"], r["method"]), []).append(recs)
-  out: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+  out: Dict[str, Dict[str, Dict[str, Any]]] = {}
   for (space, method), seqs in per.items():
     n = max(len(s) for s in seqs)
-    el, acc = [], []
+    curve: Dict[str, Any] = {k: [] for k in CURVE_KEYS}
     for i in range(n):
-      pts = [s[i] for s in seqs if len(s) > i]
-      el.append(float(np.mean([p[0] for p in pts])))
-      acc.append(float(np.mean([p[1] for p in pts])))
-    out.setdefault(space, {})[method] = {"elapsed": el, "val_acc": acc, "num_seeds": len(seqs)}
+      for k in CURVE_KEYS:
+        vals = [s[i][k] for s in seqs if len(s) > i and s[i][k] is not None]
+        curve[k].append(float(np.mean(vals)) if vals else None)
+    curve["num_seeds"] = len(seqs)
+    out.setdefault(space, {})[method] = curve
   return out
 
 
 def plot_curves(curves, path: str) -> None:
+  """The supernet's val accuracy over search seconds, one panel per space, one line per method."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -353,6 +376,34 @@ def plot_curves(curves, path: str) -> None:
       ax.legend(fontsize=8)
     else:
       ax.text(0.5, 0.5, "no search curves", ha="center", va="center", transform=ax.transAxes)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_cells_over_epochs(curves, path: str) -> None:
+  """Per space, three panels over epochs: α's mean entropy, the skip_connect share and the parameter-free
+  share of the derived cells (means over seeds, one line per method): where DARTS' collapse shows."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  spaces = sorted(curves) or ["darts"]
+  keys = (("alpha_entropy", "α mean entropy"), ("skip_share", "skip_connect share"),
+          ("parameter_free_share", "parameter-free share"))
+  fig, axes = plt.subplots(len(spaces), 3, figsize=(15, 3.6 * len(spaces)), squeeze=False)
+  for row, space in zip(axes, spaces):
+    for ax, (key, title) in zip(row, keys):
+      for method, c in curves.get(space, {}).items():
+        ys = c.get(key) or []
+        pts = [(i, y) for i, y in enumerate(ys) if y is not None]
+        if pts:
+          ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=method)
+      ax.set_title(f"{space}: {title}")
+      ax.set_xlabel("epoch")
+      ax.grid(alpha=0.3)
+      if ax.lines:
+        ax.legend(fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
@@ -388,6 +439,8 @@ def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], method
   curves = _curves(runs)
   plot_path = os.path.join(workdir, "accuracy_over_time.png")
   plot_curves(curves, plot_path)
+  cells_path = os.path.join(workdir, "cells_over_epochs.png")
+  plot_cells_over_epochs(curves, cells_path)
 
   return {
       "methods": list(methods), "seeds": list(seeds), "spaces": list(spaces),
@@ -399,7 +452,7 @@ def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], method
                 "search_seconds": r["search"].get("search_seconds"),
                 "test_acc": (r.get("retrain") or {}).get("test_acc"),
                 "num_params": (r.get("retrain") or {}).get("num_params")} for r in runs],
-      "curves": curves, "plot": os.path.basename(plot_path),
+      "curves": curves, "plot": os.path.basename(plot_path), "cells_plot": os.path.basename(cells_path),
       "reproducibility": {
           "git_commit": _git_commit(), "run_commits": run_commits, "versions": wd.versions(), "hardware": hardware,
           "seeds": list(seeds),
@@ -442,6 +495,25 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
   return lines
 
 
+def _epochs_md(curves: Mapping[str, Any], every: int = 0) -> List[str]:
+  """Per method, α's entropy and the derived cells' skip_connect / parameter-free share at each epoch."""
+  lines = []
+  for method, c in curves.items():
+    n = len(c.get("elapsed") or [])
+    if not n:
+      continue
+    step = every or max(1, math.ceil(n / 10))
+    idx = sorted(set(range(0, n, step)) | {n - 1})
+    f = lambda v, d: "—" if v is None else f"{v:.{d}f}"
+    lines += [f"`{method}` (mean over {c['num_seeds']} seeds):", "",
+              "| epoch | " + " | ".join(str(i) for i in idx) + " |", "|---|" + "---|" * len(idx)]
+    for key, name, d in (("alpha_entropy", "α entropy", 3), ("skip_share", "skip share", 2),
+                         ("parameter_free_share", "param-free share", 2), ("val_acc", "val acc", 3)):
+      lines.append(f"| {name} | " + " | ".join(f((c.get(key) or [None] * n)[i], d) for i in idx) + " |")
+    lines.append("")
+  return lines
+
+
 def report_markdown(report: Mapping[str, Any]) -> str:
   rep = report["reproducibility"]
   L = ["# Search-method comparison", "",
@@ -474,10 +546,15 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         L.append("")
       else:
         L += [f"No benchmark table for {space} was found (config.benchmark_path or its default place).", ""]
+    epochs = _epochs_md(report.get("curves", {}).get(space, {}))
+    if epochs:
+      L += ["Per epoch (the cell derived from α at the end of each epoch):", ""] + epochs
     L += ["Genotypes:", ""]
     L += [f"- {r['method']} seed {r['seed']}: `{r['genotype']}`" for r in report["runs"] if r["space"] == space]
     L.append("")
   L += ["## Accuracy over search time", "", f"![accuracy over time]({report['plot']})", ""]
+  if report.get("cells_plot"):
+    L += ["## Cells over epochs", "", f"![entropy and shares over epochs]({report['cells_plot']})", ""]
   hw = rep["hardware"]
   yes = "yes" if rep["same_protocol"] else (
       "no (search differs in: " + (", ".join(rep["protocol_differences"]["search"]) or "-") +

@@ -62,10 +62,14 @@ def write_architecture(workdir: str, arch, space) -> str:
 
 
 def load_search_data(config):
-  """The train split, its per-channel statistics and the train/val halves of the paper's search protocol."""
-  train = data_lib.load_dataset(config.dataset, "train", config.get("data_dir") or None)
+  """The train split (resized to ``config.image_size`` when set), its per-channel statistics and the train/val
+  halves of the paper's search protocol."""
+  train = data_lib.load_dataset(config.dataset, "train", config.get("data_dir") or None,
+                                synthetic_params=config.get("synthetic"))
   if config.get("subset"):
     train = data_lib.subset(train, int(config.subset), seed=config.seed)
+  if config.get("image_size"):
+    train = dataclasses.replace(train, images=data_lib.resize_images(train.images, int(config.image_size)))
   mean, std = data_lib.channel_stats(train.images)
   w_idx, a_idx = data_lib.search_split(train, config.train_portion, seed=config.seed)
   if len(w_idx) < config.batch_size or len(a_idx) < config.batch_size:

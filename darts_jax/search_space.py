@@ -7,7 +7,8 @@ the cell; its methods are what the search loop, the methods and the comparison r
 (`random_arch`, `random_path`), the architecture's text/JSON forms, pictures and comparison statistics. The
 loop never asks which space it runs. `SearchSpace` is the DARTS family (cells of two inputs, intermediate
 nodes that keep `inputs_per_node` edges, concatenated output; `darts_jax.supernet`, `darts_jax.genotypes`);
-`NB201Space` overrides what NAS-Bench-201 does otherwise (`darts_jax.nb201`). Another space plugs in as a
+`NB201Space` overrides what NAS-Bench-201 does otherwise (`darts_jax.nb201`), `SingleEdgeSpace` what a
+one-edge network does (`darts_jax.single_edge`, for tasks with a known answer). Another space plugs in as a
 subclass. The implementations live in the modules named; methods here import them when called, since those
 modules import this one.
 
@@ -385,13 +386,89 @@ class NB201Space(SearchSpace):
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class SingleEdgeSpace(SearchSpace):
+  """One mixed edge from the image to a fixed head (`darts_jax.single_edge`): an architecture is one op, the
+  strongest non-``none`` one. For tasks whose answer is known by construction (`darts_jax.known_answer`); the
+  model block's ``primitives`` pick the candidates (`single_edge.parse_primitives`), which the built model's
+  space carries."""
+
+  @property
+  def cell_names(self) -> Tuple[str, ...]:
+    return ("normal",)
+
+  @property
+  def retrainable(self) -> bool:
+    return False
+
+  def init_alphas(self, key, scale: float = 1e-3) -> Dict[str, Any]:
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    return {"normal": scale * jax.random.normal(key, self.alpha_shape, jnp.float32)}
+
+  def build_supernet(self, model: Mapping[str, Any], num_classes: int, image_shape, supernet_kwargs=None,
+                     mesh_devices: int = 1) -> Supernet:
+    """The single-edge network (`single_edge.SingleEdgeConfig`) on the model block's C, ``primitives``,
+    ``stem`` and ``dw_impl``; the returned model's space has those primitives."""
+    import jax  # pylint: disable=g-import-not-at-top
+    from darts_jax import single_edge, supernet  # pylint: disable=g-import-not-at-top
+    del mesh_devices
+    h, w, c = image_shape
+    space = dataclasses.replace(self, primitives=single_edge.parse_primitives(model.get("primitives")))
+    kwargs = {k: v for k, v in dict(supernet_kwargs or {}).items() if k == "partial_channels"}
+    cfg = single_edge.SingleEdgeConfig(C=model["C"], num_classes=num_classes, in_channels=c, space=space,
+                                       stem=model.get("stem", "tile"), dw_impl=model.get("dw_impl", "auto"),
+                                       **kwargs)
+    single_edge.check_input(cfg, (1, h, w, c))
+    init = lambda k: single_edge.init(k, cfg)
+    return Supernet(init, lambda p, x, a: single_edge.apply(p, x, a, cfg),
+                    supernet.count_params(jax.eval_shape(init, jax.random.PRNGKey(0))), space)
+
+  def derive(self, op_weights: Dict[str, Any]) -> str:
+    """The edge's strongest op other than ``none``."""
+    w = np.asarray(op_weights["normal"], np.float64).reshape(-1)
+    order = [i for i in np.argsort(-w, kind="stable") if self.primitives[i] != "none"]
+    return self.primitives[order[0]]
+
+  def derive_threshold(self, op_weights: Dict[str, Any], threshold: float, parse: str) -> str:
+    del threshold, parse
+    return self.derive(op_weights)
+
+  def random_arch(self, rng: np.random.Generator) -> str:
+    ops = self.arch_ops
+    return ops[int(rng.integers(len(ops)))]
+
+  def arch_text(self, arch) -> str:
+    return str(arch)
+
+  def arch_json(self, arch) -> Any:
+    return {"op": str(arch), "primitives": list(self.primitives)}
+
+  def cell_ops(self, arch) -> Optional[List[str]]:
+    if isinstance(arch, dict):
+      arch = arch.get("op")
+    return [arch] if isinstance(arch, str) and arch in self.primitives else None
+
+  @property
+  def cell_ops_description(self) -> str:
+    return "the edge's op"
+
+  def plot_arch(self, arch, workdir: str) -> List[str]:
+    import os  # pylint: disable=g-import-not-at-top
+    from darts_jax import visualize  # pylint: disable=g-import-not-at-top
+    return visualize.plot_single_edge(str(arch), os.path.join(workdir, "cell"))
+
+
 DARTS_SPACE = SearchSpace(name="darts", primitives=DARTS_PRIMITIVES, num_inputs=2, num_nodes=4,
                           inputs_per_node=2, output="concat")
 
 NB201_SPACE = NB201Space(name="nb201", primitives=NB201_PRIMITIVES, num_inputs=1, num_nodes=3,
                           inputs_per_node=None, output="last", pool_batch_norm=False)
 
-SPACES = {s.name: s for s in (DARTS_SPACE, NB201_SPACE)}
+SINGLE_EDGE_SPACE = SingleEdgeSpace(name="single_edge", primitives=DARTS_PRIMITIVES, num_inputs=1, num_nodes=1,
+                                    inputs_per_node=1, output="last")
+
+SPACES = {s.name: s for s in (DARTS_SPACE, NB201_SPACE, SINGLE_EDGE_SPACE)}
 
 
 def get_space(name: str) -> SearchSpace:

@@ -304,6 +304,18 @@ def plot_nb201(arch: Any, path_without_ext: str | os.PathLike) -> list[str]:
                  node_face=lambda k: _IN_COLOR if k == 0 else _OUT_COLOR if k == 3 else _NODE_COLOR)
 
 
+def plot_single_edge(op: str, path_without_ext: str | os.PathLike) -> list[str]:
+  """Draws the single-edge space's architecture, the image through `op` to the head, to ``<path>.png`` and
+  ``<path>.svg``. Returns the written paths."""
+  boxes = {k: _Box(_DX * k, 0.0, _NODE_W / 2, _NODE_H / 2) for k in range(2)}
+  router = _Router(boxes, (-0.6, _DX + 0.6, -1.0, 1.0))
+  ctrl, label_pos = router.route(0, 1, op)
+  plan = _CellPlan(boxes, [(ctrl, _op_color(op), op, label_pos)], _bounds(router, boxes))
+  return _render(plan, "single-edge architecture", path_without_ext,
+                 node_text=lambda k: ("image", "head")[k],
+                 node_face=lambda k: _IN_COLOR if k == 0 else _OUT_COLOR)
+
+
 def _darts_steps(num_edges: int) -> int | None:
   steps, total = 0, 0
   while total < num_edges:

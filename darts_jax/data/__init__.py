@@ -19,8 +19,8 @@ from darts_jax.data.pipeline import search_split
 from darts_jax.data.pipeline import subset
 from darts_jax.data.pipeline import subset_indices
 from darts_jax.data.pipeline import take
-from darts_jax.data.sources import DataError
-from darts_jax.data.sources import Dataset
+from darts_jax.data.dataset import DataError
+from darts_jax.data.dataset import Dataset
 from darts_jax.data.sources import fashion_mnist_dirs
 from darts_jax.data.sources import load_dataset
 from darts_jax.data.sources import load_idx_pair
@@ -32,11 +32,12 @@ from darts_jax.data.transforms import apply_augmentation
 from darts_jax.data.transforms import augment
 from darts_jax.data.transforms import channel_stats
 from darts_jax.data.transforms import normalize
+from darts_jax.data.transforms import resize_images
 from darts_jax.data.transforms import sample_augmentation
 
 __all__ = [
     "Augmentation", "AugmentationParams", "Batch", "BatchIterator", "DataError", "Dataset",
     "apply_augmentation", "augment", "channel_stats", "eval_batches", "fashion_mnist_dirs", "load_dataset",
-    "load_idx_pair", "measure_throughput", "normalize", "prefetch", "read_idx", "sample_augmentation",
+    "load_idx_pair", "measure_throughput", "normalize", "prefetch", "read_idx", "resize_images", "sample_augmentation",
     "search_split", "subset", "subset_indices", "take", "to_uint8_images",
 ]

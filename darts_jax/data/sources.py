@@ -8,19 +8,22 @@ A dataset is held as a uint8 NHWC numpy array of images and an int32 array of la
 * any TFDS image-classification name (``cifar10``, ``cifar100``, ``svhn_cropped``, ``mnist``, ...).
 * ``npz:/path/file.npz`` with arrays ``x``, ``y`` and optionally ``x_test``, ``y_test``.
 * ``folder:/path`` laid out as ``path/{train,test}/<class_name>/<image>``.
+* ``synthetic:NAME``: a task generated from a seed whose right op is known (`darts_jax.data.synthetic`).
 
 Every expected user-facing problem is raised as `DataError` with a one-line message; TensorFlow and TFDS are
 imported only when a TFDS dataset is actually needed, because importing them takes seconds.
 """
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import os
 import zipfile
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+
+from darts_jax.data import synthetic
+from darts_jax.data.dataset import DataError, Dataset
 
 SPLITS = ("train", "test")
 FASHION_MNIST_ENV = "DARTS_JAX_FASHION_MNIST_DIR"
@@ -35,52 +38,12 @@ _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".
 _TFDS_READ_BATCH = 4096
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _UNKNOWN_NAME = ("unknown dataset {name!r}: use fashion_mnist, a TFDS image-classification name (cifar10, "
-                 "cifar100, svhn_cropped, ...), npz:/path/file.npz or folder:/path")
-
-
-class DataError(ValueError):
-  """A user-facing data problem (missing files, bad format, unknown name); the message is one line."""
+                 "cifar100, svhn_cropped, ...), npz:/path/file.npz, folder:/path or synthetic:NAME")
 
 
 def _one_line(text: object, limit: int = 200) -> str:
   line = " ".join(str(text).split())
   return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-  """One split of an image-classification dataset, in host memory.
-
-  Attributes:
-    images: uint8 [N, H, W, C].
-    labels: int32 [N], in ``[0, num_classes)``.
-    num_classes: number of classes of the dataset (not only of those present in this split).
-    name: the name it was loaded by.
-    class_names: optional human-readable class names, indexed by label.
-  """
-  images: np.ndarray
-  labels: np.ndarray
-  num_classes: int
-  name: str
-  class_names: tuple[str, ...] | None = None
-
-  def __post_init__(self):
-    if self.images.dtype != np.uint8 or self.images.ndim != 4:
-      raise DataError(f"dataset {self.name!r}: images must be uint8 [N,H,W,C], got {self.images.dtype} "
-                      f"{self.images.shape}")
-    if self.labels.dtype != np.int32 or self.labels.shape != self.images.shape[:1]:
-      raise DataError(f"dataset {self.name!r}: labels must be int32 [{len(self.images)}], got "
-                      f"{self.labels.dtype} {self.labels.shape}")
-    if self.num_classes < 1:
-      raise DataError(f"dataset {self.name!r}: num_classes must be >= 1, got {self.num_classes}")
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    """(H, W, C)."""
-    return tuple(self.images.shape[1:])
 
 
 def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
@@ -123,7 +86,8 @@ def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
   return data.astype(dtype.newbyteorder("="), copy=True)
 
 
-def load_dataset(name: str, split: str, data_dir: str | None = None, download: bool = False) -> Dataset:
+def load_dataset(name: str, split: str, data_dir: str | None = None, download: bool = False,
+                 synthetic_params: Mapping[str, object] | None = None) -> Dataset:
   """Loads one split of a dataset by name (see the module docstring for the names).
 
   Args:
@@ -133,6 +97,7 @@ def load_dataset(name: str, split: str, data_dir: str | None = None, download: b
       without them there, `DataError` names it); for TFDS names, the TFDS data directory (TFDS' default if
       None).
     download: let TFDS download and prepare the data if it is not prepared yet (needs internet).
+    synthetic_params: for ``synthetic:`` names, the task's parameters (`synthetic.TaskParams` fields).
 
   Returns:
     The split as a `Dataset`.
@@ -147,6 +112,8 @@ def load_dataset(name: str, split: str, data_dir: str | None = None, download: b
     return _load_npz(name, name[len("npz:"):], split)
   if name.startswith("folder:"):
     return _load_folder(name, name[len("folder:"):], split)
+  if name.startswith(synthetic.PREFIX):
+    return synthetic.load(name, split, synthetic_params)
   if name.lower().replace("-", "_") == "fashion_mnist":
     return _load_fashion_mnist(split, data_dir, download)
   if not name:

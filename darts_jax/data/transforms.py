@@ -144,3 +144,26 @@ def augment(images: np.ndarray, rng: np.random.Generator, mean: np.ndarray, std:
   """Draws parameters from `rng` and augments + normalizes a uint8 [B, H, W, C] batch into float32."""
   _, h, w, _ = images.shape
   return apply_augmentation(images, sample_augmentation(rng, len(images), h, w, aug), aug, mean, std)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [N, H, W, C] images resized to ``size x size`` with bilinear (antialiased) filtering, as uint8.
+
+  For sizing a search to a CPU (e.g. Fashion-MNIST's 28x28 to 16x16); the images are resized once, on the
+  host, before statistics and batching. A no-op when the images already have that size.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top  # Pillow comes with matplotlib; loaded only here.
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"resize_images needs [N,H,W,C] images, got shape {images.shape}")
+  if size < 1:
+    raise ValueError(f"image size must be positive, got {size}")
+  n, h, w, c = images.shape
+  if (h, w) == (size, size):
+    return images
+  out = np.empty((n, size, size, c), np.uint8)
+  for i in range(n):
+    for ch in range(c):
+      img = Image.fromarray(images[i, :, :, ch].astype(np.float32))
+      out[i, :, :, ch] = np.clip(np.rint(np.asarray(img.resize((size, size), Image.BILINEAR))), 0, 255)
+  return out

@@ -24,6 +24,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.dataset = "fashion_mnist"
   c.data_dir = ""
   c.subset = 10_000           # examples of the training split used (0: all 60,000)
+  c.image_size = 0            # resize the images to this side before the search (0: as stored)
   c.train_portion = 0.5
   c.augment = True
   c.batch_size = 64
