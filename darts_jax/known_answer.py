@@ -282,4 +282,14 @@ def report_markdown(report: Mapping[str, Any]) -> str:
       acc = ", ".join(f"{r['val_acc']:.2f}" for r in m["runs"])
       lines.append(f"| {method} | {m['found']}/{m['seeds']} | {m['minutes']:.1f} | {ops_} | {share} | {ent} | {acc} |")
     lines.append("")
+    missed = {method: m for method, m in entry["methods"].items() if 2 * m["found"] <= m["seeds"]}
+    if missed:
+      lines += ["What α did where a method missed the answer on most seeds (final op weights: softmax, "
+                "FairDARTS' sigmoids):", "", "| method | seed | " + " | ".join(report["primitives"]) + " |",
+                "|---|---|" + "---|" * len(report["primitives"])]
+      for method, m in missed.items():
+        for r in m["runs"]:
+          w = r.get("op_weights") or []
+          lines.append(f"| {method} | {r['seed']} | " + " | ".join(f"{v:.3f}" for v in w) + " |")
+      lines.append("")
   return "\n".join(lines)

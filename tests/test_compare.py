@@ -148,8 +148,11 @@ def _fake_search(config, workdir):
     text = genotypes.to_text(g)
     wd.atomic_write(os.path.join(workdir, "genotype.json"), genotypes.to_json(g))
   log = wd.MetricsLog(workdir, tensorboard=False)
+  # Per epoch, a cell with 2 skip_connect edges, then the all-skip cell (a collapse as epochs go on).
+  cells = ([EXAMPLE_NB201, ALL_SKIP_NB201] if config.space == "nb201" else [_skip_genotype(2), _skip_genotype(8)])
   for e in range(2):
-    log.write(e + 1, {"phase": "epoch", "epoch": e, "val_acc": 0.5 + 0.1 * e, "elapsed": 2.0 * (e + 1)})
+    log.write(e + 1, {"phase": "epoch", "epoch": e, "val_acc": 0.5 + 0.1 * e, "elapsed": 2.0 * (e + 1),
+                      "alpha_entropy": 1.6 - 0.8 * e, "genotype": cells[e]})
   log.close()
   summary = {"method": config.method, "space": config.space, "seed": config.seed, "genotype": text,
              "search_seconds": 4.0, "val_acc": 0.6, "supernet_params": 123}
@@ -197,6 +200,13 @@ def test_run_loop_with_fake_search(tmp_path, monkeypatch):
   assert report["reproducibility"]["git_commit"] == "test-commit"
   md = open(os.path.join(work, "report.md")).read()
   assert "Same protocol for all methods: yes" in md and "expected best-of-N" in md
+  # Per-epoch curves: entropy, skip_connect share and parameter-free share of each epoch's cell.
+  nb = report["curves"]["nb201"]["darts"]
+  assert nb["num_seeds"] == 3 and nb["alpha_entropy"] == pytest.approx([1.6, 0.8])
+  assert nb["skip_share"] == pytest.approx([2 / 6, 1.0]) and nb["parameter_free_share"] == pytest.approx([0.5, 1.0])
+  assert report["curves"]["darts"]["gdas"]["skip_share"] == pytest.approx([0.25, 1.0])
+  assert os.path.getsize(os.path.join(work, report["cells_plot"])) > 0
+  assert "| skip share | 0.33 | 1.00 |" in md and "| α entropy | 1.600 | 0.800 |" in md
   assert "retrained test acc" in md
   # random genotypes come from the run seed and are retrained from the written genotype.json
   rdir = os.path.join(work, "runs", "darts", "random", "seed1")
