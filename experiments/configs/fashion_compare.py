@@ -57,7 +57,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   darts_space = "darts" in args or "retrain" in args
   c = ml_collections.ConfigDict()
   c.methods = ["darts", "darts_2nd", "gdas", "pcdarts", "drnas", "random"]
-  c.seeds = [0, 1, 2]
+  c.seeds = (0, 1, 2)          # a tuple, so that --config.seeds="(0,)" can override it
   c.spaces = ["darts" if darts_space else "nb201"]
   c.search = fashion_search.get_config("smoke" if smoke else "")
   c.search.space = c.spaces[0]
@@ -94,5 +94,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.multi_seed = False           # run each method's seeds as one vmapped program (search.search_seeds)
   if smoke:
     c.methods = ["darts", "random"]
-    c.seeds = [0, 1]
+    c.seeds = (0, 1)
   return c
