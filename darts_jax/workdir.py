@@ -10,15 +10,19 @@ Layout (search and retrain alike)::
                              from the previous one)
   workdir/diverged.json      after a NaN/Inf stop: the learning-rate keys the next re-run may change
   workdir/config_changes.jsonl  what a re-run changed in config.json (resumable keys), and from what
+  workdir/.lock              held by the one process that runs in the workdir (`lock`), with its pid and host
   workdir/...                exports (genotype.json, genotype.txt, cells.png/.svg, alphas.png, summary.json)
 
-Re-running the same command on the same workdir resumes from the newest checkpoint that restores.
+Re-running the same command on the same workdir resumes from the newest checkpoint that restores. One run
+at a time: a second process started on a workdir in use is refused in one line naming the first.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -29,6 +33,8 @@ import numpy as np
 
 
 DIVERGED_FILE = "diverged.json"   # beside checkpoints/: which config keys a re-run after NaN/Inf may change
+LOCK_FILE = ".lock"
+_held_locks: Dict[str, int] = {}
 
 
 class WorkdirError(ValueError):
@@ -130,6 +136,45 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
   return out
 
 
+def lock(workdir: str) -> None:
+  """Makes this process the one that runs in `workdir` until it exits or calls `unlock`.
+
+  An exclusive `flock` on ``workdir/.lock``: the kernel drops it when the process ends, however it ends
+  (SIGKILL included), so a lock left by a killed run never blocks the re-run that resumes it. The file records
+  the holder's pid, host and command for the refusal message. Taking it again in the same process is a no-op.
+  Raises `WorkdirError` (one line, naming the holder) when another process holds it.
+  """
+  path = os.path.abspath(workdir)
+  if path in _held_locks:
+    return
+  os.makedirs(path, exist_ok=True)
+  fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    try:
+      holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+      holder = {}
+    os.close(fd)
+    who = (f"process {holder.get('pid', '?')} on {holder.get('host', '?')} (started {holder.get('started', '?')}: "
+           f"{holder.get('command', '?')})")
+    raise WorkdirError(f"{workdir} is in use by {who}; wait for it to finish or use another --workdir") from None
+  record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, json.dumps(record).encode(), 0)
+  _held_locks[path] = fd
+
+
+def unlock(workdir: str) -> None:
+  """Releases `lock` (a no-op if this process does not hold it)."""
+  fd = _held_locks.pop(os.path.abspath(workdir), None)
+  if fd is not None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
 def prepare(workdir: str, config_dict: Mapping[str, Any], ignore: Iterable[str] = (), write: bool = True) -> bool:
   """Creates `workdir` and records the config; returns True if the workdir already holds this run.
 
@@ -137,8 +182,11 @@ def prepare(workdir: str, config_dict: Mapping[str, Any], ignore: Iterable[str] 
   number of epochs to go on for, may differ; a dotted key such as ``hparams.a_lr`` names a nested field).
   After a NaN/Inf stop the learning-rate keys `fetch_finite` recorded in ``diverged.json`` may differ too,
   once. What changed, and from what, is appended to ``config_changes.jsonl``. ``write=False`` (the other
-  processes of a multi-process run) only checks.
+  processes of a multi-process run) only checks. The writing process first takes the workdir's `lock`, which
+  it keeps until it exits: one run per workdir, however many processes it has.
   """
+  if write:
+    lock(workdir)
   path = os.path.join(workdir, "config.json")
   config_dict = _jsonable(config_dict)
   marker = os.path.join(workdir, DIVERGED_FILE)

@@ -416,3 +416,18 @@ def test_prefetch_propagates_errors():
 def test_measure_throughput():
   rate = data.measure_throughput(data.BatchIterator(_tiny(50), 8, augment=True), 20)
   assert rate > 0
+
+
+def test_resize_images_keeps_constant_images_and_averages_edges():
+  flat = np.full((2, 28, 28, 1), 77, np.uint8)
+  out = data.resize_images(flat, 16)
+  assert out.shape == (2, 16, 16, 1) and out.dtype == np.uint8 and (out == 77).all()
+  stripes = np.zeros((1, 4, 4, 2), np.uint8)
+  stripes[..., :2, 0] = 200                       # left half bright in channel 0 only
+  half = data.resize_images(stripes, 2)
+  left, right = half[0, :, 0, 0].astype(int), half[0, :, 1, 0].astype(int)
+  assert (left > right).all() and (abs(left + right - 200) <= 1).all()   # antialiased: the mean is kept
+  assert (half[..., 1] == 0).all()
+  assert data.resize_images(flat, 28) is flat
+  with pytest.raises(ValueError, match="positive"):
+    data.resize_images(flat, 0)
