@@ -88,7 +88,8 @@ def nb201_random_baseline(accuracies, ns: Iterable[int]) -> Dict[str, float]:
   return {str(int(n)): nb201.expected_best_of_n(accuracies, int(n)) for n in sorted(set(int(n) for n in ns))}
 
 
-def _fmt(stat: Optional[Mapping[str, Any]], scale: float = 1.0, digits: int = 2) -> str:
+def format_mean_std(stat: Optional[Mapping[str, Any]], scale: float = 1.0, digits: int = 2) -> str:
+  """``"mean ± std"`` of a `mean_std` result times `scale`, or "—" when it has no value."""
   if not stat or stat.get("mean") is None:
     return "—"
   return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
@@ -154,7 +155,8 @@ def _git_commit() -> str:
   return wd.code_version()
 
 
-def _hardware() -> Dict[str, Any]:
+def hardware_info() -> Dict[str, Any]:
+  """The JAX backend, its devices, the platform and CPU count, for run records."""
   import jax  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   return {"backend": jax.default_backend(), "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
@@ -170,7 +172,8 @@ def protocol_differences(configs: Sequence[Mapping[str, Any]], allowed: Iterable
   return sorted(k for k in keys - skip if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1)
 
 
-def _read_json(path: str) -> Optional[Dict[str, Any]]:
+def read_json(path: str) -> Optional[Dict[str, Any]]:
+  """The JSON file at `path`, or None if there is none."""
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -181,7 +184,7 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
 # Running.
 
 
-def _run_config(base, **fields):
+def run_config(base, **fields):
   """A copy of the ConfigDict `base` with `fields` set (unlocked for the copy)."""
   cfg = copy.deepcopy(base)
   with cfg.unlocked():
@@ -190,10 +193,10 @@ def _run_config(base, **fields):
   return cfg
 
 
-def _finished(run_dir: str, config_dict: Mapping[str, Any], ignore: Iterable[str]) -> Optional[Dict[str, Any]]:
+def finished_summary(run_dir: str, config_dict: Mapping[str, Any], ignore: Iterable[str]) -> Optional[Dict[str, Any]]:
   """The summary of a finished run of exactly this config in `run_dir`, else None."""
-  summary = _read_json(os.path.join(run_dir, "summary.json"))
-  old = _read_json(os.path.join(run_dir, "config.json"))
+  summary = read_json(os.path.join(run_dir, "summary.json"))
+  old = read_json(os.path.join(run_dir, "config.json"))
   if summary is None or old is None:
     return None
   strip = lambda d: {k: v for k, v in d.items() if k not in set(ignore)}
@@ -244,9 +247,9 @@ def _search_seeds_together(config, workdir: str, space: str, method: str, seeds:
   from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
   todo = []
   for seed in seeds:
-    scfg = _run_config(config.search, method=method, seed=seed, space=space)
+    scfg = run_config(config.search, method=method, seed=seed, space=space)
     sdir = os.path.join(_run_dir(workdir, space, method, seed), "search")
-    if _finished(sdir, scfg.to_dict(), search_lib.RESUMABLE_KEYS) is None:
+    if finished_summary(sdir, scfg.to_dict(), search_lib.RESUMABLE_KEYS) is None:
       todo.append((seed, scfg, sdir))
   if len(todo) < 2 or len({_latest_checkpoint(d) for _, _, d in todo}) > 1:
     return []
@@ -275,18 +278,18 @@ def run_comparison(config, workdir: str) -> Dict[str, Any]:
         executed += _search_seeds_together(config, workdir, space, method, seeds)
       for seed in seeds:
         rdir = _run_dir(workdir, space, method, seed)
-        scfg = _run_config(config.search, method=method, seed=seed, space=space)
+        scfg = run_config(config.search, method=method, seed=seed, space=space)
         sdir = os.path.join(rdir, "search")
-        summary = _finished(sdir, scfg.to_dict(), search_lib.RESUMABLE_KEYS)
+        summary = finished_summary(sdir, scfg.to_dict(), search_lib.RESUMABLE_KEYS)
         if summary is None:
           executed.append(f"{space}/{method}/seed{seed}/search")
           summary = (random_search_run(scfg, sdir) if method == RANDOM else search_lib.search(scfg, sdir))
         record = {"space": space, "method": method, "seed": seed, "search": summary, "search_dir": sdir}
         if do_retrain and get_space(space).retrainable:
           from darts_jax import retrain as retrain_lib  # pylint: disable=g-import-not-at-top
-          tcfg = _run_config(config.retrain_config, genotype=os.path.join(sdir, "genotype.json"), seed=seed)
+          tcfg = run_config(config.retrain_config, genotype=os.path.join(sdir, "genotype.json"), seed=seed)
           tdir = os.path.join(rdir, "retrain")
-          rsum = _finished(tdir, tcfg.to_dict(), retrain_lib.RESUMABLE_KEYS)
+          rsum = finished_summary(tdir, tcfg.to_dict(), retrain_lib.RESUMABLE_KEYS)
           if rsum is None:
             executed.append(f"{space}/{method}/seed{seed}/retrain")
             rsum = retrain_lib.train_and_evaluate(tcfg, tdir)
@@ -413,7 +416,7 @@ def plot_cells_over_epochs(curves, path: str) -> None:
 def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], methods, seeds, spaces) -> Dict[str, Any]:
   from darts_jax import retrain as retrain_lib  # pylint: disable=g-import-not-at-top
   from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
-  hardware = _hardware()
+  hardware = hardware_info()
   device_kind = "GPU" if hardware["backend"] == "gpu" else hardware["backend"].upper()
   benchmark, bench_path = _load_benchmark(config, spaces)
   bench_dataset = config.get("benchmark_dataset") or "cifar10"
@@ -426,9 +429,9 @@ def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], method
                       "best_in_table": benchmark.best(bench_dataset)[1],
                       "expected_best_of_n": nb201_random_baseline(benchmark.accuracies(bench_dataset), ns)}
 
-  search_cfgs = [_read_json(os.path.join(r["search_dir"], "config.json")) or {} for r in runs]
+  search_cfgs = [read_json(os.path.join(r["search_dir"], "config.json")) or {} for r in runs]
   diff = protocol_differences(search_cfgs, RUN_KEYS, search_lib.RESUMABLE_KEYS)
-  retrain_cfgs = [_read_json(os.path.join(r["retrain_dir"], "config.json")) or {} for r in runs
+  retrain_cfgs = [read_json(os.path.join(r["retrain_dir"], "config.json")) or {} for r in runs
                   if r.get("retrain_dir")]
   rdiff = protocol_differences(retrain_cfgs, RETRAIN_RUN_KEYS, retrain_lib.RESUMABLE_KEYS)
   same = not diff and not rdiff
@@ -479,17 +482,17 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:
     name = r["method"] + (" (random-sampling baseline)" if r["is_random_baseline"] else "")
-    cells = [name, ", ".join(map(str, r["seeds"])), _fmt(r["search_val_acc"], 100)]
+    cells = [name, ", ".join(map(str, r["seeds"])), format_mean_std(r["search_val_acc"], 100)]
     if retrained:
-      cells += [_fmt(r["retrain_test_acc"], 100), _fmt(r["retrain_params"], 1, 0)]
+      cells += [format_mean_std(r["retrain_test_acc"], 100), format_mean_std(r["retrain_params"], 1, 0)]
     uniform = r.get("alpha_entropy_uniform")
-    entropy = _fmt(r.get("alpha_entropy"), 1, 4) + (f" (uniform {uniform:.4f})" if uniform else "")
-    cells += [entropy, _fmt(r["supernet_params"], 1, 0), f"{r['search_hours_sum']:.4f}",
+    entropy = format_mean_std(r.get("alpha_entropy"), 1, 4) + (f" (uniform {uniform:.4f})" if uniform else "")
+    cells += [entropy, format_mean_std(r["supernet_params"], 1, 0), f"{r['search_hours_sum']:.4f}",
               f"{r['search_hours_mean']:.4f}"]
     for key, _, digits in sp.stat_columns:
       value = r.get(key)
-      cells.append(f"{value}/{r['num_runs']}" if isinstance(value, int) else _fmt(value, 1, digits))
-    share = _fmt(r["skip_share"], 1, 2)
+      cells.append(f"{value}/{r['num_runs']}" if isinstance(value, int) else format_mean_std(value, 1, digits))
+    share = format_mean_std(r["skip_share"], 1, 2)
     cells += [f"{r['parameter_free']}/{r['num_runs']}", share + (" ⚠ collapse" if r["collapse"] else "")]
     lines.append("| " + " | ".join(cells) + " |")
   return lines

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from darts_jax import bilevel, ops, single_edge
+from darts_jax import bilevel, compare, ops, single_edge
+from darts_jax import search as search_lib
 from darts_jax import workdir as wd
 from darts_jax import data as data_lib
 from darts_jax.data import synthetic
@@ -207,7 +208,6 @@ def run_suite(config, workdir: str) -> Dict[str, Any]:
   run its own resumable work directory ``runs/<task>/<method>/seed<k>``), and writes ``report.json`` /
   ``report.md``: per task and method, on how many seeds the search found the answer, its search minutes,
   and what α did (each seed's op and the answer ops' final weight share)."""
-  from darts_jax import compare, search as search_lib  # pylint: disable=g-import-not-at-top
   os.makedirs(workdir, exist_ok=True)
   params = synthetic.params_from(config.search.get("synthetic"))
   model = dict(config.search.model)
@@ -223,7 +223,7 @@ def run_suite(config, workdir: str) -> Dict[str, Any]:
       path = os.path.join(workdir, "checks", f"{task}.json")
       key = {"params": dataclasses.asdict(params), "primitives": list(primitives), "C": model["C"],
              "stem": model.get("stem") or "tile", "steps": int(config.check_steps)}
-      old = compare._read_json(path)  # pylint: disable=protected-access
+      old = compare.read_json(path)
       if old is None or old.get("key") != key:
         t0 = time.perf_counter()
         chk = check_task(task, primitives, params, C=model["C"], stem=key["stem"], steps=key["steps"])
@@ -235,8 +235,8 @@ def run_suite(config, workdir: str) -> Dict[str, Any]:
       runs = []
       for seed in seeds:
         run_dir = os.path.join(workdir, "runs", task, method, f"seed{seed}")
-        cfg = compare._run_config(config.search, dataset=synthetic.PREFIX + task, method=method, seed=seed)  # pylint: disable=protected-access
-        summary = compare._finished(run_dir, cfg.to_dict(), search_lib.RESUMABLE_KEYS)  # pylint: disable=protected-access
+        cfg = compare.run_config(config.search, dataset=synthetic.PREFIX + task, method=method, seed=seed)
+        summary = compare.finished_summary(run_dir, cfg.to_dict(), search_lib.RESUMABLE_KEYS)
         if summary is None:
           summary = search_lib.search(cfg, run_dir)
         weights = _final_op_weights(run_dir)
@@ -249,7 +249,7 @@ def run_suite(config, workdir: str) -> Dict[str, Any]:
                                   "minutes": sum(r["search_seconds"] for r in runs) / 60, "runs": runs}
     tasks[task] = entry
   report = {"tasks": tasks, "primitives": list(primitives), "synthetic": dataclasses.asdict(params),
-            "search": config.search.to_dict(), "seeds": seeds, "hardware": compare._hardware(),  # pylint: disable=protected-access
+            "search": config.search.to_dict(), "seeds": seeds, "hardware": compare.hardware_info(),
             "code_version": wd.code_version(), "versions": wd.versions()}
   wd.write_json(os.path.join(workdir, "report.json"), report)
   wd.atomic_write(os.path.join(workdir, "report.md"), report_markdown(report))

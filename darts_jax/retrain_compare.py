@@ -47,8 +47,8 @@ def run_retrain_comparison(config, workdir: str) -> Dict[str, Any]:
     runs = []
     for seed in config.seeds[name]:
       run_dir = os.path.join(workdir, "runs", name, f"seed{int(seed)}")
-      cfg = compare._run_config(config.retrain, genotype=str(spec), seed=int(seed))  # pylint: disable=protected-access
-      summary = compare._finished(run_dir, cfg.to_dict(), retrain_lib.RESUMABLE_KEYS)  # pylint: disable=protected-access
+      cfg = compare.run_config(config.retrain, genotype=str(spec), seed=int(seed))
+      summary = compare.finished_summary(run_dir, cfg.to_dict(), retrain_lib.RESUMABLE_KEYS)
       if summary is None:
         summary = retrain_lib.train_and_evaluate(cfg, run_dir)
         executed.append(f"{name}/seed{int(seed)}")
@@ -58,7 +58,7 @@ def run_retrain_comparison(config, workdir: str) -> Dict[str, Any]:
                   "test_acc": compare.mean_std(r["test_acc"] for r in runs),
                   "num_params": compare.mean_std(r["num_params"] for r in runs),
                   "hours": sum(r["train_seconds"] for r in runs) / 3600.0}
-  hardware = compare._hardware()  # pylint: disable=protected-access
+  hardware = compare.hardware_info()
   searched = config.get("searched") or next(iter(config.genotypes))
   report = {"rows": rows, "searched": searched, "verdict": verdict(rows, searched),
             "retrain_config": config.retrain.to_dict(), "hardware": hardware,
@@ -79,8 +79,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
            f"| genotype | seeds | test acc (%) | per seed (%) | parameters | {kind} |", "|---|---|---|---|---|---|"]
   for name, r in report["rows"].items():
     per = ", ".join(f"{100 * x['test_acc']:.2f}" for x in r["runs"])
-    lines.append(f"| {name} | {', '.join(str(x['seed']) for x in r['runs'])} | {compare._fmt(r['test_acc'], 100)} "  # pylint: disable=protected-access
-                 f"| {per} | {compare._fmt(r['num_params'], 1, 0)} | {r['hours']:.2f} |")  # pylint: disable=protected-access
+    lines.append(f"| {name} | {', '.join(str(x['seed']) for x in r['runs'])} | {compare.format_mean_std(r['test_acc'], 100)} "
+                 f"| {per} | {compare.format_mean_std(r['num_params'], 1, 0)} | {r['hours']:.2f} |")
   lines += ["", f"**{report['verdict'] or 'no verdict: a genotype has no finished run'}.**", "",
             f"Total: {report['total_hours']:.2f} {kind} on {report['hardware']['cpu_count']} CPUs "
             f"({report['hardware']['backend']}); code `{report['code_version']}`.", "", "Genotypes:", ""]

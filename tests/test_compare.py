@@ -223,7 +223,7 @@ def test_run_loop_with_fake_search(tmp_path, monkeypatch):
   cfg = json.load(open(path))
   cfg["batch_size"] = 999
   wd.write_json(path, cfg)
-  monkeypatch.setattr(compare, "_finished", lambda *a: json.load(open(os.path.join(a[0], "summary.json"))))
+  monkeypatch.setattr(compare, "finished_summary", lambda *a: json.load(open(os.path.join(a[0], "summary.json"))))
   report = compare.run_comparison(c, work)
   assert report["reproducibility"]["same_protocol"] is False
   assert report["reproducibility"]["protocol_differences"]["search"] == ["batch_size"]
@@ -288,7 +288,7 @@ def test_multi_seed_comparison_equals_seed_by_seed_searches(tmp_path):
     summary = json.load(open(os.path.join(together, "summary.json")))
     assert summary["multi_seed"] == 2 and summary["step_program"] == "multi_seed" and summary["seed"] == seed
     alone = str(tmp_path / f"alone{seed}")
-    single = search.search(compare._run_config(c.search, method="gdas", seed=seed, space="nb201"), alone)  # pylint: disable=protected-access
+    single = search.search(compare.run_config(c.search, method="gdas", seed=seed, space="nb201"), alone)
     assert single["genotype"] == summary["genotype"]
     a, b = (json.load(open(os.path.join(d, "alphas.json"))) for d in (together, alone))
     # The vmapped program reduces in another order (and keeps YNNPACK off its reductions, `xla_setup`); Adam

@@ -246,3 +246,20 @@ def test_every_gradient_method_finds_the_answer_from_the_command_line(task, tmp_
     else:
       assert all(explain(r, primitives) for r in m["runs"]), (method, [r["op_weights"] for r in m["runs"]])
   assert os.path.exists(tmp_path / "report.md")
+
+
+def test_alpha_gradient_snr_measures_the_checkpointed_search(tmp_path):
+  """The diagnostic restores the search's newest checkpoint and measures α's gradient batch by batch: its mean
+  over batches is the gradient of the mean loss, and |mean| / std is finite and per α entry."""
+  from darts_jax import diagnostics  # pylint: disable=g-import-not-at-top
+  c = known_answer_config.get_config("smoke")
+  search.search(c, str(tmp_path))
+  r = diagnostics.alpha_gradient_snr(c, str(tmp_path), num_batches=4)
+  assert r["step"] == c.epochs * c.steps_per_epoch and r["batches"] == 4
+  snr = np.asarray(r["snr"]["normal"])
+  assert snr.shape == (1, 8) and np.isfinite(snr).all() and (snr >= 0).all()
+  assert r["snr_median"] == pytest.approx(float(np.median(snr)))
+  alphas = np.asarray(json.load(open(tmp_path / "alphas.json"))["normal"])
+  assert r["alpha_abs_max"] == pytest.approx(float(np.abs(alphas).max()), rel=1e-6)
+  with pytest.raises(ValueError, match="no checkpoint"):
+    diagnostics.alpha_gradient_snr(c, str(tmp_path / "empty"))
