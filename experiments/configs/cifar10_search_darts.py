@@ -28,6 +28,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.dataset = "cifar10"
   c.data_dir = ""
   c.subset = 0                # 0: all 50,000 training images
+  c.image_size = 0            # resize the images to this side before the search (0: as stored)
   c.train_portion = 0.5
   c.augment = True
   c.batch_size = 64

@@ -79,9 +79,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.search = search
   c.tasks = named or ["receptive_field", "dark_pixels"]
-  c.methods = list(GRADIENT_METHODS)
+  c.methods = tuple(GRADIENT_METHODS)
   c.seeds = (0, 1, 2)          # a tuple, so that --config.seeds="(0,)" can override it
   c.check_steps = 1000         # steps of each op trained alone in the task check (0: skip the check)
   if "smoke" in args:
-    c.methods, c.seeds, c.check_steps = ["darts", "gdas"], (0, 1), 20
+    c.methods, c.seeds, c.check_steps = ("darts", "gdas"), (0, 1), 20
   return c
