@@ -266,6 +266,13 @@ class Supernet(NamedTuple):
   edge_gradients: Optional[Any] = None
 
 
+def _one_cell_alphas(space: SearchSpace, key, scale: float) -> Dict[str, Any]:
+  """α of a space whose cells share one α (NB201, the single edge): scale·N(0, 1) under "normal"."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return {"normal": scale * jax.random.normal(key, space.alpha_shape, jnp.float32)}
+
+
 @dataclasses.dataclass(frozen=True)
 class NB201Space(SearchSpace):
   """NAS-Bench-201: one α shared by every cell, every edge keeps one op (``none`` included), the cell
@@ -302,9 +309,7 @@ class NB201Space(SearchSpace):
     return False
 
   def init_alphas(self, key, scale: float = 1e-3) -> Dict[str, Any]:
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    return {"normal": scale * jax.random.normal(key, self.alpha_shape, jnp.float32)}
+    return _one_cell_alphas(self, key, scale)
 
   def build_supernet(self, model: Mapping[str, Any], num_classes: int, image_shape, supernet_kwargs=None,
                      mesh_devices: int = 1) -> Supernet:
@@ -402,9 +407,7 @@ class SingleEdgeSpace(SearchSpace):
     return False
 
   def init_alphas(self, key, scale: float = 1e-3) -> Dict[str, Any]:
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    return {"normal": scale * jax.random.normal(key, self.alpha_shape, jnp.float32)}
+    return _one_cell_alphas(self, key, scale)
 
   def build_supernet(self, model: Mapping[str, Any], num_classes: int, image_shape, supernet_kwargs=None,
                      mesh_devices: int = 1) -> Supernet:
