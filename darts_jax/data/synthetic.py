@@ -142,8 +142,3 @@ def load(name: str, split: str, options: Optional[Mapping[str, object]] = None) 
   params = params_from(options)
   images, labels = generate(task, params, split)
   return Dataset(images, labels, 2, name, CLASS_NAMES[task])
-
-
-def describe(task: str, options: Optional[Mapping[str, object]] = None) -> Dict[str, object]:
-  """The task's name and resolved parameters, for run records."""
-  return {"task": task, **dataclasses.asdict(params_from(options))}
