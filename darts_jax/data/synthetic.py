@@ -23,7 +23,7 @@ zero padding (9x9 by default: a 5x5 separable or dilated convolution).
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
