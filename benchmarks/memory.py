@@ -56,7 +56,7 @@ def _setup(conf):
   cfg = supernet.SupernetConfig(C=conf["C"], layers=conf["layers"], in_channels=conf["in_channels"],
                                 remat=conf["remat"], remat_policy=conf["policy"], compute_dtype=conf["dtype"])
   hp = bilevel.SearchHParams(hypergradient=conf["mode"], steps_per_epoch=100)
-  cells = conf["compile_cells"]
+  cells = conf["edge_chain"]
   problem = bilevel.SearchProblem(apply=lambda p, x, w: supernet.apply(p, x, w, cfg),
                                   arch_weights=lambda a, rng, step: supernet.softmax_weights(a))
   key = jax.random.PRNGKey(0)
@@ -114,7 +114,7 @@ def child(conf):
   print("RESULT " + json.dumps(result), flush=True)   # in case the analysis below runs out of memory
   del step, state, metrics
   jax.clear_caches()
-  if conf["compile_cells"]:
+  if conf["edge_chain"]:
     from darts_jax.steps import edgewise  # pylint: disable=g-import-not-at-top
     programs = edgewise._cell_programs(1)   # pylint: disable=protected-access
     rec = _Recorder(jax, programs)
@@ -140,14 +140,14 @@ def _fmt(x, spec=".2f"):
 
 
 def _row(conf, res):
-  step = "edge chain" if conf["compile_cells"] else "fused"
+  step = "edge chain" if conf["edge_chain"] else "fused"
   policy = conf["policy"] if conf["remat"] != "none" else "—"
   head = f"| {conf['batch']} | {conf['mode']} | {step} | {conf['remat']} | {policy} | {conf['dtype']} |"
   if res is None:
     return head + " OOM/failed | | | |"
   if "xla_live_peak_gb" not in res and "xla_temp_gb" not in res:
     xla = "OOM/failed (analysis)"
-  elif conf["compile_cells"]:
+  elif conf["edge_chain"]:
     xla = f"{_fmt(res['xla_live_peak_gb'])} live peak (largest program {_fmt(res['xla_largest_gb'], '.3f')})"
   else:
     xla = f"{_fmt(res['xla_temp_gb'] + res['xla_arg_gb'])} (temp {_fmt(res['xla_temp_gb'])})"
@@ -174,7 +174,7 @@ def main(argv):
           for dtype in _DTYPES.value:
             conf = dict(batch=int(batch), mode=mode, remat=remat, policy=policy, dtype=dtype, C=_C.value,
                         layers=_LAYERS.value, image=_IMAGE.value, in_channels=_IN.value, steps=_STEPS.value,
-                        compile_cells=cells)
+                        edge_chain=cells)
             res = None
             try:
               proc = subprocess.run([sys.executable, __file__, "--child=" + json.dumps(conf)],

@@ -8,6 +8,8 @@ import sys
 from typing import Callable, List, Optional, Sequence
 
 from darts_jax import parallel
+from darts_jax import retrain
+from darts_jax import search
 from darts_jax import workdir as wd
 from darts_jax import xla_setup
 
@@ -209,7 +211,6 @@ def run(fn: Callable[[], object]) -> int:
 
 
 def search_and_report(config, workdir: str) -> dict:
-  from darts_jax import search  # pylint: disable=g-import-not-at-top
   summary = search.search(config, workdir)
   if not parallel.is_main():
     return summary
@@ -224,7 +225,6 @@ def search_and_report(config, workdir: str) -> dict:
 
 
 def retrain_and_report(config, workdir: str) -> dict:
-  from darts_jax import retrain  # pylint: disable=g-import-not-at-top
   summary = retrain.train_and_evaluate(config, workdir)
   if not parallel.is_main():
     return summary

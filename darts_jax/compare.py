@@ -32,9 +32,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from darts_jax import nb201
-from darts_jax.search_space import SPACES, get_space
+from darts_jax import exports
+from darts_jax import methods as methods_lib
+from darts_jax import models
+from darts_jax import nb201_arch
+from darts_jax import retrain as retrain_lib
+from darts_jax import search as search_lib
 from darts_jax import workdir as wd
+from darts_jax.search_space import SPACES, get_space
 
 RANDOM = "random"
 RUN_KEYS = ("method", "seed", "space")   # the only search-config fields allowed to differ between runs
@@ -85,7 +90,7 @@ def parameter_free(genotype: Any, space=None) -> Optional[bool]:
 
 def nb201_random_baseline(accuracies, ns: Iterable[int]) -> Dict[str, float]:
   """{str(n): exact expected best-of-n accuracy of uniform random sampling} from a benchmark column."""
-  return {str(int(n)): nb201.expected_best_of_n(accuracies, int(n)) for n in sorted(set(int(n) for n in ns))}
+  return {str(int(n)): nb201_arch.expected_best_of_n(accuracies, int(n)) for n in sorted(set(int(n) for n in ns))}
 
 
 def format_mean_std(stat: Optional[Mapping[str, Any]], scale: float = 1.0, digits: int = 2) -> str:
@@ -101,7 +106,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_datas
 
   A run record holds ``space``, ``method``, ``seed``, ``search`` (the search summary: val_acc, search_seconds,
   supernet_params, genotype) and optionally ``retrain`` (test_acc, num_params, train_seconds). `benchmark`
-  (an `nb201.Benchmark`) scores NB201 genotypes. Returns {space: [row, ...]}, methods in first-seen order.
+  (an `nb201_arch.Benchmark`) scores NB201 genotypes. Returns {space: [row, ...]}, methods in first-seen order.
   """
   out: Dict[str, List[Dict[str, Any]]] = {}
   groups: Dict[tuple, List[Mapping[str, Any]]] = {}
@@ -126,7 +131,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_datas
         "is_random_baseline": method == RANDOM,
     }
     sp = get_space(space)
-    stats = [sp.arch_stats(s.get("genotype"), benchmark, benchmark_dataset) for s in searches]
+    stats = [models.arch_stats(sp, s.get("genotype"), benchmark, benchmark_dataset) for s in searches]
     for key in sorted({k for st in stats for k in st}):
       values = [st.get(key) for st in stats]
       if all(isinstance(v, bool) for v in values):
@@ -207,15 +212,12 @@ def finished_summary(run_dir: str, config_dict: Mapping[str, Any], ignore: Itera
 def random_search_run(config, run_dir: str) -> Dict[str, Any]:
   """The random baseline's "search": a uniformly random genotype from the run's seed, no training."""
   import jax  # pylint: disable=g-import-not-at-top
-  from darts_jax import methods as methods_lib  # pylint: disable=g-import-not-at-top
-  from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
-  from darts_jax.search_space import get_space  # pylint: disable=g-import-not-at-top
   wd.prepare(run_dir, config.to_dict(), ignore=search_lib.RESUMABLE_KEYS)
   space = get_space(config.space)
   method = methods_lib.get_method(RANDOM)
   k_derive = jax.random.split(jax.random.PRNGKey(config.seed), 4)[3]   # the key search.search derives with
   arch = method.derive(None, space, key=k_derive)
-  text = search_lib.write_architecture(run_dir, arch, space)
+  text = exports.write_architecture(run_dir, arch, space)
   summary = {"method": RANDOM, "space": space.name, "dataset": config.dataset, "seed": config.seed,
              "genotype": text, "search_seconds": 0.0, "val_acc": None, "supernet_params": None, "steps": 0,
              "note": "random-sampling baseline: no search, a uniformly random architecture from the seed",
@@ -244,7 +246,6 @@ def _latest_checkpoint(run_dir: str) -> int:
 def _search_seeds_together(config, workdir: str, space: str, method: str, seeds: Sequence[int]) -> List[str]:
   """Runs a method's unfinished seeds as one multi-seed program (`search.search_seeds`) when there are two or
   more and their checkpoints are at one step; returns the stages run (none: the loop runs them one by one)."""
-  from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
   todo = []
   for seed in seeds:
     scfg = run_config(config.search, method=method, seed=seed, space=space)
@@ -259,13 +260,11 @@ def _search_seeds_together(config, workdir: str, space: str, method: str, seeds:
 
 def run_comparison(config, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) every (space, method, seed) of `config`, then writes and returns the report."""
-  from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
   methods = _methods(config)
   seeds = [int(s) for s in config.seeds]
   spaces = [str(s) for s in config.spaces]
   if not methods or not seeds or not spaces:
     raise ValueError("config.methods, config.seeds and config.spaces must each name at least one entry")
-  from darts_jax import methods as methods_lib  # pylint: disable=g-import-not-at-top
   for m in methods:
     methods_lib.get_method(m)   # unknown names fail before anything runs
   do_retrain = bool(config.get("retrain", False))
@@ -286,7 +285,6 @@ def run_comparison(config, workdir: str) -> Dict[str, Any]:
           summary = (random_search_run(scfg, sdir) if method == RANDOM else search_lib.search(scfg, sdir))
         record = {"space": space, "method": method, "seed": seed, "search": summary, "search_dir": sdir}
         if do_retrain and get_space(space).retrainable:
-          from darts_jax import retrain as retrain_lib  # pylint: disable=g-import-not-at-top
           tcfg = run_config(config.retrain_config, genotype=os.path.join(sdir, "genotype.json"), seed=seed)
           tdir = os.path.join(rdir, "retrain")
           rsum = finished_summary(tdir, tcfg.to_dict(), retrain_lib.RESUMABLE_KEYS)
@@ -414,8 +412,6 @@ def plot_cells_over_epochs(curves, path: str) -> None:
 
 
 def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], methods, seeds, spaces) -> Dict[str, Any]:
-  from darts_jax import retrain as retrain_lib  # pylint: disable=g-import-not-at-top
-  from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
   hardware = hardware_info()
   device_kind = "GPU" if hardware["backend"] == "gpu" else hardware["backend"].upper()
   benchmark, bench_path = _load_benchmark(config, spaces)

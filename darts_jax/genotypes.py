@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from darts_jax.search_space import DARTS_PRIMITIVES
+from darts_jax.topology import DARTS_PRIMITIVES
 
 # Ops that appear only in the hand-designed / RL-searched baselines (NASNet, AmoebaNet).
 EXTRA_PRIMITIVES = ("sep_conv_7x7", "conv_7x1_1x7")

@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from darts_jax import genotypes, networks, ops, supernet
-from darts_jax.search_space import DARTS_SPACE
+from darts_jax import bilevel, genotypes, networks, ops, steps, supernet
 
 Params = Dict[str, Any]
 
@@ -166,7 +165,6 @@ def _search_config(fixture) -> supernet.SupernetConfig:
 
 
 def _search_outputs(fixture, keys=None) -> Dict[str, Any]:
-  from darts_jax import bilevel, genotypes, steps  # pylint: disable=g-import-not-at-top
   cfg = _search_config(fixture)
   state = fixture_state_dict(fixture)
   params = load_search_params(state, cfg)

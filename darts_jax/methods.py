@@ -1,4 +1,4 @@
-"""Search methods behind one interface, chosen by name; all of them run `darts_jax.bilevel`'s one search step.
+"""Search methods behind one interface, chosen by name; all of them run the one search step of `darts_jax.steps`.
 
 A method is a `Method` (a NamedTuple of pure functions and settings):
 
@@ -17,7 +17,7 @@ A method is a `Method` (a NamedTuple of pure functions and settings):
   sigmoids) and PC-DARTS (softmax times the edge's normalized weight).
 * ``update_alphas``: False for methods that never step α (pass it to `steps.make_search_step`).
 * ``supernet_kwargs``: supernet config fields the method needs (`supernet.SupernetConfig` via
-  `supernet_config`, `nb201.NB201Config`; `SearchSpace.build_supernet` applies them).
+  `supernet_config`, `nb201.NB201Config`; `models.build_supernet` applies them).
 * ``hparams``: the paper's `bilevel.SearchHParams` overrides (`Method.search_hparams` applies them).
 * ``warmup_epochs``: epochs at the start of each of ``warmup_stages`` equal stages that the paper trains
   weights only (run them with ``update_alphas=False``; `frozen_epochs`).

@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax import lax
 
-from darts_jax import genotypes, ops
+from darts_jax import genotypes, layers, ops
 
 Params = Dict[str, Any]
 KINDS = ("cifar", "imagenet")
@@ -234,33 +235,6 @@ def count_params(params: Params, include_auxiliary: bool = False) -> int:
 # Forward pass.
 
 
-def _bn(x, p, s, name, ctx, new_s):
-  y, new_s[name] = ops.batch_norm(x, p[name], s[name], ctx)
-  return y
-
-
-def _cell_apply(cp, cs, s0, s1, spec: CellSpec, ctx, drop_prob, key):
-  if spec.reduction_prev:
-    h0, pre0 = ops.factorized_reduce_apply(cp["pre0"], cs["pre0"], s0, ctx)
-  else:
-    h0, pre0 = ops.relu_conv_bn_apply(cp["pre0"], cs["pre0"], s0, 1, 0, ctx)
-  h1, pre1 = ops.relu_conv_bn_apply(cp["pre1"], cs["pre1"], s1, 1, 0, ctx)
-  states = {0: h0, 1: h1}
-  new_ops = []
-  for e, (name, j, stride) in enumerate(spec.ops):
-    y, s = ops.get_op(name).apply(cp["ops"][e], cs["ops"][e], states[j], stride, ctx)
-    new_ops.append(s)
-    # The reference skips drop path on Identity (stride-1 skip_connect) only.
-    if key is not None and not spec.node_drop_path and not (name == "skip_connect" and stride == 1):
-      y = ops.drop_path(y, drop_prob, jax.random.fold_in(key, e))
-    node = spec.nodes[e]
-    states[node] = states[node] + y if node in states else y
-    if key is not None and spec.node_drop_path and (e + 1 == len(spec.ops) or spec.nodes[e + 1] != node):
-      states[node] = ops.drop_path(states[node], drop_prob, jax.random.fold_in(key, len(spec.ops) + node))
-  out = jnp.concatenate([states[i] for i in spec.concat], axis=-1)
-  return out, {"pre0": pre0, "pre1": pre1, "ops": new_ops}
-
-
 def _aux_pool(x, k, stride):
   """AvgPool2d(k, stride, padding=0, count_include_pad=False); where floor mode would leave a single
   row/column (maps of k+1 .. k+stride-1), the last window is partial, as in ceil mode."""
@@ -282,17 +256,163 @@ def _aux_apply(p, s, x, cfg: NetworkConfig, ctx):
                      f"after cell {cfg.auxiliary_layer}, got {h}x{w}; use larger inputs or auxiliary=False")
   new_s = {}
   y = _aux_pool(jax.nn.relu(x), *AUX_POOL[cfg.kind])
-  y = jax.nn.relu(_bn(ops.conv(y, p["conv1"]), p, s, "bn1", ctx, new_s))
-  y = ops.conv(y, p["conv2"])
+  y, new_s["bn1"] = ops.batch_norm(ops.conv(y, p["conv1"]), p["bn1"], s["bn1"], ctx)
+  y = ops.conv(jax.nn.relu(y), p["conv2"])
   if "bn2" in p:
-    y = _bn(y, p, s, "bn2", ctx, new_s)
+    y, new_s["bn2"] = ops.batch_norm(y, p["bn2"], s["bn2"], ctx)
   y = jnp.mean(jax.nn.relu(y), axis=(1, 2))  # 1×1 at the reference's input size
   return y @ p["classifier"]["w"] + p["classifier"]["b"], new_s
 
 
+
+
+# --------------------------------------------------------------------------------------------------------
+# The network as Flax NNX modules, each of whose calls runs its children.
+
+
+class AuxHead(layers.Layer):
+  """The auxiliary classifier after cell 2·layers//3 (the reference's AuxiliaryHeadCIFAR / ImageNet)."""
+
+  def __init__(self, params, stats, cfg: NetworkConfig):
+    super().__init__(params, stats, cfg.dw_impl)
+    self.cfg = cfg
+
+  def kernel(self, params, stats, x, ctx):
+    return _aux_apply(params, stats, x, self.cfg, ctx)
+
+
+class Cell(nnx.Module):
+  """One cell of a final network: ``pre0`` and ``pre1`` (its inputs' preprocessing), ``ops[e]`` (a module per
+  genotype edge, `layers.Op` as built) and ``spec`` (`CellSpec`: channels, reduction, each edge's input,
+  stride and node). ``cell(s0, s1, train=..., drop_prob=..., key=...)`` runs the preprocessing, every edge
+  and the node sums, with drop path where the reference applies it (on each edge but identities, or on each
+  node's sum in FairDARTS' cells), and returns the concatenated output nodes. Replace ``ops[e]`` by any
+  module mapping the edge's input to its output and the cell computes with it."""
+
+  def __init__(self, spec: CellSpec, params, stats, dw_impl: str = "auto"):
+    self.spec = spec
+    if spec.reduction_prev:
+      self.pre0 = layers.FactorizedReduce(params["pre0"], stats["pre0"], dw_impl)
+    else:
+      self.pre0 = layers.ReLUConvBN(params["pre0"], stats["pre0"], dw_impl=dw_impl)
+    self.pre1 = layers.ReLUConvBN(params["pre1"], stats["pre1"], dw_impl=dw_impl)
+    self.ops = nnx.List([layers.Op(name, spec.c, stride, trees=(p, s), dw_impl=dw_impl)
+                         for (name, _, stride), p, s in zip(spec.ops, params["ops"], stats["ops"])])
+
+  def __call__(self, s0, s1, *, train: bool = False, drop_prob=0.0, key=None):
+    spec = self.spec
+    states = {0: layers.call(self.pre0, s0, train), 1: layers.call(self.pre1, s1, train)}
+    for e, (op, (name, j, stride)) in enumerate(zip(self.ops, spec.ops)):
+      y = layers.call(op, states[j], train)
+      # The reference skips drop path on Identity (stride-1 skip_connect) only.
+      if key is not None and not spec.node_drop_path and not (name == "skip_connect" and stride == 1):
+        y = ops.drop_path(y, drop_prob, jax.random.fold_in(key, e))
+      node = spec.nodes[e]
+      states[node] = states[node] + y if node in states else y
+      if key is not None and spec.node_drop_path and (e + 1 == len(spec.ops) or spec.nodes[e + 1] != node):
+        states[node] = ops.drop_path(states[node], drop_prob, jax.random.fold_in(key, len(spec.ops) + node))
+    return jnp.concatenate([states[i] for i in spec.concat], axis=-1)
+
+  def trees(self) -> Tuple[Params, Params]:
+    """(params, batch_stats): this cell's entries of the functional network's ``cells`` lists (its children
+    must be the `layers.Layer`s it was built with)."""
+    children = {"pre0": self.pre0, "pre1": self.pre1}
+    for k, child in list(children.items()) + [(f"ops[{e}]", op) for e, op in enumerate(self.ops)]:
+      if not isinstance(child, layers.Layer):
+        raise ValueError(f"cell child {k} is a {type(child).__name__}, which has no functional pytrees; "
+                         "the functional network (networks.apply, interop, checkpoints) needs the built layers")
+    out = {k: c.trees() for k, c in children.items()}
+    op_trees = [op.trees() for op in self.ops]
+    return ({**{k: t[0] for k, t in out.items()}, "ops": [t[0] for t in op_trees]},
+            {**{k: t[1] for k, t in out.items()}, "ops": [t[1] for t in op_trees]})
+
+
+class Network(nnx.Module):
+  """A final DARTS network (`NetworkConfig`) as an NNX module.
+
+  ``model(x)`` gives evaluation logits (running statistics); ``model(x, train=True)`` gives
+  ``(logits, aux_logits)`` with batch statistics, updates the running statistics and applies drop path at
+  ``model.drop_path_prob`` (keys from ``rngs.dropout``; aux_logits is None without the auxiliary head). Set
+  ``model.drop_path_prob`` to schedule it (the reference raises it linearly over the epochs).
+
+  Its children compute it: ``stem`` (ImageNet: ``stem0``, ``stem1``), ``cells[i]`` (a `Cell`, whose ``ops[e]``
+  are `layers.Op`s), ``aux`` (with the auxiliary head) and ``classifier``. ``Network(cfg, rngs=...)``
+  initializes it (`init`); ``Network(cfg, trees=(params, batch_stats))`` holds given functional pytrees;
+  ``trees()`` gathers them back (`apply`, `interop`, checkpoints).
+  """
+
+  def __init__(self, cfg: NetworkConfig, *, rngs: Optional[nnx.Rngs] = None,
+               trees: Optional[Tuple[Params, Params]] = None):
+    if (rngs is None) == (trees is None):
+      raise ValueError("Network needs exactly one of rngs= (fresh weights) and trees= (given (params, batch_stats))")
+    params, stats = trees if trees is not None else init(rngs.params(), cfg)
+    self.cfg = cfg
+    if cfg.kind == "cifar":
+      self.stem = layers.ConvBN(params["stem"], stats["stem"], (("conv", "bn", 1),), dw_impl=cfg.dw_impl)
+    else:
+      self.stem0 = layers.ConvBN(params["stem0"], stats["stem0"], (("conv1", "bn1", 2), ("conv2", "bn2", 2)),
+                                 dw_impl=cfg.dw_impl)
+      self.stem1 = layers.ConvBN(params["stem1"], stats["stem1"], (("conv", "bn", 2),), relu_first=True,
+                                 dw_impl=cfg.dw_impl)
+    self.cells = nnx.List([Cell(spec, p, s, cfg.dw_impl) for spec, p, s in
+                           zip(layout(cfg).cells, params["cells"], stats["cells"])])
+    if cfg.auxiliary:
+      self.aux = AuxHead(params["aux"], stats["aux"], cfg)
+    self.classifier = layers.Linear(params["classifier"], {})
+    self.drop_path_prob = nnx.data(jnp.asarray(cfg.drop_path_prob, jnp.float32))
+    self.rngs = rngs
+
+  def __call__(self, x: jax.Array, *, train: bool = False):
+    key = self.rngs.dropout() if train and self.rngs is not None else None
+    logits, aux = self.forward(x, train=train, rng=key, drop_path_prob=self.drop_path_prob)
+    return (logits, aux) if train else logits
+
+  def forward(self, x: jax.Array, *, train: bool, rng=None, drop_path_prob=None):
+    """(logits, aux_logits) with an explicit drop-path key and probability (see `apply`)."""
+    cfg = self.cfg
+    check_input(cfg, x.shape)
+    p_drop = cfg.drop_path_prob if drop_path_prob is None else drop_path_prob
+    if isinstance(p_drop, numbers.Real):
+      if not 0.0 <= p_drop < 1.0:
+        raise ValueError(f"drop_path_prob={p_drop} must be in [0, 1)")
+      use_drop = train and p_drop > 0
+    else:
+      use_drop = train
+    if use_drop and rng is None:
+      raise ValueError("a training call with drop path needs a key: rngs= with a 'dropout' stream, an rng for "
+                       "networks.apply, or drop_path_prob=0")
+    if cfg.kind == "cifar":
+      s0 = s1 = layers.call(self.stem, x, train)
+    else:
+      s0 = layers.call(self.stem0, x, train)
+      s1 = layers.call(self.stem1, s0, train)
+    aux_logits = None
+    for i, cell in enumerate(self.cells):
+      key = jax.random.fold_in(rng, i) if use_drop else None
+      s0, s1 = s1, cell(s0, s1, train=train, drop_prob=p_drop, key=key)
+      if i == cfg.auxiliary_layer and cfg.auxiliary and train:
+        aux_logits = layers.call(self.aux, s1, train)
+        if i == cfg.layers - 1:
+          # The reference's head starts with ReLU(inplace=True), rectifying this cell's output in place. Later
+          # cells begin with a ReLU anyway; only the classifier sees it, when this is the last cell (3 cells).
+          s1 = jax.nn.relu(s1)
+    return layers.call(self.classifier, jnp.mean(s1, axis=(1, 2)), train), aux_logits
+
+  def trees(self) -> Tuple[Params, Params]:
+    """(params, batch_stats) as `init` lays them out."""
+    heads = ("stem",) if self.cfg.kind == "cifar" else ("stem0", "stem1")
+    heads += ("aux",) if self.cfg.auxiliary else ()
+    out = {k: getattr(self, k).trees() for k in heads}
+    cells = [c.trees() for c in self.cells]
+    params = {**{k: t[0] for k, t in out.items()}, "cells": [t[0] for t in cells],
+              "classifier": self.classifier.trees()[0]}
+    stats = {**{k: t[1] for k, t in out.items()}, "cells": [t[1] for t in cells]}
+    return params, stats
+
+
 def apply(params: Params, batch_stats: Params, x: jax.Array, cfg: NetworkConfig, train: bool,
           rng: Optional[jax.Array] = None, drop_path_prob=None):
-  """Runs the network on an NHWC batch.
+  """Runs the network on an NHWC batch: the `Network` module holding the given pytrees.
 
   Args:
     train: training mode (batch statistics, running statistics updated, drop path, auxiliary logits).
@@ -303,62 +423,18 @@ def apply(params: Params, batch_stats: Params, x: jax.Array, cfg: NetworkConfig,
   Returns:
     (logits, aux_logits, new_batch_stats); aux_logits is None unless `train` and `cfg.auxiliary`.
   """
-  check_input(cfg, x.shape)
-  p_drop = cfg.drop_path_prob if drop_path_prob is None else drop_path_prob
-  if isinstance(p_drop, numbers.Real):
-    if not 0.0 <= p_drop < 1.0:
-      raise ValueError(f"drop_path_prob={p_drop} must be in [0, 1)")
-    use_drop = train and p_drop > 0
-  else:
-    use_drop = train
-  if use_drop and rng is None:
-    raise ValueError("apply needs an rng for drop path in training mode (or drop_path_prob=0)")
-  ctx = ops.Ctx(train=train, dw_impl=cfg.dw_impl)
-  lay = layout(cfg)
-  new_stats: Params = {}
-  if cfg.kind == "cifar":
-    p, s, ns = params["stem"], batch_stats["stem"], {}
-    s0 = s1 = _bn(ops.conv(x, p["conv"], 1, 1), p, s, "bn", ctx, ns)
-    new_stats["stem"] = ns
-  else:
-    p, s, ns = params["stem0"], batch_stats["stem0"], {}
-    y = jax.nn.relu(_bn(ops.conv(x, p["conv1"], 2, 1), p, s, "bn1", ctx, ns))
-    s0 = _bn(ops.conv(y, p["conv2"], 2, 1), p, s, "bn2", ctx, ns)
-    new_stats["stem0"] = ns
-    p, s, ns = params["stem1"], batch_stats["stem1"], {}
-    s1 = _bn(ops.conv(jax.nn.relu(s0), p["conv"], 2, 1), p, s, "bn", ctx, ns)
-    new_stats["stem1"] = ns
-  aux_logits = None
-  new_cells: List[Params] = []
-  for i, spec in enumerate(lay.cells):
-    key = jax.random.fold_in(rng, i) if use_drop else None
-    out, cell_stats = _cell_apply(params["cells"][i], batch_stats["cells"][i], s0, s1, spec, ctx, p_drop,
-                                  key)
-    new_cells.append(cell_stats)
-    s0, s1 = s1, out
-    if i == cfg.auxiliary_layer and cfg.auxiliary and train:
-      aux_logits, new_stats["aux"] = _aux_apply(params["aux"], batch_stats["aux"], s1, cfg, ctx)
-      if i == cfg.layers - 1:
-        # The reference's head starts with ReLU(inplace=True), rectifying this cell's output in place. Later
-        # cells begin with a ReLU anyway; only the classifier sees it, when this is the last cell (3 cells).
-        s1 = jax.nn.relu(s1)
-  new_stats["cells"] = new_cells
-  if cfg.auxiliary and not train:
-    new_stats["aux"] = batch_stats["aux"]
-  pooled = jnp.mean(s1, axis=(1, 2))
-  logits = pooled @ params["classifier"]["w"] + params["classifier"]["b"]
-  return logits, aux_logits, new_stats
+  model = Network(cfg, trees=(params, batch_stats))
+  logits, aux = model.forward(x, train=train, rng=rng, drop_path_prob=drop_path_prob)
+  return logits, aux, model.trees()[1]
 
 
 def from_genotype(genotype, *, C: int, layers: int, num_classes: int, auxiliary: bool = False,
                   in_channels: int = 3, kind: str = "cifar", drop_path_prob: float = 0.0, seed: int = 0,
-                  rngs=None):
+                  rngs=None) -> Network:
   """The final network of `genotype` (a `genotypes.Genotype`, a registry name, genotype text or a .json/.txt
-  path) as a Flax NNX module (`darts_jax.modules.Network`), for training in an ordinary Flax/optax loop:
-  ``model(x)`` gives evaluation logits, ``model(x, train=True)`` ``(logits, aux_logits)``. `rngs` (an
-  ``nnx.Rngs`` with ``params`` and ``dropout`` streams) defaults to ``nnx.Rngs(seed)``."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from darts_jax import modules  # pylint: disable=g-import-not-at-top
+  path) as a Flax NNX `Network`, for training in an ordinary Flax/optax loop: ``model(x)`` gives evaluation
+  logits, ``model(x, train=True)`` ``(logits, aux_logits)``. `rngs` (an ``nnx.Rngs`` with ``params`` and
+  ``dropout`` streams) defaults to ``nnx.Rngs(seed)``."""
   cfg = NetworkConfig(genotype=genotype, C=C, num_classes=num_classes, layers=layers, auxiliary=auxiliary,
                       in_channels=in_channels, kind=kind, drop_path_prob=drop_path_prob)
-  return modules.Network(cfg, rngs=rngs if rngs is not None else nnx.Rngs(seed))
+  return Network(cfg, rngs=rngs if rngs is not None else nnx.Rngs(seed))

@@ -327,9 +327,8 @@ def _choose_dw_impl(ctx: Ctx, k: int, stride: int) -> str:
     return ctx.dw_impl
   if jax.default_backend() != "cpu":
     return "xla"
-  # Measured on a 2-core CPU: shifted multiply-adds beat XLA's grouped convolution 3-14x in forward+backward
-  # for every DARTS kernel (3×3, 5×5, dilated) at batch 16-64, and looping over the taps instead of unrolling
-  # them compiles the supernet step 1.6x faster and runs it no slower.
+  # On a CPU the tap loop beats XLA's grouped convolution and compiles faster than unrolled taps
+  # (benchmarks/README.md, "Depthwise convolutions on a CPU").
   del k, stride
   return "loop"
 

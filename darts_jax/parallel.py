@@ -180,6 +180,17 @@ def make_layout(num_devices: int = 0, seeds: int = 0) -> Layout:
   return Layout(Mesh(np.array(ordered).reshape(seed_axis, n // seed_axis), (SEED, DATA)), stacked=seeds > 0)
 
 
+def bn_stats_apply(apply, mode: Optional[str], layout: Layout):
+  """`apply` for the config's ``bn_stats``: "global" (or None; the statistics of the global batch) as it is,
+  "device" through `per_device_bn`."""
+  mode = mode or "global"
+  if mode == "device":
+    return per_device_bn(apply, layout)
+  if mode != "global":
+    raise ValueError(f"bn_stats={mode!r}: use 'global' (statistics of the global batch) or 'device'")
+  return apply
+
+
 def per_device_bn(apply, layout: Layout):
   """`apply(params, images, arch_weights)` with BatchNorm statistics of each device's shard of the batch
   (PyTorch DataParallel's numbers) instead of the global batch's: the network runs under `jax.shard_map`."""

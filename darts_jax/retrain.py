@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any, Dict, NamedTuple
 
 import jax
@@ -32,10 +31,14 @@ import optax
 
 from darts_jax import bilevel
 from darts_jax import data as data_lib
+from darts_jax import exports
 from darts_jax import genotypes
+from darts_jax import loop
 from darts_jax import networks
 from darts_jax import ops
+from darts_jax import parallel
 from darts_jax import workdir as wd
+from darts_jax.search_space import DARTS_SPACE
 
 # Config keys that may change when a run is continued.
 RESUMABLE_KEYS = ("progress", "log_every", "tensorboard", "checkpoint_every", "num_devices")
@@ -114,7 +117,6 @@ def make_train_step(net_cfg: networks.NetworkConfig, tx, *, epochs: int, steps_p
     metrics = {"loss": loss, "aux_loss": aux_loss, "acc": acc, "grad_norm": grad_norm, "finite": finite}
     return TrainState(params, new_stats, opt_state, state.step + 1, state.rng), metrics
 
-  from darts_jax import parallel  # pylint: disable=g-import-not-at-top
   return parallel.jit_step(step_fn, shardings, batches=1)
 
 
@@ -131,7 +133,6 @@ def make_eval_step(net_cfg: networks.NetworkConfig, out_sharding=None):
 
 def evaluate(eval_fn, state: TrainState, dataset, batch_size: int, mean, std, put=lambda b: b):
   """Mean loss and accuracy on every example of `dataset` (running BatchNorm statistics)."""
-  from darts_jax import parallel  # pylint: disable=g-import-not-at-top
   tot_loss = tot_correct = count = 0.0
   for batch in data_lib.eval_batches(dataset, batch_size, mean=mean, std=std):
     l, c, n = parallel.host(eval_fn(state.params, state.batch_stats, put(batch)))
@@ -160,154 +161,126 @@ def _check_config(config):
     raise ValueError(f"log_every={config.log_every} must be positive")
 
 
-def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
-  """Trains (or resumes) the network `config` describes in `workdir`; returns the summary it exports."""
-  from darts_jax import parallel  # pylint: disable=g-import-not-at-top
-  _check_config(config)
-  genotype = resolve(config.genotype, config.seed)  # bad genotypes fail before anything is written
-  layout = parallel.make_layout(int(config.get("num_devices") or 0))
-  mesh_run = layout.num_devices > 1
-  eval_bs = int(config.get("eval_batch_size") or config.batch_size)
-  layout.check_batch_size(config.batch_size)
-  layout.check_batch_size(eval_bs, "eval_batch_size")
-  wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS, write=layout.is_main)
-
+def _load_data(config):
+  """(train, test, mean, std) of the config's dataset: its subsets, and the training set's channel stats."""
   train = data_lib.load_dataset(config.dataset, "train", config.get("data_dir") or None)
   if config.get("subset"):
     train = data_lib.subset(train, int(config.subset), seed=config.seed)
   test = data_lib.load_dataset(config.dataset, "test", config.get("data_dir") or None)
   if config.get("test_examples"):
     test = data_lib.subset(test, int(config.test_examples), seed=config.seed)
-  mean, std = data_lib.channel_stats(train.images)
   if len(train) < config.batch_size:
     raise data_lib.DataError(f"the training set has {len(train)} examples, fewer than "
                              f"batch_size={config.batch_size}; lower batch_size or use more data")
+  return (train, test) + tuple(data_lib.channel_stats(train.images))
+
+
+def _network_config(config, genotype, train) -> networks.NetworkConfig:
   h, w, c = train.image_shape
   net_cfg = networks.NetworkConfig(genotype=genotype, C=config.model.C, num_classes=train.num_classes,
                                    layers=config.model.layers, auxiliary=bool(config.auxiliary), in_channels=c,
                                    kind="cifar", dw_impl=config.get("dw_impl", "auto") or "auto")
   networks.check_input(net_cfg, (1, h, w, c))
+  return net_cfg
 
-  steps_per_epoch = config.get("steps_per_epoch") or len(train) // config.batch_size
-  total_steps = config.epochs * steps_per_epoch
-  tx = optimizer(config, steps_per_epoch)
 
-  key = jax.random.PRNGKey(config.seed)
-  k_init, k_rng = jax.random.split(key)
-  params, batch_stats = networks.init(k_init, net_cfg)
-  num_params = networks.count_params(params)
-  state = TrainState(params, batch_stats, tx.init(params), jnp.zeros((), jnp.int32), k_rng)
-  if mesh_run:
-    state = layout.put_state(state)
-  checkpoint_every = int(config.get("checkpoint_every") or 0)
+def _batches(config, train, mean, std, start: int, layout):
+  """The training batches from step `start` on (the iterator carries over its own epochs), each process
+  reading its rows of every global batch."""
+  rows = layout.rows(config.batch_size) if jax.process_count() > 1 else None
+  it = data_lib.BatchIterator(train, config.batch_size, augment=_augmentation(config), seed=config.seed, mean=mean,
+                              std=std, start=(0, start), rows=rows)
+  return data_lib.prefetch(it, size=2, device_put=layout.put_batch if layout.num_devices > 1 else True)
 
-  ckpt = wd.Checkpoints(workdir)
-  start = ckpt.latest_step() or 0
-  summary_path = os.path.join(workdir, "summary.json")
-  if start >= total_steps and os.path.exists(summary_path):
-    ckpt.close()
-    with open(summary_path) as f:
-      return json.load(f)
-  state, start, elapsed = ckpt.restore_or_init(state, rebuild=lambda s: TrainState(*s))
-  log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True),
-                      enabled=layout.is_main)
 
-  step_fn = make_train_step(net_cfg, tx, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                            drop_path_prob=float(config.drop_path_prob),
-                            auxiliary_weight=float(config.auxiliary_weight),
-                            shardings=layout.step_shardings() if mesh_run else None)
-  eval_fn = make_eval_step(net_cfg, layout.replicated if mesh_run else None)
-  put_eval = layout.put_whole_batch if mesh_run else (lambda b: b)
-  eval_every = int(config.get("eval_every") or 1)
+class _Records:
+  """The retraining's metrics records: each logged step's, and each epoch's (training means since the last
+  epoch, the schedule, and every ``eval_every`` epochs and at the end the test evaluation)."""
 
-  progress = None
-  if config.get("progress", True) and start < total_steps and layout.is_main:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    progress = tqdm(total=total_steps, initial=start, unit="step", desc="retrain", dynamic_ncols=True,
-                    mininterval=2.0)
+  def __init__(self, config, log, steps_per_epoch: int, total_steps: int, test_eval):
+    self.config, self.log, self.steps_per_epoch, self.total_steps = config, log, steps_per_epoch, total_steps
+    self.test_eval, self.sums = test_eval, []
+    self.last = {"test_loss": None, "test_acc": None}
 
-  batches = None
-  last = {"test_loss": None, "test_acc": None}
-  step = start
-  guard = wd.LoopCheckpoints(
-      lambda at, seconds: ckpt.save_with_elapsed(at, state, seconds),
-      lambda pending, at, good: wd.fetch_finite(pending, at, good, ckpt.directory, "gradients at retrain",
-                                                lower={"lr": config.lr}),
-      start, total_steps, ckpt.directory, checkpoint_every)
+  def on_log(self, step, fetched):
+    self.sums.extend((float(m["loss"]), float(m["acc"])) for m in fetched)
+    self.log.write(step, loop.step_record(fetched, "train", (step - 1) // self.steps_per_epoch,
+                                          () if self.config.auxiliary else ("aux_loss",)))
+
+  def on_epoch(self, step, epoch, state, seconds, epoch_steps, elapsed):
+    config = self.config
+    mean_of = lambda i: sum(x[i] for x in self.sums) / max(len(self.sums), 1)
+    record = {"phase": "epoch", "epoch": epoch, "train_loss": mean_of(0), "train_acc": mean_of(1),
+              "lr": _lr_at(config, epoch), "drop_path_prob": _drop_prob_at(config, epoch),
+              "seconds_per_step": seconds / max(epoch_steps, 1), "elapsed": elapsed}
+    self.sums.clear()
+    if (epoch + 1) % int(config.get("eval_every") or 1) == 0 or step == self.total_steps:
+      self.last = dict(zip(("test_loss", "test_acc"), self.test_eval(state)))
+      record.update(self.last)
+    self.log.write(step, record)
+    return {"test_acc": f"{self.last['test_acc']:.4f}"} if self.last["test_acc"] is not None else None
+
+
+def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+  """Trains (or resumes) the network `config` describes in `workdir`; returns the summary it exports."""
+  _check_config(config)
+  genotype = resolve(config.genotype, config.seed)  # bad genotypes fail before anything is written
+  layout = parallel.make_layout(int(config.get("num_devices") or 0))
+  mesh_run, eval_bs = layout.num_devices > 1, int(config.get("eval_batch_size") or config.batch_size)
+  layout.check_batch_size(config.batch_size)
+  layout.check_batch_size(eval_bs, "eval_batch_size")
+  wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS, write=layout.is_main)
   try:
-    if start < total_steps:
-      rows = layout.rows(config.batch_size) if jax.process_count() > 1 else None
-      it = data_lib.BatchIterator(train, config.batch_size, augment=_augmentation(config), seed=config.seed,
-                                  mean=mean, std=std, start=(0, start), rows=rows)  # carries over its own epochs
-      batches = data_lib.prefetch(it, size=2, device_put=layout.put_batch if mesh_run else True)
-    sums = {"loss": 0.0, "acc": 0.0, "n": 0}
-    t_epoch = time.perf_counter()
-    epoch_steps = 0
-    guard.__enter__()
-    while step < total_steps:
-      state, metrics = step_fn(state, next(batches))
-      guard.record(metrics)
-      step += 1
-      epoch_steps += 1
-      end_of_epoch = step % steps_per_epoch == 0
-      if step % config.log_every == 0 or end_of_epoch:
-        fetched = guard.fetch(step)
-        for m in fetched:
-          sums["loss"] += float(m["loss"])
-          sums["acc"] += float(m["acc"])
-          sums["n"] += 1
-        m = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
-        if not config.auxiliary:
-          m.pop("aux_loss")
-        log.write(step, {"phase": "train", "epoch": (step - 1) // steps_per_epoch, **m})
-      if progress is not None:
-        progress.update(1)
-      if end_of_epoch:
-        epoch = step // steps_per_epoch - 1
-        jax.block_until_ready(state.params)
-        seconds = time.perf_counter() - t_epoch
-        elapsed += seconds
-        record = {"phase": "epoch", "epoch": epoch, "train_loss": sums["loss"] / max(sums["n"], 1),
-                  "train_acc": sums["acc"] / max(sums["n"], 1), "lr": _lr_at(config, epoch),
-                  "drop_path_prob": _drop_prob_at(config, epoch),
-                  "seconds_per_step": seconds / max(epoch_steps, 1), "elapsed": elapsed}
-        if (epoch + 1) % eval_every == 0 or step == total_steps:
-          test_loss, test_acc = evaluate(eval_fn, state, test, eval_bs, mean, std, put_eval)
-          record.update(test_loss=test_loss, test_acc=test_acc)
-          last = {"test_loss": test_loss, "test_acc": test_acc}
-          if progress is not None:
-            progress.set_postfix(test_acc=f"{test_acc:.4f}", refresh=False)
-        log.write(step, record)
-        guard.save(step, elapsed)
-        sums = {"loss": 0.0, "acc": 0.0, "n": 0}
-        t_epoch = time.perf_counter()
-        epoch_steps = 0
-      guard.between_steps(step, lambda: elapsed + time.perf_counter() - t_epoch)
+    train, test, mean, std = _load_data(config)
+    net_cfg = _network_config(config, genotype, train)
+    steps_per_epoch = config.get("steps_per_epoch") or len(train) // config.batch_size
+    total_steps, tx = config.epochs * steps_per_epoch, optimizer(config, steps_per_epoch)
+    k_init, k_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    params, batch_stats = networks.init(k_init, net_cfg)
+    state = TrainState(params, batch_stats, tx.init(params), jnp.zeros((), jnp.int32), k_rng)
+    ckpt = wd.Checkpoints(workdir)
+    if (ckpt.latest_step() or 0) >= total_steps and os.path.exists(os.path.join(workdir, "summary.json")):
+      ckpt.close()
+      with open(os.path.join(workdir, "summary.json")) as f:
+        return json.load(f)
+    state, start, elapsed = ckpt.restore_or_init(layout.put_state(state) if mesh_run else state,
+                                                 rebuild=lambda s: TrainState(*s))
+    log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True),
+                        enabled=layout.is_main)
+    step_fn = make_train_step(net_cfg, tx, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                              drop_path_prob=float(config.drop_path_prob),
+                              auxiliary_weight=float(config.auxiliary_weight),
+                              shardings=layout.step_shardings() if mesh_run else None)
+    eval_fn = make_eval_step(net_cfg, layout.replicated if mesh_run else None)
+    put_eval = layout.put_whole_batch if mesh_run else (lambda b: b)
+    records = _Records(config, log, steps_per_epoch, total_steps,
+                       lambda st: evaluate(eval_fn, st, test, eval_bs, mean, std, put_eval))
+    check = lambda pending, at, good: wd.fetch_finite(pending, at, good, ckpt.directory, "gradients at retrain",
+                                                      lower={"lr": config.lr})
+    batches = _batches(config, train, mean, std, start, layout) if start < total_steps else None
+    state, elapsed = loop.run(
+        state, lambda st, i, b: step_fn(st, b), batches,
+        loop.Hooks(ckpt.save_with_elapsed, check, records.on_log, records.on_epoch),
+        start=start, total_steps=total_steps, steps_per_epoch=steps_per_epoch, log_every=config.log_every,
+        elapsed=elapsed, checkpoint_every=int(config.get("checkpoint_every") or 0), directory=ckpt.directory,
+        progress="retrain" if config.get("progress", True) and layout.is_main else None,
+        close=(log.close, ckpt.close))
+    last = records.last if records.last["test_acc"] is not None else dict(  # finished, killed before the summary
+        zip(("test_loss", "test_acc"), evaluate(eval_fn, state, test, eval_bs, mean, std, put_eval)))
+    parallel.check_same_on_all_processes(jax.tree.leaves(state.params)[:4], repr(last), "weights or test score")
+    return export(config, workdir, genotype, networks.count_params(params), int(parallel.host(state.step)),
+                  elapsed, last, len(train), len(test), layout)
   finally:
-    guard.__exit__()
-    if batches is not None:
-      batches.close()
-    if progress is not None:
-      progress.close()
-    log.close()
-    ckpt.close()
-
-  if last["test_acc"] is None:  # finished earlier but killed before the summary was written
-    last["test_loss"], last["test_acc"] = evaluate(eval_fn, state, test, eval_bs, mean, std, put_eval)
-  parallel.check_same_on_all_processes(jax.tree.leaves(state.params)[:4], repr(last), "weights or test score")
-  return export(config, workdir, genotype, num_params, int(parallel.host(state.step)), elapsed, last, len(train),
-                len(test), layout)
+    wd.unlock(workdir)
 
 
 def export(config, workdir, genotype, num_params, steps, elapsed, last, train_examples, test_examples, layout):
   """Writes the genotype, its cell pictures and the summary (process 0)."""
-  from darts_jax import visualize  # pylint: disable=g-import-not-at-top
   text = genotypes.to_text(genotype)
   if not layout.is_main:
     return {"genotype": text, "test_acc": last["test_acc"], "num_params": num_params, "train_seconds": elapsed}
-  wd.atomic_write(os.path.join(workdir, "genotype.txt"), text + "\n")
-  wd.atomic_write(os.path.join(workdir, "genotype.json"), genotypes.to_json(genotype, indent=2) + "\n")
-  visualize.plot_genotype(genotype, os.path.join(workdir, "cells"))
+  exports.write_architecture(workdir, genotype, DARTS_SPACE)
+  DARTS_SPACE.plot_arch(genotype, workdir)
   summary = {"dataset": config.dataset, "genotype": text,
              "genotype_spec": str(config.genotype), "seed": config.seed,
              "test_acc": last["test_acc"], "test_loss": last["test_loss"], "num_params": num_params,

@@ -12,9 +12,9 @@ run and keeps the last good checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
-import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import jax
@@ -23,23 +23,24 @@ import numpy as np
 
 from darts_jax import bilevel
 from darts_jax import data as data_lib
+from darts_jax import exports
+from darts_jax import loop
 from darts_jax import methods as methods_lib
+from darts_jax import models
 from darts_jax import parallel
 from darts_jax import steps
 from darts_jax import workdir as wd
 from darts_jax.search_space import get_space
 
-# Config keys that may change when a run is continued (e.g. asking for a longer log interval).
-# Fields a resumed run may change. step_backend: every backend computes the same step (up to float rounding);
-# compile_once / compile_cells: what older work directories recorded for it.
-RESUMABLE_KEYS = ("progress", "log_every", "checkpoint_every", "num_devices", "step_backend", "compile_once",
-                  "compile_cells")
+# Config fields a resumed run may change (e.g. a longer log interval). step_backend: every backend computes
+# the same step (up to float rounding).
+RESUMABLE_KEYS = ("progress", "log_every", "checkpoint_every", "num_devices", "step_backend")
 
 
 def build_model(config, method: methods_lib.Method, num_classes: int, image_shape,
                 mesh_devices: int = 1):
-  """The `search_space.Supernet` of the config's space (`SearchSpace.build_supernet`)."""
-  return get_space(config.space).build_supernet(dict(config.model), num_classes, image_shape,
+  """The `models.SearchModel` of the config's space (`models.build_supernet`)."""
+  return models.build_supernet(get_space(config.space), dict(config.model), num_classes, image_shape,
                                                 method.supernet_kwargs, mesh_devices)
 
 
@@ -50,15 +51,6 @@ def _entropy(op_weights) -> float:
     p = p / np.maximum(p.sum(-1, keepdims=True), 1e-12)
     ent.append(-(p * np.log(np.maximum(p, 1e-12))).sum(-1).mean())
   return float(np.mean(ent))
-
-
-def write_architecture(workdir: str, arch, space) -> str:
-  """Writes ``genotype.txt`` and ``genotype.json`` (`SearchSpace.arch_text` / `arch_json`) atomically; returns
-  the text form."""
-  text = space.arch_text(arch)
-  wd.atomic_write(os.path.join(workdir, "genotype.txt"), text + "\n")
-  wd.write_json(os.path.join(workdir, "genotype.json"), space.arch_json(arch))
-  return text
 
 
 def load_search_data(config):
@@ -92,7 +84,7 @@ def step_backend(config, model, problem, hp, layout) -> str:
     raise ValueError(f"unknown step_backend {name!r}; choose one of {', '.join(STEP_BACKENDS)}")
   passes = steps.supports("per_pass", problem)
   if name == "auto":
-    edgewise = jax.default_backend() == "cpu" and model.edge_gradients is not None
+    edgewise = jax.default_backend() == "cpu" and steps.edgewise.supports(model.config)
     return "edgewise" if edgewise and passes and layout.num_devices == 1 else "fused"
   if name != "fused":
     if layout.num_devices > 1:
@@ -101,16 +93,23 @@ def step_backend(config, model, problem, hp, layout) -> str:
     if not passes:
       raise ValueError(f"step_backend={name!r} cannot run a method that perturbs the weight pass's α (SDARTS); "
                        "use 'fused' or 'auto'")
-    if name == "edgewise" and model.edge_gradients is None:
+    if name == "edgewise" and not steps.edgewise.supports(model.config):
       raise ValueError(f"step_backend='edgewise' needs the DARTS supernet's edge programs, which the "
                        f"{model.space.name} space has not; use 'per_pass', 'fused' or 'auto'")
   return name
 
 
+@functools.lru_cache(maxsize=4)
+def edge_gradients(cfg):
+  """`steps.edgewise.gradients` of a supernet config, made once per config: the steps of one search (with and
+  without the α update) share its compiled edge programs."""
+  return steps.edgewise.gradients(cfg)
+
+
 def make_step(backend: str, model, problem, hp, update_alphas: bool = True, shardings=None):
   """The search step of `backend` (a `step_backend` result) for `model` (`build_model`): the edgewise one runs
   the model's edge programs, the others their own gradients."""
-  gradients = model.edge_gradients if backend == "edgewise" else None
+  gradients = edge_gradients(model.config) if backend == "edgewise" else None
   return steps.make_search_step(problem, hp, update_alphas=update_alphas, backend=backend, gradients=gradients,
                                 shardings=shardings)
 
@@ -127,6 +126,9 @@ class _Batches:
       put = layout.put_batch if layout.num_devices > 1 else True
     self._it = data_lib.prefetch(zip(make(w_idx, 2 * config.seed), make(a_idx, 2 * config.seed + 1)), size=2,
                                  device_put=put)
+
+  def __iter__(self):
+    return self
 
   def __next__(self):
     return next(self._it)
@@ -153,111 +155,132 @@ def _recorded(hp, frozen) -> Dict[str, Any]:
   return {"hparams": dataclasses.asdict(hp), "alpha_frozen_epochs": [int(e) for e in np.flatnonzero(frozen)]}
 
 
+def _method(config) -> methods_lib.Method:
+  return methods_lib.get_method(config.method, **dict(config.get("method_kwargs", {}) or {})).for_space(
+      config.get("space", "darts"))
+
+
+def _init_state(config, model, method, hp):
+  """A seed's initial `SearchState` and the key of its `derive` (RS-WS' and random's derive sample)."""
+  k_w, k_a, k_state, k_derive = jax.random.split(jax.random.PRNGKey(config.seed), 4)
+  return bilevel.init_state(model.init(k_w), method.init_alphas(k_a, model.space), hp, k_state), k_derive
+
+
+def _check_finite(ckpt_dir: str, hp, what: str = "parameters at search"):
+  return lambda pending, at, good: wd.fetch_finite(pending, at, good, ckpt_dir, what,
+                                                   lower={"hparams.w_lr": hp.w_lr, "hparams.a_lr": hp.a_lr})
+
+
+def _epoch_record(method, space, alphas, key, epoch, val, seconds_per_step, elapsed) -> Dict[str, Any]:
+  """The search's per-epoch metrics record: validation loss and accuracy, α's op weights, their entropy and
+  the architecture they derive."""
+  opw = jax.device_get(method.op_weights(alphas, space))
+  return {"phase": "epoch", "epoch": epoch, "val_loss": val[0], "val_acc": val[1], "alpha_entropy": _entropy(opw),
+          "genotype": space.arch_text(method.derive(alphas, space, key=key)),
+          "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
+          "seconds_per_step": seconds_per_step, "elapsed": elapsed}
+
+
 def search(config, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) the search `config` describes in `workdir`; returns the summary it exports.
 
   On several devices (``config.num_devices``, 0: all, over every process) the step runs data-parallel; on
   SIGTERM the run saves a checkpoint of its current step and raises `workdir.Preempted`."""
-  method = methods_lib.get_method(config.method, **dict(config.get("method_kwargs", {}) or {})).for_space(
-      config.get("space", "darts"))
+  method = _method(config)
   if (config.get("step_backend") or "auto") not in STEP_BACKENDS:
     raise ValueError(f"unknown step_backend {config.step_backend!r}; choose one of {', '.join(STEP_BACKENDS)}")
   layout = parallel.make_layout(int(config.get("num_devices") or 0))
   layout.check_batch_size(config.batch_size)
   wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS, write=layout.is_main)
-  train, mean, std, w_idx, a_idx = load_search_data(config)
-  model = build_model(config, method, train.num_classes, train.image_shape, layout.num_devices)
-  space = model.space
-  apply = model.apply
-  bn_stats = config.get("bn_stats", "global") or "global"
-  if bn_stats == "device":
-    apply = parallel.per_device_bn(apply, layout)
-  elif bn_stats != "global":
-    raise ValueError(f"bn_stats={bn_stats!r}: use 'global' (statistics of the global batch) or 'device'")
-
-  hp, steps_per_epoch, total_steps, frozen = _schedule(config, method, len(w_idx))
-  problem = method.problem(apply, space, hp)
-  checkpoint_every = int(config.get("checkpoint_every") or 0)
-
-  key = jax.random.PRNGKey(config.seed)
-  k_w, k_a, k_state, k_derive = jax.random.split(key, 4)
-  state = bilevel.init_state(model.init(k_w), method.init_alphas(k_a, space), hp, k_state)
-  mesh_run = layout.num_devices > 1
-  if mesh_run:
-    state = layout.put_state(state)
-  ckpt = wd.Checkpoints(workdir)
-  state, start, elapsed = ckpt.restore_or_init(state)
-  log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True),
-                      enabled=layout.is_main)
-
-  step_program = step_backend(config, model, problem, hp, layout)
-  shardings = layout.step_shardings() if mesh_run else None
-  make = lambda update: make_step(step_program, model, problem, hp, update, shardings)
-  step_fn = make(True) if not frozen.all() else None
-  warm_fn = make(False) if frozen.any() else None
-  eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)
-  put_eval = layout.put_whole_batch if mesh_run else (lambda b: b)
-
-  batches = _Batches(config, train, mean, std, w_idx, a_idx, start, layout)
-  val_eval_idx = a_idx[:config.eval_examples] if config.get("eval_examples") else a_idx
-
-  progress = None
-  if config.get("progress", True) and start < total_steps and layout.is_main:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    progress = tqdm(total=total_steps, initial=start, unit="step", desc=f"search {config.method}",
-                    dynamic_ncols=True, mininterval=2.0)
-
-  step = start
-  t_epoch = time.perf_counter()
-  epoch_steps = 0
-  guard = wd.LoopCheckpoints(
-      lambda at, seconds: ckpt.save_with_elapsed(at, state, seconds),
-      lambda pending, at, good: wd.fetch_finite(pending, at, good, ckpt.directory, "parameters at search",
-                                                lower={"hparams.w_lr": hp.w_lr, "hparams.a_lr": hp.a_lr}),
-      start, total_steps, ckpt.directory, checkpoint_every)
-
   try:
-    with guard:
-      while step < total_steps:
-        tb, vb = next(batches)
-        fn = warm_fn if frozen[step // steps_per_epoch] else step_fn
-        state, metrics = fn(state, tb, vb)
-        guard.record(metrics)
-        step += 1
-        epoch_steps += 1
-        end_of_epoch = step % steps_per_epoch == 0
-        if step % config.log_every == 0 or end_of_epoch:
-          fetched = guard.fetch(step)
-          m = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
-          log.write(step, {"phase": "search", "epoch": (step - 1) // steps_per_epoch, **m})
-        if progress is not None:
-          progress.update(1)
-        if end_of_epoch:
-          epoch = step // steps_per_epoch - 1
-          jax.block_until_ready(state.alphas)
-          seconds = time.perf_counter() - t_epoch
-          elapsed += seconds
-          val_loss, val_acc = evaluate(eval_fn, state, train, val_eval_idx, config.batch_size, mean, std, put_eval)
-          alphas = parallel.host(state.alphas)
-          opw = jax.device_get(method.op_weights(alphas, space))
-          arch = method.derive(alphas, space, key=k_derive)   # the key: RS-WS' and random's derive sample
-          log.write(step, {"phase": "epoch", "epoch": epoch, "val_loss": val_loss, "val_acc": val_acc,
-                           "alpha_entropy": _entropy(opw), "genotype": space.arch_text(arch),
-                           "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
-                           "seconds_per_step": seconds / max(epoch_steps, 1), "elapsed": elapsed})
-          guard.save(step, elapsed)
-          t_epoch = time.perf_counter()
-          epoch_steps = 0
-        guard.between_steps(step, lambda: elapsed + time.perf_counter() - t_epoch)
-  finally:
-    batches.close()
-    if progress is not None:
-      progress.close()
-    log.close()
-    ckpt.close()
+    train, mean, std, w_idx, a_idx = load_search_data(config)
+    model = build_model(config, method, train.num_classes, train.image_shape, layout.num_devices)
+    space, mesh_run = model.space, layout.num_devices > 1
+    hp, steps_per_epoch, total_steps, frozen = _schedule(config, method, len(w_idx))
+    problem = method.problem(parallel.bn_stats_apply(model.apply, config.get("bn_stats"), layout), space, hp)
+    state, k_derive = _init_state(config, model, method, hp)
+    ckpt = wd.Checkpoints(workdir)
+    state, start, elapsed = ckpt.restore_or_init(layout.put_state(state) if mesh_run else state)
+    log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True),
+                        enabled=layout.is_main)
+    program = step_backend(config, model, problem, hp, layout)
+    make = lambda update: make_step(program, model, problem, hp, update, layout.step_shardings() if mesh_run else None)
+    fns = (make(False) if frozen.any() else None, make(True) if not frozen.all() else None)  # by "α steps"
+    eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)
+    put_eval = layout.put_whole_batch if mesh_run else (lambda b: b)
+    val_idx = a_idx[:config.eval_examples] if config.get("eval_examples") else a_idx
 
-  return export(config, workdir, method, model, state, train, mean, std, val_eval_idx, eval_fn, elapsed,
-                k_derive, step_program, layout, put_eval, extra=_recorded(hp, frozen))
+    def on_epoch(step, epoch, state, seconds, epoch_steps, elapsed):
+      val = evaluate(eval_fn, state, train, val_idx, config.batch_size, mean, std, put_eval)
+      log.write(step, _epoch_record(method, space, parallel.host(state.alphas), k_derive, epoch, val,
+                                    seconds / max(epoch_steps, 1), elapsed))
+
+    hooks = loop.Hooks(ckpt.save_with_elapsed, _check_finite(ckpt.directory, hp),
+                       lambda step, f: log.write(step, loop.step_record(f, "search", (step - 1) // steps_per_epoch)),
+                       on_epoch)
+    state, elapsed = loop.run(
+        state, lambda st, i, b: fns[int(not frozen[i // steps_per_epoch])](st, *b),
+        _Batches(config, train, mean, std, w_idx, a_idx, start, layout), hooks, start=start,
+        total_steps=total_steps, steps_per_epoch=steps_per_epoch, log_every=config.log_every, elapsed=elapsed,
+        checkpoint_every=int(config.get("checkpoint_every") or 0), directory=ckpt.directory,
+        progress=f"search {config.method}" if config.get("progress", True) and layout.is_main else None,
+        close=(log.close, ckpt.close))
+    return export(config, workdir, method, model, state, train, mean, std, val_idx, eval_fn, elapsed, k_derive,
+                  program, layout, put_eval, extra=_recorded(hp, frozen))
+  finally:
+    wd.unlock(workdir)
+
+
+def _check_seed_configs(configs):
+  """The first of `configs` if they can run as one multi-seed program (one process, the fused step, configs
+  that differ in their seed alone); a one-line ValueError otherwise."""
+  if jax.process_count() > 1:
+    raise ValueError("search_seeds runs in one process; run each seed with search() on a multi-process mesh")
+  if any((c.get("step_backend") or "auto") not in ("auto", "fused") for c in configs):
+    raise ValueError("search_seeds runs every seed in one fused program; set step_backend to 'auto' or 'fused'")
+  base = configs[0]
+  differ = sorted({k for c in configs for k, v in c.to_dict().items() if base.to_dict().get(k) != v} - {"seed"})
+  if differ:
+    raise ValueError(f"the seeds' configs differ in {', '.join(differ)}; they may differ in seed alone")
+  return base
+
+
+def _split(tree, n: int):
+  """The n seeds' trees of a tree stacked on the seed axis."""
+  return [jax.tree.map(lambda x, s=s: x[s], tree) for s in range(n)]
+
+
+class _SeedHooks:
+  """The multi-seed run's `loop.Hooks`: each seed's checkpoints, NaN guard and records in its own workdir, from
+  the state stacked on the seed axis. `val(s, state)`: seed s's validation (loss, accuracy)."""
+
+  def __init__(self, configs, ckpts, logs, hp, method, space, steps_per_epoch, derive_keys, val):
+    self.configs, self.ckpts, self.logs, self.hp = configs, ckpts, logs, hp
+    self.method, self.space, self.steps_per_epoch, self.derive_keys, self.val = (method, space, steps_per_epoch,
+                                                                                 derive_keys, val)
+
+  def seed_states(self, stacked):   # every seed's state on the host, from one transfer of the stacked state
+    return [bilevel.SearchState(*t) for t in _split(parallel.host(tuple(stacked)), len(self.configs))]
+
+  def save(self, at_step, stacked, seconds):
+    for ck, st in zip(self.ckpts, self.seed_states(stacked)):
+      ck.save_with_elapsed(at_step, st, seconds / len(self.configs))
+
+  def check(self, pending, at_step, last_good):
+    per_seed = zip(*[_split(parallel.host(m), len(self.configs)) for m in pending])
+    return [_check_finite(ck.directory, self.hp, f"parameters at search (seed {c.seed})")(list(ms), at_step,
+                                                                                           last_good)
+            for ms, ck, c in zip(per_seed, self.ckpts, self.configs)]
+
+  def on_log(self, step, fetched):
+    for log, f in zip(self.logs, fetched):
+      log.write(step, loop.step_record(f, "search", (step - 1) // self.steps_per_epoch))
+
+  def on_epoch(self, step, epoch, stacked, seconds, epoch_steps, elapsed):
+    n = len(self.configs)
+    for s, (log, st) in enumerate(zip(self.logs, self.seed_states(stacked))):
+      log.write(step, _epoch_record(self.method, self.space, st.alphas, self.derive_keys[s], epoch,
+                                    self.val(s, st), seconds / max(epoch_steps, 1) / n, elapsed / n))
 
 
 def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[str, Any]]:
@@ -269,118 +292,55 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
   together from checkpoints of one step. Every seed's ``search_seconds`` is its share of the program's time
   (``multi_seed_seconds``: all of it). One process; the fused step (no edge chain).
   """
-  if jax.process_count() > 1:
-    raise ValueError("search_seeds runs in one process; run each seed with search() on a multi-process mesh")
-  if any((c.get("step_backend") or "auto") not in ("auto", "fused") for c in configs):
-    raise ValueError("search_seeds runs every seed in one fused program; set step_backend to 'auto' or 'fused'")
-  base = configs[0]
-  differ = sorted({k for c in configs for k, v in c.to_dict().items() if base.to_dict().get(k) != v} - {"seed"})
-  if differ:
-    raise ValueError(f"the seeds' configs differ in {', '.join(differ)}; they may differ in seed alone")
-  method = methods_lib.get_method(base.method, **dict(base.get("method_kwargs", {}) or {})).for_space(
-      base.get("space", "darts"))
-  layout = parallel.make_layout(int(base.get("num_devices") or 0), seeds=len(configs))
+  base, n = _check_seed_configs(configs), len(configs)
+  method = _method(base)
+  layout = parallel.make_layout(int(base.get("num_devices") or 0), seeds=n)
   layout.check_batch_size(base.batch_size)
   for c, d in zip(configs, workdirs):
     wd.prepare(d, c.to_dict(), ignore=RESUMABLE_KEYS)
-  data = [load_search_data(c) for c in configs]
-  train0 = data[0][0]
-  model = build_model(base, method, train0.num_classes, train0.image_shape, layout.num_devices)
-  space = model.space
-  hp, steps_per_epoch, total_steps, frozen = _schedule(base, method, len(data[0][3]))
-  problem = method.problem(model.apply, space, hp)
-
-  states, derive_keys = [], []
-  for c in configs:
-    k_w, k_a, k_state, k_derive = jax.random.split(jax.random.PRNGKey(c.seed), 4)
-    states.append(bilevel.init_state(model.init(k_w), method.init_alphas(k_a, space), hp, k_state))
-    derive_keys.append(k_derive)
-  ckpts = [wd.Checkpoints(d) for d in workdirs]
-  restored = [ck.restore_or_init(st) for ck, st in zip(ckpts, states)]
-  starts = {r[1] for r in restored}
-  if len(starts) > 1:
-    raise ValueError(f"the seeds' checkpoints are at different steps ({sorted(starts)}); resume them one by one "
-                     "with search()")
-  start = starts.pop()
-  elapsed = sum(r[2] for r in restored)
-  stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
-  stacked = layout.put_state(stack([r[0] for r in restored]))
-  logs = [wd.MetricsLog(d, resume_step=start, tensorboard=c.get("tensorboard", True))
-          for c, d in zip(configs, workdirs)]
-  make = lambda update: steps.make_multi_seed_step(problem, hp, update_alphas=update,
-                                                   shardings=layout.step_shardings())
-  step_fn = make(True) if not frozen.all() else None
-  warm_fn = make(False) if frozen.any() else None
-  eval_fn = bilevel.make_eval_step(problem)
-  iters = [_Batches(c, train, mean, std, w_idx, a_idx, start, layout, put=False)
-           for c, (train, mean, std, w_idx, a_idx) in zip(configs, data)]
-  val_idx = [d[4][:base.eval_examples] if base.get("eval_examples") else d[4] for d in data]
-
-  def seed_states():   # every seed's state on the host, from one transfer of the stacked state
-    host = parallel.host(tuple(stacked))
-    return [bilevel.SearchState(*jax.tree.map(lambda x: x[s], host)) for s in range(len(configs))]
-
-  step = start
-  t_epoch, epoch_steps = time.perf_counter(), 0
-
-  def check(pending, at_step, last_good):   # per seed: (seed, step) -> metrics
-    host = [parallel.host(m) for m in pending]
-    per_seed = [[jax.tree.map(lambda x: x[s], m) for m in host] for s in range(len(configs))]
-    return [wd.fetch_finite(ms, at_step, last_good, ck.directory, f"parameters at search (seed {c.seed})",
-                            lower={"hparams.w_lr": hp.w_lr, "hparams.a_lr": hp.a_lr})
-            for ms, ck, c in zip(per_seed, ckpts, configs)]
-
-  def save(at_step, seconds):
-    for ck, st in zip(ckpts, seed_states()):
-      ck.save_with_elapsed(at_step, st, seconds / len(configs))
-  guard = wd.LoopCheckpoints(save, check, start, total_steps, ", ".join(ck.directory for ck in ckpts),
-                             base.get("checkpoint_every") or 0)
-
   try:
-    with guard:
-      while step < total_steps:
-        pairs = [next(it) for it in iters]
-        tb, vb = layout.put_batch(stack([p[0] for p in pairs])), layout.put_batch(stack([p[1] for p in pairs]))
-        fn = warm_fn if frozen[step // steps_per_epoch] else step_fn
-        stacked, metrics = fn(stacked, tb, vb)
-        guard.record(metrics)
-        step += 1
-        epoch_steps += 1
-        end_of_epoch = step % steps_per_epoch == 0
-        if step % base.log_every == 0 or end_of_epoch:
-          for log, fetched in zip(logs, guard.fetch(step)):
-            m = {k: float(v) for k, v in fetched[-1].items() if k != "finite"}
-            log.write(step, {"phase": "search", "epoch": (step - 1) // steps_per_epoch, **m})
-        if end_of_epoch:
-          jax.block_until_ready(stacked.alphas)
-          seconds = time.perf_counter() - t_epoch
-          elapsed += seconds
-          for s, (log, st, (train, mean, std, _, _)) in enumerate(zip(logs, seed_states(), data)):
-            val_loss, val_acc = evaluate(eval_fn, st, train, val_idx[s], base.batch_size, mean, std)
-            opw = jax.device_get(method.op_weights(st.alphas, space))
-            log.write(step, {"phase": "epoch", "epoch": step // steps_per_epoch - 1, "val_loss": val_loss,
-                             "val_acc": val_acc, "alpha_entropy": _entropy(opw),
-                             "genotype": space.arch_text(method.derive(st.alphas, space, key=derive_keys[s])),
-                             "op_weights": {k: np.asarray(v).tolist() for k, v in opw.items()},
-                             "seconds_per_step": seconds / max(epoch_steps, 1) / len(configs),
-                             "elapsed": elapsed / len(configs)})
-          guard.save(step, elapsed)
-          t_epoch, epoch_steps = time.perf_counter(), 0
-        guard.between_steps(step, lambda: elapsed + time.perf_counter() - t_epoch)
+    data = [load_search_data(c) for c in configs]
+    model = build_model(base, method, data[0][0].num_classes, data[0][0].image_shape, layout.num_devices)
+    space = model.space
+    hp, steps_per_epoch, total_steps, frozen = _schedule(base, method, len(data[0][3]))
+    problem = method.problem(model.apply, space, hp)
+    states, derive_keys = zip(*[_init_state(c, model, method, hp) for c in configs])
+    ckpts = [wd.Checkpoints(d) for d in workdirs]
+    restored = [ck.restore_or_init(st) for ck, st in zip(ckpts, states)]
+    if len({r[1] for r in restored}) > 1:
+      raise ValueError(f"the seeds' checkpoints are at different steps ({sorted({r[1] for r in restored})}); "
+                       "resume them one by one with search()")
+    start, elapsed = restored[0][1], sum(r[2] for r in restored)
+    stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+    logs = [wd.MetricsLog(d, resume_step=start, tensorboard=c.get("tensorboard", True))
+            for c, d in zip(configs, workdirs)]
+    make = lambda update: steps.make_multi_seed_step(problem, hp, update_alphas=update,
+                                                     shardings=layout.step_shardings())
+    fns = (make(False) if frozen.any() else None, make(True) if not frozen.all() else None)
+    eval_fn = bilevel.make_eval_step(problem)
+    val_idx = [d[4][:base.eval_examples] if base.get("eval_examples") else d[4] for d in data]
+    hooks = _SeedHooks(configs, ckpts, logs, hp, method, space, steps_per_epoch, derive_keys,
+                       lambda s, st: evaluate(eval_fn, st, data[s][0], val_idx[s], base.batch_size, *data[s][1:3]))
+    iters = [_Batches(c, train, mean, std, w_idx, a_idx, start, layout, put=False)
+             for c, (train, mean, std, w_idx, a_idx) in zip(configs, data)]
+    batches = ((layout.put_batch(stack([p[0] for p in ps])), layout.put_batch(stack([p[1] for p in ps])))
+               for ps in zip(*iters))
+    stacked, elapsed = loop.run(
+        layout.put_state(stack([r[0] for r in restored])),
+        lambda st, i, b: fns[int(not frozen[i // steps_per_epoch])](st, *b), batches,
+        loop.Hooks(hooks.save, hooks.check, hooks.on_log, hooks.on_epoch), start=start, total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch, log_every=base.log_every, elapsed=elapsed,
+        checkpoint_every=base.get("checkpoint_every") or 0, directory=", ".join(ck.directory for ck in ckpts),
+        close=[it.close for it in iters] + [x.close for x in logs + ckpts])
+    finals, one = hooks.seed_states(stacked), parallel.make_layout(1)
+    return [export(c, d, method, model, finals[s], train, mean, std, val_idx[s], eval_fn, elapsed / n,
+                   derive_keys[s], "multi_seed", one, extra={"multi_seed": n, "multi_seed_seconds": elapsed,
+                                                            "num_devices": layout.num_devices,
+                                                            **_recorded(hp, frozen)})
+            for s, (c, d, (train, mean, std, _, _)) in enumerate(zip(configs, workdirs, data))]
   finally:
-    for it in iters:
-      it.close()
-    for log, ck in zip(logs, ckpts):
-      log.close()
-      ck.close()
-
-  one = parallel.make_layout(1)
-  finals = seed_states()
-  return [export(c, d, method, model, finals[s], train, mean, std, val_idx[s], eval_fn, elapsed / len(configs),
-                 derive_keys[s], "multi_seed", one, extra={"multi_seed": len(configs), "multi_seed_seconds": elapsed,
-                                                          "num_devices": layout.num_devices,
-                                                          **_recorded(hp, frozen)})
-          for s, (c, d, (train, mean, std, _, _)) in enumerate(zip(configs, workdirs, data))]
+    for d in workdirs:
+      wd.unlock(d)
 
 
 def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std, put=lambda b: b):
@@ -398,7 +358,6 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
            step_program: str, layout, put=lambda b: b, extra: Optional[Dict[str, Any]] = None):
   """Writes the final architecture, its pictures, the α history plot and the summary (process 0 only, after
   checking that every process holds the same α and architecture)."""
-  from darts_jax import visualize  # pylint: disable=g-import-not-at-top
   alphas = parallel.host(state.alphas)
   space = model.space
   if method.select is not None:
@@ -425,13 +384,8 @@ def export(config, workdir, method, model, state, train, mean, std, val_idx, eva
             "bn_stats": config.get("bn_stats", "global") or "global", **(extra or {})}
   if not layout.is_main:
     return {**common, "val_acc": None}
-  write_architecture(workdir, arch, space)
-  wd.write_json(os.path.join(workdir, "alphas.json"), {k: np.asarray(v).tolist() for k, v in alphas.items()})
-  space.plot_arch(arch, workdir)
   records = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r.get("phase") == "epoch"]
-  if records:
-    history = {k: [r["op_weights"][k] for r in records] for k in records[-1]["op_weights"]}
-    visualize.plot_alpha_history(history, space.primitives, os.path.join(workdir, "alphas"))
+  exports.write_search(workdir, arch, space, alphas, records)
   summary = {**common, "val_acc": records[-1]["val_acc"] if records else None,
              "versions": wd.versions(), "code_version": wd.code_version()}
   wd.write_json(os.path.join(workdir, "summary.json"), summary)

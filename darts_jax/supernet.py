@@ -3,15 +3,15 @@
 Parameters are explicit pytrees, and α is not among them: `apply` takes the per-edge op weights (softmax(α)
 for DARTS; other methods make them differently), so weights and α are differentiated and optimized apart.
 
-Program layout, chosen for XLA compile time (see `benchmarks/`): a cell is evaluated in *waves*. Wave 0 holds
+Program layout, chosen for XLA compile time (benchmarks/README.md): a cell is evaluated in *waves*. Wave 0 holds
 every edge leaving the cell inputs (in a reduction cell, exactly the stride-2 edges); wave t ≥ 1 holds the
 edges leaving intermediate node t-1. All edges of a wave share their input shape, so each parametric
 primitive runs once per wave as a call vmapped over the wave's edges with stacked parameters, and each
 weight-free primitive (pooling + non-affine BatchNorm, identity) runs once per source state and is shared by
 every edge leaving it. `none` costs nothing. The numbers are those of the reference's edge-by-edge loop.
 
-`darts_jax.edgewise` computes the same network's gradients another way, as a chain of small programs (the
-``edgewise`` step backend).
+`darts_jax.steps.edgewise` computes the same network's gradients another way, as a chain of small programs
+(the ``edgewise`` step backend), from this module's public units (`stem`, `preprocess`, `search_op`, `head`).
 
 Memory (`SupernetConfig.remat`, `remat_policy`, `compute_dtype`): ``remat="op"`` wraps each unit (a wave's
 mixed op in `apply`, an edge, a state's shared weight-free ops, a cell's preprocessing and the stem in the
@@ -58,7 +58,8 @@ def cell_waves(space: SearchSpace, reduction: bool) -> List[Wave]:
           for w in waves]
 
 
-def _stack_trees(trees):
+def stack_trees(trees):
+  """The trees stacked leaf by leaf on a new leading axis (a wave's edges, vmapped)."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
@@ -79,13 +80,14 @@ def mixed_cell_init(key, space: SearchSpace, C: int, reduction: bool, partial_ch
           edge_key = jax.random.fold_in(jax.random.fold_in(key, int(wave.edge_ids[s_i, d_i])),
                                         space.primitive_index(name))
           per_dst.append(op.init(edge_key, c, wave.stride, False, False)[0])
-        per_src.append(_stack_trees(per_dst))
-      wave_params[name] = _stack_trees(per_src)
+        per_src.append(stack_trees(per_dst))
+      wave_params[name] = stack_trees(per_src)
     waves.append(wave_params)
   return {"waves": waves}
 
 
-def _channel_shuffle(x, groups):
+def channel_shuffle(x, groups):
+  """PC-DARTS' channel shuffle of the last axis into `groups` groups."""
   *lead, c = x.shape
   return x.reshape(*lead, groups, c // groups).swapaxes(-1, -2).reshape(*lead, c)
 
@@ -124,7 +126,7 @@ def remat_policy(name: str):
   raise ValueError(f"unknown remat_policy {name!r}; choose one of {', '.join(REMAT_POLICIES)}")
 
 
-def _checkpointed(f, policy: Optional[str]):
+def checkpointed(f, policy: Optional[str]):
   """f under `jax.checkpoint` with the named policy; f itself for None."""
   return f if policy is None else jax.checkpoint(f, policy=remat_policy(policy))
 
@@ -183,7 +185,7 @@ def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: 
     A = _static_take(weights, wave.edge_ids)  # (S, D, O)
     if edge_scale is not None:
       A = A * _static_take(edge_scale, wave.edge_ids)[..., None]
-    out = _checkpointed(functools.partial(_wave_mixed_op, space=space, stride=wave.stride, ctx=ctx),
+    out = checkpointed(functools.partial(_wave_mixed_op, space=space, stride=wave.stride, ctx=ctx),
                         remat)(wave_params, xs, A)
     if edge_offset is not None:
       off = _static_take(edge_offset, wave.edge_ids).sum(0).astype(out.dtype)
@@ -200,7 +202,7 @@ def mixed_cell_apply(cell_params: Params, inputs: Sequence[jax.Array], weights: 
         bypass[d] = by[d_i] if d not in bypass else bypass[d] + by[d_i]
     node = wave.dsts[0]
     if partial_channels > 1:
-      acc[node] = _channel_shuffle(jnp.concatenate([acc[node], bypass[node]], -1), partial_channels)
+      acc[node] = channel_shuffle(jnp.concatenate([acc[node], bypass[node]], -1), partial_channels)
     states.append(acc[node])
   return states[space.num_inputs:]
 
@@ -313,32 +315,33 @@ def init(key, cfg: SupernetConfig) -> Params:
 
 
 def init_alphas(key, cfg_or_space, scale: float = 1e-3) -> Params:
-  """α of the normal and reduction cells, 1e-3·N(0, 1) as in the reference."""
+  """α of a config's (or a space's) cells (`SearchSpace.init_alphas`: 1e-3·N(0, 1) as in the reference)."""
   space = cfg_or_space.space if isinstance(cfg_or_space, SupernetConfig) else cfg_or_space
-  kn, kr = jax.random.split(key)
-  return {"normal": scale * jax.random.normal(kn, space.alpha_shape, jnp.float32),
-          "reduce": scale * jax.random.normal(kr, space.alpha_shape, jnp.float32)}
+  return space.init_alphas(key, scale)
 
 
 def softmax_weights(alphas: Params) -> Params:
   return {k: jax.nn.softmax(v, axis=-1) for k, v in alphas.items()}
 
 
-def _network_ctx(cfg: SupernetConfig, ctx: ops.Ctx) -> ops.Ctx:
+def network_ctx(cfg: SupernetConfig, ctx: ops.Ctx) -> ops.Ctx:
+  """The op context the supernet runs in: training mode, and its depthwise implementation."""
   dw_impl = cfg.dw_impl if ctx.dw_impl == "auto" else ctx.dw_impl
   if dw_impl == "auto" and jax.default_backend() == "cpu":
-    # The supernet runs each op vmapped over a wave's edges, big enough for cache-sized chunks to pay
-    # (`ops.depthwise_conv_loop`): first-order step at C=16, 8 layers, batch 64, 32x32: 35.1 -> 25.9 s.
+    # Each op runs vmapped over a wave's edges, big enough for cache-sized chunks to pay
+    # (`ops.depthwise_conv_loop`; benchmarks/README.md, "Depthwise convolutions on a CPU").
     dw_impl = "chunked"
   return ctx._replace(train=True, dw_impl=dw_impl)
 
 
-def _stem(stem_params, x, ctx, dtype="float32"):
+def stem(stem_params, x, ctx, dtype="float32"):
+  """The stem: a 3×3 convolution and BatchNorm, in the compute dtype."""
   s = ops.conv(x.astype(dtype), stem_params["conv"], 1, 1)
   return ops.batch_norm(s, stem_params["bn"], {}, ctx)[0].astype(dtype)
 
 
-def _preprocess(cell_params, s0, s1, reduction_prev: bool, ctx):
+def preprocess(cell_params, s0, s1, reduction_prev: bool, ctx):
+  """A cell's two inputs brought to its channels (and, after a reduction, its resolution)."""
   if reduction_prev:
     p0, _ = ops.factorized_reduce_apply(cell_params["pre0"], {}, s0, ctx)
   else:
@@ -357,7 +360,7 @@ def _cell_body(cell_params, p0, p1, weights, edge_scale, space, reduction, ctx, 
 def _cell(cell, s0, s1, weights, edge_scale, cfg: SupernetConfig, reduction, reduction_prev, ctx):
   """One cell of `apply`: preprocessing and body (with ``remat="op"``, the preprocessing is checkpointed)."""
   op_remat = cfg.remat_for("op")
-  p0, p1 = _checkpointed(lambda c, a, b: _preprocess(c, a, b, reduction_prev, ctx), op_remat)(cell, s0, s1)
+  p0, p1 = checkpointed(lambda c, a, b: preprocess(c, a, b, reduction_prev, ctx), op_remat)(cell, s0, s1)
   return _cell_body(cell, p0, p1, weights, edge_scale, cfg.space, reduction, ctx, cfg.partial_channels,
                     cfg.multiplier, op_remat)
 
@@ -366,7 +369,8 @@ def _classify(classifier, s):
   return jnp.mean(s.astype(jnp.promote_types(s.dtype, jnp.float32)), axis=(1, 2)) @ classifier["w"] + classifier["b"]
 
 
-def _head(classifier, s, labels):
+def head(classifier, s, labels):
+  """(cross-entropy, accuracy) of the classifier on the last cell's output."""
   logits = _classify(classifier, s)
   loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
   return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
@@ -380,14 +384,14 @@ def apply(params: Params, x: jax.Array, arch_weights: Params, cfg: SupernetConfi
   BatchNorm always uses the batch's statistics (the search network tracks no running statistics). The logits
   are float32 whatever `cfg.compute_dtype`.
   """
-  ctx = _network_ctx(cfg, ctx)
-  s0 = s1 = _checkpointed(lambda p, x: _stem(p, x, ctx, cfg.compute_dtype), cfg.remat_for("op"))(params["stem"], x)
+  ctx = network_ctx(cfg, ctx)
+  s0 = s1 = checkpointed(lambda p, x: stem(p, x, ctx, cfg.compute_dtype), cfg.remat_for("op"))(params["stem"], x)
   reduction_prev = False
   for i, cell in enumerate(params["cells"]):
     reduction = i in cfg.reduction_layers
     kind = "reduce" if reduction else "normal"
     cell_fn = functools.partial(_cell, cfg=cfg, reduction=reduction, reduction_prev=reduction_prev, ctx=ctx)
-    out = _checkpointed(cell_fn, cfg.remat_for("cell"))(cell, s0, s1, arch_weights[kind],
+    out = checkpointed(cell_fn, cfg.remat_for("cell"))(cell, s0, s1, arch_weights[kind],
                                                         arch_weights.get(kind + "_edge"))
     s0, s1 = s1, out
     reduction_prev = reduction

@@ -16,7 +16,9 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from darts_jax import nb201_arch
 from darts_jax.genotypes import Genotype, canonical, cell_edges, cell_nodes, is_sparse
+from darts_jax.topology import NB201_CELL
 
 _FORMATS = ("png", "svg")
 _DPI = 150
@@ -284,15 +286,14 @@ def plot_nb201(arch: Any, path_without_ext: str | os.PathLike) -> list[str]:
   """Draws a NAS-Bench-201 cell (an arch string like ``|nor_conv_3x3~0|+|...|`` or a tuple of 6 ops in the
   space's edge order) to ``<path>.png`` and ``<path>.svg``: node 0 is the cell input, node 3 its output, and
   every edge i -> j carries its op (``none`` edges are drawn grey). Returns the written paths."""
-  from darts_jax import nb201  # pylint: disable=g-import-not-at-top
 
-  ops = nb201.parse_arch(arch) if isinstance(arch, str) else tuple(arch)
-  if len(ops) != len(nb201.NB201_SPACE.edges):
-    raise ValueError(f"an NB201 cell has {len(nb201.NB201_SPACE.edges)} edges, got {len(ops)} ops")
+  ops = nb201_arch.parse_arch(arch) if isinstance(arch, str) else tuple(arch)
+  if len(ops) != len(NB201_CELL.edges):
+    raise ValueError(f"an NB201 cell has {len(NB201_CELL.edges)} edges, got {len(ops)} ops")
   boxes = {k: _Box(_DX * k, (1.5 - k) * _DY, _NODE_W / 2, _NODE_H / 2) for k in range(4)}
   xs, ys = [b.x for b in boxes.values()], [b.y for b in boxes.values()]
   router = _Router(boxes, (min(xs) - 0.6, max(xs) + 0.6, min(ys) - 1.0, max(ys) + 1.0))
-  edges = sorted(((e.src, e.dst, op) for e, op in zip(nb201.NB201_SPACE.edges, ops)),
+  edges = sorted(((e.src, e.dst, op) for e, op in zip(NB201_CELL.edges, ops)),
                  key=lambda e: e[1] - e[0])
   arrows = []
   for src, dst, op in edges:

@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, T
 import jax
 import numpy as np
 
+from darts_jax import parallel
 
 DIVERGED_FILE = "diverged.json"   # beside checkpoints/: which config keys a re-run after NaN/Inf may change
 LOCK_FILE = ".lock"
@@ -86,7 +87,6 @@ class TerminationWatch:
     return False
 
   def requested(self) -> bool:
-    from darts_jax import parallel  # pylint: disable=g-import-not-at-top
     return parallel.any_process(self._flag)
 
 
@@ -383,7 +383,6 @@ class Checkpoints:
     line and moved to ``workdir/checkpoints_damaged/<step>``, so the run goes on from the previous one and can
     save that step again; when none restores, `WorkdirError` says so and nothing is moved. With several
     processes every process takes the same decision (a checkpoint is damaged if it failed on any of them)."""
-    from darts_jax import parallel  # pylint: disable=g-import-not-at-top
     extra = {"elapsed": np.zeros((), np.float64)}
     damaged = []   # (step, why)
     for step in sorted(self._manager.all_steps(), reverse=True):
@@ -415,7 +414,6 @@ class Checkpoints:
 
   def _set_aside(self, steps: Sequence[int]) -> None:
     """Moves the checkpoints of `steps` out of orbax's directory (process 0; all processes wait for it)."""
-    from darts_jax import parallel  # pylint: disable=g-import-not-at-top
     if parallel.is_main():
       os.makedirs(self.damaged_directory, exist_ok=True)
       for step in steps:
@@ -445,7 +443,6 @@ def fetch_finite(pending: Sequence[Mapping[str, Any]], step: int, last_good: int
   suggests a tenth of each, and ``workdir/diverged.json`` lets a re-run change exactly these keys (`prepare`)
   to resume from the last good checkpoint.
   """
-  from darts_jax import parallel  # pylint: disable=g-import-not-at-top
   fetched = [parallel.host(m) for m in pending]
   for i, m in enumerate(fetched):
     if not bool(m["finite"]):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import genotypes, interop, networks, ops
+from darts_jax import genotypes, interop, networks
 from darts_jax.networks import NetworkConfig
 from test_networks import assert_matches_reference  # pylint: disable=g-import-not-at-top
 
@@ -137,10 +137,9 @@ def test_drop_path_on_node_sums():
   n = 16
   s0 = jax.random.normal(k0, (n, 8, 8, spec.c_prev_prev))
   s1 = jax.random.normal(k1, (n, 8, 8, spec.c_prev))
-  ctx = ops.Ctx(train=True)
-  full, _ = networks._cell_apply(params["cells"][0], stats["cells"][0], s0, s1, spec, ctx, 0.5, None)  # pylint: disable=protected-access
-  dropped, _ = networks._cell_apply(params["cells"][0], stats["cells"][0], s0, s1, spec, ctx, 0.5,  # pylint: disable=protected-access
-                                    jax.random.PRNGKey(2))
+  cell = networks.Cell(spec, params["cells"][0], stats["cells"][0])
+  full = cell(s0, s1, train=True, drop_prob=0.5, key=None)
+  dropped = cell(s0, s1, train=True, drop_prob=0.5, key=jax.random.PRNGKey(2))
   c = spec.c
   for slot in (0, 1):  # nodes 2 and 4 (node 5 reads node 2's dropped sum)
     a = np.asarray(full[..., slot * c:(slot + 1) * c]).reshape(n, -1)

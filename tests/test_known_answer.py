@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import data, known_answer, methods, search
+from darts_jax import data, known_answer, methods, models, search
 from darts_jax.data import synthetic
 from darts_jax.search_space import DARTS_PRIMITIVES, NB201_PRIMITIVES, get_space
 
@@ -126,7 +126,7 @@ def test_random_chance_is_the_binomial_tail():
 
 def test_single_edge_space_derives_and_exports_by_name():
   space = get_space("single_edge")
-  model = space.build_supernet({"C": 4, "primitives": "none,skip_connect,sep_conv_3x3"}, 2, (8, 8, 1))
+  model = models.build_supernet(space, {"C": 4, "primitives": "none,skip_connect,sep_conv_3x3"}, 2, (8, 8, 1))
   assert model.space.primitives == ("none", "skip_connect", "sep_conv_3x3") and model.space.alpha_shape == (1, 3)
   w = {"normal": np.array([[0.7, 0.1, 0.2]])}
   assert model.space.derive(w) == "sep_conv_3x3"       # none is never chosen
@@ -139,15 +139,15 @@ def test_single_edge_space_derives_and_exports_by_name():
   logits = model.apply(params, jnp.ones((2, 8, 8, 1)), {"normal": jnp.ones((1, 3)) / 3})
   assert logits.shape == (2, 2)
   with pytest.raises(ValueError, match="unknown candidate op 'conv9'"):
-    space.build_supernet({"C": 4, "primitives": "skip_connect,conv9"}, 2, (8, 8, 1))
+    models.build_supernet(space, {"C": 4, "primitives": "skip_connect,conv9"}, 2, (8, 8, 1))
   with pytest.raises(ValueError, match="multiple"):
-    space.build_supernet({"C": 3, "primitives": "darts", "stem": "tile"}, 2, (8, 8, 2))
+    models.build_supernet(space, {"C": 3, "primitives": "darts", "stem": "tile"}, 2, (8, 8, 2))
 
 
 def test_one_edge_with_the_answer_alone_computes_the_op():
   """The network with one-hot op weights equals the op applied to the tiled image, then the head."""
   space = get_space("single_edge")
-  model = space.build_supernet({"C": 4, "primitives": "none,skip_connect,avg_pool_3x3"}, 2, (8, 8, 1))
+  model = models.build_supernet(space, {"C": 4, "primitives": "none,skip_connect,avg_pool_3x3"}, 2, (8, 8, 1))
   params = model.init(jax.random.PRNGKey(1))
   x = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 1))
   a = model.apply(params, x, {"normal": jnp.array([[0.0, 1.0, 0.0]])})

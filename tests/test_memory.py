@@ -132,7 +132,7 @@ def test_remat_reduces_the_memory_of_the_gradient():
 
   def tape(remat, policy="nothing"):
     cfg = supernet.SupernetConfig(**BASE, remat=remat, remat_policy=policy)
-    ctx = supernet._network_ctx(cfg, supernet.ops.Ctx())
+    ctx = supernet.network_ctx(cfg, supernet.ops.Ctx())
     return edgewise._forward_tape(prog, cfg, ctx, params, weights, data["image"])[1]
 
   def residual_bytes(remat, policy="nothing"):

@@ -66,7 +66,7 @@ SMALL = SearchSpace(name="small", primitives=("none", "skip_connect", "sep_conv_
 def test_supernet_keeps_alpha_in_its_own_variable_type():
   cfg = supernet.SupernetConfig(C=4, layers=3, num_classes=3, in_channels=1, space=SMALL, multiplier=2,
                                 dw_impl="loop")
-  model = modules.Supernet(cfg, rngs=nnx.Rngs(0))
+  model = modules.SupernetModule(cfg, rngs=nnx.Rngs(0))
   alphas, weights = model.alphas.value(), model.weights.value()
   assert set(alphas) == {"normal", "reduce"}
   # α is its own variable type: the Alpha state holds exactly α's leaves, the Param state exactly the weights'.
@@ -236,3 +236,57 @@ def test_network_layers_are_cells_of_op_modules():
   nnx.update(edge, jax.tree.map(jnp.zeros_like, nnx.state(edge, nnx.Param)))
   assert all(not np.asarray(a).any() for a in jax.tree.leaves(model.trees()[0]["cells"][0]["ops"][0]))
   assert np.abs(np.asarray(model(x)) - before).max() > 1e-6
+
+
+def _xy(n=8, side=16):
+  x = jax.random.normal(jax.random.PRNGKey(1), (n, side, side, 1))
+  return x, jnp.arange(n) % 10
+
+
+def test_replacing_an_op_module_changes_the_network_which_still_trains():
+  """A user's edit of the architecture: one edge of one cell becomes a plain ``nnx.Conv``; the logits change
+  (the cell runs its children), and the network still trains in an ``nnx.Optimizer`` loop, the new layer
+  included."""
+  model = networks.from_genotype("DARTS_V2", C=4, layers=3, num_classes=10, in_channels=1, seed=0)
+  x, y = _xy()
+  before = np.asarray(model(x))
+  cell = model.cells[0]
+  assert not cell.spec.reduction
+  e = next(i for i, (name, _, _) in enumerate(cell.spec.ops) if name.startswith("sep_conv"))
+  cell.ops[e] = nnx.Conv(cell.spec.c, cell.spec.c, (3, 3), padding="SAME", rngs=nnx.Rngs(3))
+  after = np.asarray(model(x))
+  assert np.max(np.abs(after - before)) > 1e-4
+
+  optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, xb, yb):
+    def loss_fn(model):
+      logits, _ = model(xb, train=True)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  kernel = np.asarray(model.cells[0].ops[e].kernel[...])
+  losses = [float(step(model, optimizer, x, y)) for _ in range(8)]
+  assert losses[-1] < losses[0], losses
+  assert np.max(np.abs(np.asarray(model.cells[0].ops[e].kernel[...]) - kernel)) > 0
+  with pytest.raises(ValueError, match="Conv"):
+    model.trees()   # the functional pytrees have no place for the user's layer: one clear error
+
+
+def test_replacing_a_cell_or_an_nb201_edge_changes_the_network():
+  model = networks.from_genotype("DARTS_V2", C=4, layers=3, num_classes=10, in_channels=1, seed=0)
+  other = networks.from_genotype("PC_DARTS", C=4, layers=3, num_classes=10, in_channels=1, seed=0)
+  x, _ = _xy()
+  before = np.asarray(model(x))
+  model.cells[0] = other.cells[0]
+  assert np.max(np.abs(np.asarray(model(x)) - before)) > 1e-4
+
+  net = nb201.from_arch("|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|none~1|nor_conv_1x1~2|",
+                        nb201.NB201Config(C=4, N=1, num_classes=10, in_channels=1))
+  before = np.asarray(net(x))
+  assert isinstance(net.layers[0], nb201.Cell)
+  net.layers[0].edges[1] = modules.Op("avg_pool_3x3", 4, 1, rngs=nnx.Rngs(0))
+  assert np.max(np.abs(np.asarray(net(x)) - before)) > 1e-4

@@ -162,7 +162,7 @@ def test_nb201_search_end_to_end_keeps_alpha_frozen_in_warmup(tmp_path):
   """An NB201 DrNAS search through `search.search`: its released NB201 settings reach the loop (recorded in the
   summary), α does not move in the warm-up epoch and does afterwards, and the cell picture is written."""
   import jax  # pylint: disable=g-import-not-at-top
-  from darts_jax import methods, nb201  # pylint: disable=g-import-not-at-top
+  from darts_jax import methods, nb201, search_space  # pylint: disable=g-import-not-at-top
   c = _smoke(space="nb201", method="drnas", epochs=2, steps_per_epoch=3, warmup_epochs=1, tensorboard=False)
   c.model.C, c.model.N = 4, 1
   workdir = str(tmp_path / "nb201")
@@ -175,7 +175,7 @@ def test_nb201_search_end_to_end_keeps_alpha_frozen_in_warmup(tmp_path):
   assert nb201.parse_arch(open(os.path.join(workdir, "genotype.txt")).read().strip())
   assert json.load(open(os.path.join(workdir, "genotype.json")))["nb201"] == summary["genotype"]
   init = methods.get_method("drnas").init_alphas(jax.random.split(jax.random.PRNGKey(c.seed), 4)[1],
-                                                 nb201.NB201_SPACE)
+                                                 search_space.NB201_SPACE)
   first = np.asarray(methods.dirichlet_mean(init)["normal"])
   epochs = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["phase"] == "epoch"]
   np.testing.assert_allclose(epochs[0]["op_weights"]["normal"], first, rtol=0, atol=1e-7)   # frozen
@@ -235,10 +235,10 @@ def test_step_backend_choice():
   model = search.build_model(c, m, 10, (28, 28, 1))
   hp = m.search_hparams(epochs=1, steps_per_epoch=1)
   problem = m.problem(model.apply, model.space, hp)
-  assert model.edge_gradients is not None
-  assert search.make_step("edgewise", model, problem, hp).net is model.edge_gradients
+  edge = search.make_step("edgewise", model, problem, hp).net
+  assert edge is search.make_step("edgewise", model, problem, hp, update_alphas=False).net  # shared programs
   per_pass = search.make_step("per_pass", model, problem, hp).net
-  assert per_pass is not model.edge_gradients and per_pass.grads is not model.edge_gradients.grads
+  assert per_pass is not edge and per_pass.grads is not edge.grads
   for kw, words in [(dict(backend="edgewise", space="nb201"), "edge programs"),
                     (dict(backend="per_pass", method="sdarts_adv"), "perturbs"),
                     (dict(backend="edgewise", devices=8), "one device")]:

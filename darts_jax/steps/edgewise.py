@@ -24,12 +24,12 @@ from darts_jax.search_space import SearchSpace
 from darts_jax.steps import formula
 from darts_jax.steps import per_pass
 # The model's building blocks, which the chain runs unit by unit.
-from darts_jax.supernet import (SupernetConfig, _channel_shuffle, _checkpointed, _head, _network_ctx,
-                                _preprocess, _stack_trees, _stem, cell_waves, search_op)
+from darts_jax import supernet
+from darts_jax.supernet import SupernetConfig, cell_waves, search_op
 
 
 def _stem_fwd(stem_params, x, ctx, dtype="float32", remat=None):
-  stem = _checkpointed(lambda p, x: _stem(p, x, ctx, dtype), remat)
+  stem = supernet.checkpointed(lambda p, x: supernet.stem(p, x, ctx, dtype), remat)
   return jax.vjp(lambda p: stem(p, x), stem_params)
 
 
@@ -37,7 +37,7 @@ def _preprocess_fwd(pre_params, s0, s1, reduction_prev, ctx, remat=None):
   """The forward program of a unit: its output and its VJP, whose residuals are what the backward program
   needs (under ``remat``, a `remat_policy` name, only the unit's inputs and what the policy saves: the
   backward program recomputes the rest)."""
-  return jax.vjp(_checkpointed(lambda p, a, b: _preprocess(p, a, b, reduction_prev, ctx), remat),
+  return jax.vjp(supernet.checkpointed(lambda p, a, b: supernet.preprocess(p, a, b, reduction_prev, ctx), remat),
                  pre_params, s0, s1)
 
 
@@ -54,7 +54,7 @@ def _shared(x, space, stride, ctx, partial_channels):
 
 
 def _shared_fwd(x, space, stride, ctx, partial_channels, remat=None):
-  return jax.vjp(_checkpointed(lambda x: _shared(x, space, stride, ctx, partial_channels), remat), x)
+  return jax.vjp(supernet.checkpointed(lambda x: _shared(x, space, stride, ctx, partial_channels), remat), x)
 
 
 def _edge(edge_params, x, shared, row, scale, space, stride, ctx, partial_channels):
@@ -75,13 +75,13 @@ def _edge(edge_params, x, shared, row, scale, space, stride, ctx, partial_channe
   if partial_channels > 1:
     rest = ops.max_pool_2x2(x[..., c:]) if stride > 1 else x[..., c:]
     rest = rest if scale is None else scale.astype(rest.dtype) * rest
-    out = _channel_shuffle(jnp.concatenate([out, rest], -1), partial_channels)
+    out = supernet.channel_shuffle(jnp.concatenate([out, rest], -1), partial_channels)
   return out
 
 
 def _edge_fwd(edge_params, x, shared, row, scale, space, stride, ctx, partial_channels, remat=None):
   f = lambda p, x, h, r, s: _edge(p, x, h, r, s, space, stride, ctx, partial_channels)
-  return jax.vjp(_checkpointed(f, remat), edge_params, x, shared, row, scale)
+  return jax.vjp(supernet.checkpointed(f, remat), edge_params, x, shared, row, scale)
 
 
 def _split_params(body, space, reduction):
@@ -97,7 +97,7 @@ def _merge_params(edges, space, reduction):
   """The inverse of `_split_params` (for gradients)."""
   waves = []
   for wave in cell_waves(space, reduction):
-    waves.append(_stack_trees([_stack_trees([edges[int(e)] for e in row]) for row in wave.edge_ids]))
+    waves.append(supernet.stack_trees([supernet.stack_trees([edges[int(e)] for e in row]) for row in wave.edge_ids]))
   return {"waves": waves}
 
 
@@ -119,7 +119,7 @@ def _split_out(ct, n):
 
 
 def _head_grads(classifier, s, labels):
-  (loss, acc), (g_cls, g_s) = jax.value_and_grad(_head, argnums=(0, 1), has_aux=True)(classifier, s, labels)
+  (loss, acc), (g_cls, g_s) = jax.value_and_grad(supernet.head, argnums=(0, 1), has_aux=True)(classifier, s, labels)
   return loss, acc, g_cls, g_s
 
 
@@ -133,14 +133,14 @@ def _pullback_inputs(vjp_fn, cotangent):
 
 
 def _stem_jvp(stem_params, x, v, ctx, dtype="float32"):
-  return jax.jvp(lambda p: _stem(p, x, ctx, dtype), (stem_params,), (v,))[1]
+  return jax.jvp(lambda p: supernet.stem(p, x, ctx, dtype), (stem_params,), (v,))[1]
 
 
 def _preprocess_dd(pre_params, s0, s1, ct, v, lam0, lam1, reduction_prev, ctx):
   """Second-order sweep of a cell's preprocessing (see `cellwise_grads_and_hvp`): the gradient with respect to its
   inputs and its output cotangent of ⟨its VJP(ct), (v, λ0, λ1)⟩."""
   def phi(a, b, c):
-    g_p, g_a, g_b = jax.vjp(lambda p, a, b: _preprocess(p, a, b, reduction_prev, ctx), pre_params, a, b)[1](c)
+    g_p, g_a, g_b = jax.vjp(lambda p, a, b: supernet.preprocess(p, a, b, reduction_prev, ctx), pre_params, a, b)[1](c)
     return optax.tree_utils.tree_vdot((g_p, g_a, g_b), (v, lam0, lam1))
   return jax.grad(phi, argnums=(0, 1, 2))(s0, s1, ct)
 
@@ -165,7 +165,7 @@ def _edge_dd(edge_params, x, shared, row, scale, ct, v, lam, lam_shared, space, 
 
 def _head_hvp(classifier, s, labels, v, lam):
   def phi(s):
-    g_cls, g_s = jax.grad(lambda c, s: _head(c, s, labels)[0], argnums=(0, 1))(classifier, s)
+    g_cls, g_s = jax.grad(lambda c, s: supernet.head(c, s, labels)[0], argnums=(0, 1))(classifier, s)
     return optax.tree_utils.tree_vdot((g_cls, g_s), (v, lam))
   return jax.grad(phi)(s)
 
@@ -401,7 +401,7 @@ def cellwise_grads(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level:
   cpu_opt_level: XLA's backend optimization level for these programs on a CPU (None: XLA's default). Level 1
   compiles a little longer for faster steps (`benchmarks/search_step.py --cpu_opt_level=-1` compares).
   """
-  ctx = _network_ctx(cfg, ctx)
+  ctx = supernet.network_ctx(cfg, ctx)
   prog = _cell_programs(cpu_opt_level if jax.default_backend() == "cpu" else None)
 
   def grads(params, arch_weights, batch, wrt_params=True):
@@ -432,7 +432,7 @@ def cellwise_grads_and_hvp(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_op
   edge's residuals are freed once its backward has run. Measure the exact second-order step with
   `python benchmarks/search_step.py --step_backend=edgewise --modes=second_order_exact`.
   """
-  ctx = _network_ctx(cfg, ctx)
+  ctx = supernet.network_ctx(cfg, ctx)
   prog = _cell_programs(cpu_opt_level if jax.default_backend() == "cpu" else None)
 
   def fn(params, arch_weights, batch):
@@ -538,6 +538,11 @@ def _chain_hvp(prog: _CellPrograms, cfg: SupernetConfig, ctx: ops.Ctx, params, a
         if j >= 0:
           _accumulate(prog, mu, j, g)
   return {k: out[k] if k in out else jnp.zeros_like(w) for k, w in arch_weights.items()}
+
+
+def supports(cfg) -> bool:
+  """Whether the chain computes the network of `cfg` (the DARTS supernet's configs)."""
+  return isinstance(cfg, SupernetConfig)
 
 
 def gradients(cfg: SupernetConfig, ctx: ops.Ctx = ops.Ctx(), cpu_opt_level: Optional[int] = 1,

@@ -1,0 +1,32 @@
+"""What a finished run leaves in its workdir for people: the architecture as text (the DARTS ``Genotype(...)``
+form or the NB201 string) and JSON, its pictures, α and its history. Each file is written atomically."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Sequence
+
+import numpy as np
+
+from darts_jax import visualize
+from darts_jax import workdir as wd
+
+
+def write_architecture(workdir: str, arch, space) -> str:
+  """Writes ``genotype.txt`` and ``genotype.json`` (`SearchSpace.arch_text` / `arch_json`); returns the text."""
+  text = space.arch_text(arch)
+  wd.atomic_write(os.path.join(workdir, "genotype.txt"), text + "\n")
+  wd.write_json(os.path.join(workdir, "genotype.json"), space.arch_json(arch))
+  return text
+
+
+def write_search(workdir: str, arch, space, alphas: Mapping[str, Any],
+                 epoch_records: Sequence[Dict[str, Any]]) -> List[str]:
+  """A search's exports: the architecture (`write_architecture`) and its pictures, ``alphas.json`` and, from
+  the per-epoch metrics records, the op weights' history (``alphas.png``). Returns the pictures' paths."""
+  write_architecture(workdir, arch, space)
+  wd.write_json(os.path.join(workdir, "alphas.json"), {k: np.asarray(v).tolist() for k, v in alphas.items()})
+  paths = list(space.plot_arch(arch, workdir))
+  if epoch_records:
+    history = {k: [r["op_weights"][k] for r in epoch_records] for k in epoch_records[-1]["op_weights"]}
+    paths += visualize.plot_alpha_history(history, space.primitives, os.path.join(workdir, "alphas"))
+  return paths
