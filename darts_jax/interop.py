@@ -193,7 +193,7 @@ def _search_outputs(fixture, keys=None) -> Dict[str, Any]:
       m = load_search_params_like(momentum, cfg)
       w_opt = set_momentum_buffer(w_opt, m)
     fn = jax.jit(lambda p, a, o, tb, vb, hp=hp: steps.hypergradient(
-        problem, hp, p, a, o, tb, vb, jax.random.PRNGKey(0), jnp.zeros((), jnp.int32))[0])
+        problem, hp, bilevel.SearchState(p, a, o, None, jnp.zeros((), jnp.int32), jax.random.PRNGKey(0)), tb, vb)[0])
     g = fn(params, alphas, w_opt, train, val)
     out[f"{key}_alphas_normal"] = np.asarray(g["normal"])
     out[f"{key}_alphas_reduce"] = np.asarray(g["reduce"])

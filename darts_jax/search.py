@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -225,8 +225,9 @@ def search(config, workdir: str) -> Dict[str, Any]:
         checkpoint_every=int(config.get("checkpoint_every") or 0), directory=ckpt.directory,
         progress=f"search {config.method}" if config.get("progress", True) and layout.is_main else None,
         close=(log.close, ckpt.close))
-    return export(config, workdir, method, model, state, train, mean, std, val_idx, eval_fn, elapsed, k_derive,
-                  program, layout, put_eval, extra=_recorded(hp, frozen))
+    return export(config, workdir, method, model, Finished(
+        state, elapsed, k_derive, program, layout,
+        val_scorer(config, model, train, mean, std, val_idx, layout, put_eval), _recorded(hp, frozen)))
   finally:
     wd.unlock(workdir)
 
@@ -333,10 +334,10 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
         checkpoint_every=base.get("checkpoint_every") or 0, directory=", ".join(ck.directory for ck in ckpts),
         close=[it.close for it in iters] + [x.close for x in logs + ckpts])
     finals, one = hooks.seed_states(stacked), parallel.make_layout(1)
-    return [export(c, d, method, model, finals[s], train, mean, std, val_idx[s], eval_fn, elapsed / n,
-                   derive_keys[s], "multi_seed", one, extra={"multi_seed": n, "multi_seed_seconds": elapsed,
-                                                            "num_devices": layout.num_devices,
-                                                            **_recorded(hp, frozen)})
+    extra = {"multi_seed": n, "multi_seed_seconds": elapsed, "num_devices": layout.num_devices,
+             **_recorded(hp, frozen)}
+    return [export(c, d, method, model, Finished(finals[s], elapsed / n, derive_keys[s], "multi_seed", one,
+                                                 val_scorer(c, model, train, mean, std, val_idx[s], one), extra))
             for s, (c, d, (train, mean, std, _, _)) in enumerate(zip(configs, workdirs, data))]
   finally:
     for d in workdirs:
@@ -354,34 +355,53 @@ def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std, put=lambda
   return tot_loss / max(count, 1), tot_correct / max(count, 1)
 
 
-def export(config, workdir, method, model, state, train, mean, std, val_idx, eval_fn, elapsed, key,
-           step_program: str, layout, put=lambda b: b, extra: Optional[Dict[str, Any]] = None):
+class Finished(NamedTuple):
+  """A finished search, as `export` reads it: the final state, the search seconds, the key of `derive`, the
+  step program's name, the layout it ran on, the extra summary fields, and the supernet's validation
+  accuracy under given op weights (``val_score(state, op_weights)``, for methods that select by it)."""
+  state: bilevel.SearchState
+  elapsed: float
+  derive_key: jax.Array
+  step_program: str
+  layout: Any
+  val_score: Callable[[Any, Any], float]
+  extra: Dict[str, Any]
+
+
+def val_scorer(config, model, train, mean, std, val_idx, layout, put=lambda b: b):
+  """``(state, op_weights) -> accuracy`` of the supernet on the validation rows `val_idx` of `train`."""
+  fn = _weights_eval_fn(model.apply, layout.replicated if layout.num_devices > 1 else None)
+
+  def score(state, arch_weights):
+    tot = count = 0.0
+    for batch in data_lib.eval_batches(train, config.batch_size, mean=mean, std=std, indices=val_idx):
+      c, n = fn(state.params, arch_weights, put(batch))
+      tot += float(c)
+      count += float(n)
+    return tot / max(count, 1)
+  return score
+
+
+def export(config, workdir, method, model, run: Finished):
   """Writes the final architecture, its pictures, the α history plot and the summary (process 0 only, after
   checking that every process holds the same α and architecture)."""
+  state, layout, key = run.state, run.layout, run.derive_key
   alphas = parallel.host(state.alphas)
   space = model.space
   if method.select is not None:
-    fn = _weights_eval_fn(model.apply, layout.replicated if layout.num_devices > 1 else None)
-
-    def score(arch_weights):
-      tot = count = 0.0
-      for batch in data_lib.eval_batches(train, config.batch_size, mean=mean, std=std, indices=val_idx):
-        c, n = fn(state.params, arch_weights, put(batch))
-        tot += float(c)
-        count += float(n)
-      return tot / max(count, 1)
+    score = lambda w: run.val_score(state, w)
     arch = method.select(key, space, score, config.get("num_candidates", 100)).best
   else:
     arch = method.derive(alphas, space, key=key)
   parallel.check_same_on_all_processes(alphas, space.arch_text(arch), "α or architecture")
   common = {"method": config.method, "space": space.name, "dataset": config.dataset, "seed": config.seed,
-            "genotype": space.arch_text(arch), "search_seconds": elapsed, "supernet_params": model.num_params,
+            "genotype": space.arch_text(arch), "search_seconds": run.elapsed, "supernet_params": model.num_params,
             # Mean per-edge entropy of the final op weights; ln(num_ops) means α has not moved from uniform.
             "alpha_entropy": _entropy(jax.device_get(method.op_weights(alphas, space))),
             "alpha_entropy_uniform": math.log(space.num_ops),
-            "steps": int(parallel.host(state.step)), "step_program": step_program,
+            "steps": int(parallel.host(state.step)), "step_program": run.step_program,
             "num_devices": layout.num_devices, "num_processes": jax.process_count(),
-            "bn_stats": config.get("bn_stats", "global") or "global", **(extra or {})}
+            "bn_stats": config.get("bn_stats", "global") or "global", **run.extra}
   if not layout.is_main:
     return {**common, "val_acc": None}
   records = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r.get("phase") == "epoch"]

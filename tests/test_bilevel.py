@@ -119,7 +119,7 @@ def test_second_order_modes_run_on_a_tiny_network():
     hp = bilevel.SearchHParams(hypergradient=mode, w_lr=0.5)
     w_opt = bilevel.weight_optimizer(hp).init(params)
     fn = jax.jit(lambda p, a, o, t, v, hp=hp: steps.hypergradient(
-        _problem(), hp, p, a, o, t, v, jax.random.PRNGKey(0), jnp.zeros((), jnp.int32))[0])
+        _problem(), hp, bilevel.SearchState(p, a, o, None, jnp.zeros((), jnp.int32), jax.random.PRNGKey(0)), t, v)[0])
     out[mode] = np.concatenate([np.ravel(x) for x in jax.tree.leaves(fn(params, alphas, w_opt, tb, vb))])
   assert all(np.all(np.isfinite(v)) for v in out.values())
   diff = np.linalg.norm(out["second_order_exact"] - out["first_order"]) / np.linalg.norm(out["first_order"])
@@ -205,7 +205,8 @@ def test_hypergradients_equal_the_bilevel_objective_differentiated_directly():
           "second_order_fd": jax.jit(fd_reference)()}
   for mode, expected in want.items():
     h = bilevel.SearchHParams(epochs=4, steps_per_epoch=2, w_lr=0.2, hypergradient=mode)
-    got, _ = jax.jit(lambda: steps.hypergradient(problem, h, params, alphas, w_opt, tb, vb, rng, step))()
+    state = bilevel.SearchState(params, alphas, w_opt, None, step, rng)
+    got, _ = jax.jit(lambda: steps.hypergradient(problem, h, state, tb, vb))()
     for k in expected:
       np.testing.assert_allclose(got[k], expected[k], rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(expected[k]))),
                                  err_msg=f"{mode} {k}")

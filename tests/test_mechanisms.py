@@ -208,17 +208,22 @@ def test_rsws_search_exports_the_best_candidate_on_the_supernet_and_never_moves_
   config = _rsws_smoke_config(space, seed)
   space_def = NB201_SPACE if space == "nb201" else DARTS_SPACE
   captured, selections = {}, []
-  real_export, real_select = search.export, M.rsws_select
+  real_export, real_select, real_scorer = search.export, M.rsws_select, search.val_scorer
 
   def export(*args, **kwargs):
-    captured["state"], captured["val_idx"] = args[4], args[8]
+    captured["state"] = args[4].state
     return real_export(*args, **kwargs)
+
+  def val_scorer(*args, **kwargs):
+    captured["val_idx"] = args[5]
+    return real_scorer(*args, **kwargs)
 
   def select(key, space, eval_fn, num_candidates=1000):
     captured["key"], captured["num_candidates"] = np.asarray(key), num_candidates
     selections.append(real_select(key, space, eval_fn, num_candidates))
     return selections[-1]
   monkeypatch.setattr(search, "export", export)
+  monkeypatch.setattr(search, "val_scorer", val_scorer)
   monkeypatch.setattr(M, "rsws_select", select)   # `methods.rsws()` reads it when get_method builds RS-WS
   workdir = str(tmp_path / "rsws")
   summary = search.search(config, workdir)

@@ -86,3 +86,20 @@ def test_a_killed_runs_lock_does_not_block_its_resume(tmp_path):
   _, err = again.communicate(timeout=600)
   assert again.returncode == 0, err[-2000:]
   assert os.path.exists(os.path.join(run, "genotype.txt"))
+
+
+def test_a_finished_search_in_a_notebook_releases_its_workdir(tmp_path):
+  """The lock lives as long as the run, not as long as the process: after `search.search` returns (as in a
+  notebook), another process may run in the same workdir."""
+  from darts_jax import search  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("ka_config", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.epochs, config.steps_per_epoch, config.progress, config.tensorboard = 1, 2, False, False
+  workdir = str(tmp_path / "nb")
+  search.search(config, workdir)
+  code = f"from darts_jax import workdir as wd; wd.lock({workdir!r})"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stderr[-1000:]

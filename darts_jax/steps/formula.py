@@ -135,7 +135,7 @@ class Pieces(NamedTuple):
   fd_difference: Callable       # (g⁺, g⁻, ε) -> the finite difference
   alpha_update: Callable        # (alphas, a_opt, rng, step, g_val, g_second) -> (alphas, a_opt, ‖∇α‖)
   train_weights: Callable       # (alphas, rng, step, params, train_batch) -> op weights of the weight pass
-  weight_update: Callable       # (params, w_opt, alphas, a_opt, step, rng, ∂params, loss, acc) -> (state, metrics)
+  weight_update: Callable       # (state with the step's α, ∂params, loss, acc) -> (state, metrics)
 
 
 def pieces(problem: SearchProblem, hp: SearchHParams, wrap: Callable = lambda f, **kw: f) -> Pieces:
@@ -158,18 +158,18 @@ def pieces(problem: SearchProblem, hp: SearchHParams, wrap: Callable = lambda f,
     return jax.lax.stop_gradient(problem.weight_arch_weights(
         alphas, k_w, step, lambda w: forward(problem, params, w, train_batch)[0]))
 
-  def weight_update(params, w_opt, alphas, a_opt, step, rng, g_params, loss, acc):
-    updates, w_opt = bilevel.weight_optimizer(hp).update(g_params, w_opt, params)
-    params = optax.apply_updates(params, updates)
+  def weight_update(state: SearchState, g_params, loss, acc):
+    updates, w_opt = bilevel.weight_optimizer(hp).update(g_params, state.w_opt, state.params)
+    params = optax.apply_updates(state.params, updates)
     metrics = dict(train_loss=loss, train_acc=acc, weight_grad_norm=optax.global_norm(g_params),
-                   lr=learning_rate(hp)(step))
+                   lr=learning_rate(hp)(state.step))
     metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(params)) & (
-        jnp.isfinite(optax.global_norm(alphas)))
-    return SearchState(params, alphas, w_opt, a_opt, step + 1, step_keys(rng)[0]), metrics
+        jnp.isfinite(optax.global_norm(state.alphas)))
+    return state._replace(params=params, w_opt=w_opt, step=state.step + 1, rng=step_keys(state.rng)[0]), metrics
 
   return Pieces(wrap(arch_pass_weights), wrap(lambda *a: unrolled_weights(hp, *a)),
                 wrap(lambda *a: fd_points(hp, *a)), wrap(fd_difference), wrap(alpha_update), wrap(train_weights),
-                wrap(weight_update, donate_argnums=(0, 1)))
+                wrap(weight_update, donate_argnums=(0,)))
 
 
 def arch_pass(hp: SearchHParams, net: NetworkGradients, fns: Pieces, params, w_opt, step, w_val, w_train,
@@ -208,16 +208,18 @@ def search_step(hp: SearchHParams, net: NetworkGradients, fns: Pieces, state: Se
     metrics.update(val_loss=val_loss, val_acc=val_acc, alpha_grad_norm=g_norm)
   w = fns.train_weights(alphas, state.rng, state.step, state.params, train_batch)
   loss, acc, g_p, _ = net.grads(state.params, w, train_batch)
-  state, more = fns.weight_update(state.params, state.w_opt, alphas, a_opt, state.step, state.rng, g_p, loss, acc)
+  state, more = fns.weight_update(state._replace(alphas=alphas, a_opt=a_opt), g_p, loss, acc)
   metrics.update(more)
   return state, metrics
 
 
-def hypergradient(problem: SearchProblem, hp: SearchHParams, params, alphas, w_opt, train_batch, val_batch,
-                  rng, step) -> Tuple[Params, Tuple[jax.Array, jax.Array]]:
-  """∇α of the α objective under ``hp.hypergradient`` at one point, by autodiff: (gradient, (val loss, val
-  accuracy)); rng splits into the validation and training keys. Traceable (the reference checks jit it)."""
-  k_val, k_train = jax.random.split(rng)
+def hypergradient(problem: SearchProblem, hp: SearchHParams, state: SearchState, train_batch,
+                  val_batch) -> Tuple[Params, Tuple[jax.Array, jax.Array]]:
+  """∇α of the α objective under ``hp.hypergradient`` at `state` (its weights, α, weight optimizer, step and
+  rng; α's optimizer is not read), by autodiff: (gradient, (val loss, val accuracy)); the rng splits into the
+  validation and training keys. Traceable (the reference checks jit it)."""
+  params, alphas, w_opt, step = state.params, state.alphas, state.w_opt, state.step
+  k_val, k_train = jax.random.split(state.rng)
   w_val, w_train = problem.arch_weights(alphas, k_val, step), problem.arch_weights(alphas, k_train, step)
   val_loss, val_acc, g_val, g_second = arch_pass(hp, autodiff(problem), pieces(problem, hp), params, w_opt, step,
                                                  w_val, w_train, train_batch, val_batch)
