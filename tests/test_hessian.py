@@ -27,7 +27,6 @@ def small():
   return hvp_fn, alphas, hp, hessian.hessian_matrix(hvp_fn, alphas)
 
 
-@pytest.mark.slow
 def test_power_iteration_finds_the_largest_eigenvalue_of_the_full_hessian(small):
   hvp_fn, alphas, _, H = small
   assert H.shape == (30, 30)
@@ -43,7 +42,6 @@ def test_power_iteration_finds_the_largest_eigenvalue_of_the_full_hessian(small)
   assert abs(top.value - eig[-1]) <= 1e-3 * np.abs(eig).max(), (top.value, eig[-2:])
 
 
-@pytest.mark.slow
 def test_hvp_is_the_full_hessian_times_the_vector(small):
   hvp_fn, alphas, _, H = small
   flat, unravel = flatten_util.ravel_pytree(alphas)
