@@ -66,6 +66,12 @@ def make_hvp(objective: Callable[[Params], jax.Array]) -> Callable[[Params, Para
   return jax.jit(lambda a, v: hvp(objective, a, v))
 
 
+def make_state_hvp(problem: bilevel.SearchProblem, hp: bilevel.SearchHParams):
+  """The jitted ``(α, v, state, batches) -> ∇²f(α)·v`` of `alpha_objective`, compiled once for a whole run
+  (the state and batches are arguments, not constants)."""
+  return jax.jit(lambda a, v, state, batches: hvp(alpha_objective(problem, hp, state, batches), a, v))
+
+
 def dominant_eigenvalue(hvp_fn: Callable[[Params, Params], Params], alphas: Params, key: jax.Array,
                         max_iters: int = 100, tol: float = 1e-5, shift: float = 0.0) -> Dominant:
   """The largest-magnitude eigenvalue of ∇²f(α) - shift·I by power iteration from a random start: v ← Hv / |Hv|,

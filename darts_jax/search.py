@@ -24,6 +24,7 @@ import numpy as np
 from darts_jax import bilevel
 from darts_jax import data as data_lib
 from darts_jax import exports
+from darts_jax import hessian
 from darts_jax import loop
 from darts_jax import methods as methods_lib
 from darts_jax import models
@@ -181,6 +182,27 @@ def _epoch_record(method, space, alphas, key, epoch, val, seconds_per_step, elap
           "seconds_per_step": seconds_per_step, "elapsed": elapsed}
 
 
+class _Curvature:
+  """Every ``config.hessian_every`` epochs (0: never), the largest eigenvalue of the α Hessian of the validation
+  objective (`hessian.largest_eigenvalue`) on the first ``hessian_batches`` validation batches, as the epoch
+  record's ``hessian_eigenvalue`` (with ``hessian_iterations``)."""
+
+  def __init__(self, config, problem, hp, train, mean, std, val_idx, put, key):
+    self.every, self.key = int(config.get("hessian_every") or 0), key
+    self.iters = int(config.get("hessian_iters") or 20)
+    if self.every:
+      it = data_lib.eval_batches(train, config.batch_size, mean=mean, std=std, indices=val_idx)
+      self.batches = [put(b) for b, _ in zip(it, range(int(config.get("hessian_batches") or 1)))]
+      self.hvp = hessian.make_state_hvp(problem, hp)
+
+  def __call__(self, epoch: int, state) -> Dict[str, Any]:
+    if not self.every or (epoch + 1) % self.every:
+      return {}
+    top = hessian.largest_eigenvalue(lambda a, v: self.hvp(a, v, state, self.batches), state.alphas,
+                                     jax.random.fold_in(self.key, epoch), max_iters=self.iters, tol=1e-3)
+    return {"hessian_eigenvalue": top.value, "hessian_iterations": top.iterations}
+
+
 def search(config, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) the search `config` describes in `workdir`; returns the summary it exports.
 
@@ -210,10 +232,12 @@ def search(config, workdir: str) -> Dict[str, Any]:
     put_eval = layout.put_whole_batch if mesh_run else (lambda b: b)
     val_idx = a_idx[:config.eval_examples] if config.get("eval_examples") else a_idx
 
+    curvature = _Curvature(config, problem, hp, train, mean, std, val_idx, put_eval, k_derive)
+
     def on_epoch(step, epoch, state, seconds, epoch_steps, elapsed):
       val = evaluate(eval_fn, state, train, val_idx, config.batch_size, mean, std, put_eval)
-      log.write(step, _epoch_record(method, space, parallel.host(state.alphas), k_derive, epoch, val,
-                                    seconds / max(epoch_steps, 1), elapsed))
+      log.write(step, {**_epoch_record(method, space, parallel.host(state.alphas), k_derive, epoch, val,
+                                       seconds / max(epoch_steps, 1), elapsed), **curvature(epoch, state)})
 
     hooks = loop.Hooks(ckpt.save_with_elapsed, _check_finite(ckpt.directory, hp),
                        lambda step, f: log.write(step, loop.step_record(f, "search", (step - 1) // steps_per_epoch)),

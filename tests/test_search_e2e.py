@@ -30,6 +30,17 @@ def _smoke(**overrides):
   return c
 
 
+def test_hessian_eigenvalue_every_epoch_in_the_metrics(tmp_path):
+  """``hessian_every=1``: each epoch record carries the α Hessian's largest eigenvalue, a finite number."""
+  workdir = str(tmp_path / "h")
+  search.search(_smoke(hessian_every=1, hessian_iters=5), workdir)
+  epochs = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["phase"] == "epoch"]
+  assert len(epochs) == 2
+  for r in epochs:
+    assert isinstance(r["hessian_eigenvalue"], float) and r["hessian_eigenvalue"] == r["hessian_eigenvalue"]
+    assert 1 <= r["hessian_iterations"] <= 10
+
+
 def _check_artifacts(workdir, epochs):
   for name in ("config.json", "metrics.jsonl", "genotype.json", "genotype.txt", "alphas.json", "summary.json",
                "cells_normal.png", "cells_normal.svg", "cells_reduce.png", "cells_reduce.svg", "alphas.png",

@@ -32,6 +32,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.steps_per_epoch = 0       # 0: one pass over the weight half
   c.warmup_epochs = ml_collections.config_dict.placeholder(int)  # None: the method's default
   c.eval_examples = 2_000     # val examples scored after each epoch (0: all)
+  c.hessian_every = 0         # epochs between the α Hessian's largest eigenvalue (0: never; darts_jax.hessian)
+  c.hessian_batches = 1       # validation batches it is measured on
+  c.hessian_iters = 20        # power iterations at most
   c.seed = 0
   c.model = ml_collections.ConfigDict({"C": 8, "layers": 5, "N": 1})
   # Memory (supernet.SupernetConfig): remat "auto" ("op" in the edge chain, "none" in the fused step), "none",
