@@ -81,7 +81,8 @@ def dominant_eigenvalue(hvp_fn: Callable[[Params, Params], Params], alphas: Para
   keys = jax.random.split(key, len(leaves))
   v = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape, jnp.float32) for k, x in zip(keys, leaves)])
   norm = lambda t: jnp.sqrt(_dot(t, t))
-  v = jax.tree.map(lambda x: x / norm(v), v)
+  n0 = norm(v)
+  v = jax.tree.map(lambda x: x / n0, v)
   value, converged, it = None, False, 0
   for it in range(1, max_iters + 1):
     hv = hvp_fn(alphas, v)

@@ -15,6 +15,7 @@ Each op and each kernel is defined once, in `darts_jax.ops`; a layer is its vari
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -50,7 +51,12 @@ class Tree(nnx.Module):
 
 def takes_train(module) -> bool:
   """Whether a module's ``__call__`` takes the ``train`` keyword."""
-  return "train" in inspect.signature(type(module).__call__).parameters
+  return _call_takes_train(type(module))
+
+
+@functools.lru_cache(maxsize=None)
+def _call_takes_train(cls) -> bool:
+  return "train" in inspect.signature(cls.__call__).parameters
 
 
 def call(module, x, train: bool):
