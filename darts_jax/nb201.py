@@ -29,6 +29,7 @@ from darts_jax.nb201_arch import (BENCHMARK_FILE, DATASETS, NUM_EDGES, Arch, Arc
                                   arch_to_string, as_arch, default_benchmark_path, enumerate_archs,
                                   expected_best_of_n, is_connected, load_benchmark, parse_arch, random_arch,
                                   random_search_curve)
+from darts_jax.search_space import NB201_SPACE
 from darts_jax.topology import NB201_CELL, NB201_PRIMITIVES
 
 __all__ = ["BENCHMARK_FILE", "DATASETS", "NUM_EDGES", "NB201_PRIMITIVES", "Arch", "ArchLike", "Benchmark",
@@ -136,8 +137,8 @@ def init_supernet(key, cfg: NB201Config) -> Params:
 
 
 def init_alphas(key, scale: float = 1e-3) -> Params:
-  """The single α shared by every cell, 1e-3·N(0, 1)."""
-  return {"normal": scale * jax.random.normal(key, NB201_CELL.alpha_shape, jnp.float32)}
+  """The single α shared by every cell, 1e-3·N(0, 1) (`NB201Space.init_alphas`)."""
+  return NB201_SPACE.init_alphas(key, scale)
 
 
 def apply_supernet(params: Params, x: jax.Array, arch_weights: Params, cfg: NB201Config,
