@@ -217,8 +217,11 @@ def search_and_report(config, workdir: str) -> dict:
   print(f"genotype: {summary['genotype']}")
   print(f"final α entropy: {summary['alpha_entropy']:.5f} (uniform: {summary['alpha_entropy_uniform']:.5f})")
   print(f"search time: {summary['search_seconds']:.1f} s; supernet val accuracy: {summary['val_acc']}")
+  if summary.get("early_stop_epoch") is not None:
+    print(f"DARTS-ES stopped the search after epoch {summary['early_stop_epoch']}; exported the architecture "
+          f"and α of epoch {summary['early_stop_kept_epoch']}")
   names = [n for n in ("genotype.json", "genotype.txt", "cells_normal.png", "cells_reduce.png", "cell.png",
-                        "alphas.png")
+                        "alphas.png", "hessian.png")
            if os.path.exists(os.path.join(workdir, n))]
   print(f"exports in {workdir}: {', '.join(names)}")
   return summary

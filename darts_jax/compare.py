@@ -18,7 +18,10 @@ from the table. Finished runs (a ``summary.json`` beside an identical ``config.j
 so re-running the same command only fills in what is missing and rewrites the report.
 
 The report flags DARTS' known failure mode, collapse to parameter-free cells: per method, the share of
-``skip_connect`` among the normal cells' edges of the final genotypes (flagged at >= `COLLAPSE_SHARE`).
+``skip_connect`` among the normal cells' edges of the final genotypes (flagged at >= `COLLAPSE_SHARE`). Where
+the searches measured the α Hessian's largest eigenvalue (``search.hessian_every``), each method's row gives
+its trend (`eigenvalue_trend`: first and last measured value, means over seeds, and their ratio), the
+curvature growth RobustDARTS ties to that collapse.
 """
 from __future__ import annotations
 
@@ -91,6 +94,34 @@ def parameter_free(genotype: Any, space=None) -> Optional[bool]:
 def nb201_random_baseline(accuracies, ns: Iterable[int]) -> Dict[str, float]:
   """{str(n): exact expected best-of-n accuracy of uniform random sampling} from a benchmark column."""
   return {str(int(n)): nb201_arch.expected_best_of_n(accuracies, int(n)) for n in sorted(set(int(n) for n in ns))}
+
+
+def eigenvalue_series(records: Iterable[Mapping[str, Any]]) -> List[tuple]:
+  """The (epoch, α Hessian's largest eigenvalue) pairs of a search's metrics records, by epoch."""
+  return sorted((int(r["epoch"]), float(r["hessian_eigenvalue"])) for r in records
+                if r.get("phase") == "epoch" and isinstance(r.get("hessian_eigenvalue"), (int, float))
+                and math.isfinite(r["hessian_eigenvalue"]))
+
+
+def eigenvalue_trend(series: Sequence[Sequence[tuple]]) -> Optional[Dict[str, Any]]:
+  """A method's eigenvalue trend from its seeds' `eigenvalue_series`: the first and the last measured value
+  (`mean_std` over the seeds that measured any), the ratio of their means, and each seed's first and last
+  epoch; None when no seed measured one."""
+  measured = [sorted(s) for s in series if s]
+  if not measured:
+    return None
+  first, last = mean_std(s[0][1] for s in measured), mean_std(s[-1][1] for s in measured)
+  return {"first": first, "last": last, "ratio": last["mean"] / first["mean"] if first["mean"] else None,
+          "first_epochs": [s[0][0] for s in measured], "last_epochs": [s[-1][0] for s in measured],
+          "num_seeds": len(measured)}
+
+
+def format_trend(trend: Optional[Mapping[str, Any]]) -> str:
+  """``"first → last (×ratio)"`` of an `eigenvalue_trend`, or "—"."""
+  if not trend:
+    return "—"
+  ratio = f" (×{trend['ratio']:.2f})" if trend.get("ratio") is not None else ""
+  return f"{trend['first']['mean']:.4g} → {trend['last']['mean']:.4g}{ratio}"
 
 
 def format_mean_std(stat: Optional[Mapping[str, Any]], scale: float = 1.0, digits: int = 2) -> str:
@@ -320,7 +351,7 @@ def parameter_free_share(genotype: Any, space=None) -> Optional[float]:
   return sum(op in PARAMETER_FREE for op in ops_) / len(ops_) if ops_ else None
 
 
-CURVE_KEYS = ("elapsed", "val_acc", "alpha_entropy", "skip_share", "parameter_free_share")
+CURVE_KEYS = ("elapsed", "val_acc", "alpha_entropy", "skip_share", "parameter_free_share", "hessian_eigenvalue")
 
 
 def _epoch_record(m: Mapping[str, Any], space) -> Dict[str, Optional[float]]:
@@ -329,7 +360,8 @@ def _epoch_record(m: Mapping[str, Any], space) -> Dict[str, Optional[float]]:
   return {"elapsed": num(m.get("elapsed")), "val_acc": num(m.get("val_acc")),
           "alpha_entropy": num(m.get("alpha_entropy")),
           "skip_share": skip_share(genotype, space) if genotype else None,
-          "parameter_free_share": parameter_free_share(genotype, space) if genotype else None}
+          "parameter_free_share": parameter_free_share(genotype, space) if genotype else None,
+          "hessian_eigenvalue": num(m.get("hessian_eigenvalue"))}
 
 
 def _curves(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Dict[str, Any]]]:
@@ -411,12 +443,28 @@ def plot_cells_over_epochs(curves, path: str) -> None:
   plt.close(fig)
 
 
+def _add_eigenvalue_trends(tables: Mapping[str, List[Dict[str, Any]]], runs: Sequence[Mapping[str, Any]]) -> None:
+  """Sets each row's ``eigenvalue_trend`` (`eigenvalue_trend` of its runs' metrics.jsonl) and
+  ``early_stopped`` (how many of its searches DARTS-ES stopped)."""
+  series: Dict[tuple, List[List[tuple]]] = {}
+  for r in runs:
+    path = os.path.join(r["search_dir"], "metrics.jsonl") if r.get("search_dir") else None
+    if path and os.path.exists(path):
+      series.setdefault((r["space"], r["method"]), []).append(eigenvalue_series(wd.read_metrics(path)))
+  for space, rows in tables.items():
+    for row in rows:
+      row["eigenvalue_trend"] = eigenvalue_trend(series.get((space, row["method"]), []))
+      row["early_stopped"] = sum(1 for r in runs if r["space"] == space and r["method"] == row["method"]
+                                 and (r.get("search") or {}).get("early_stop_epoch") is not None)
+
+
 def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], methods, seeds, spaces) -> Dict[str, Any]:
   hardware = hardware_info()
   device_kind = "GPU" if hardware["backend"] == "gpu" else hardware["backend"].upper()
   benchmark, bench_path = _load_benchmark(config, spaces)
   bench_dataset = config.get("benchmark_dataset") or "cifar10"
   tables = aggregate(runs, benchmark, bench_dataset, device_kind)
+  _add_eigenvalue_trends(tables, runs)
 
   nb201_baseline = None
   if benchmark is not None:
@@ -475,6 +523,9 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
   cols += ["final α entropy", "supernet params", f"search {h} (sum)", f"search {h} (mean)"]
   cols += [header for _, header, _ in sp.stat_columns]
   cols += ["parameter-free cells", "skip_connect share"]
+  trends = any(r.get("eigenvalue_trend") for r in rows)
+  if trends:
+    cols.append("eigenvalue trend (first → last, ratio)")
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:
     name = r["method"] + (" (random-sampling baseline)" if r["is_random_baseline"] else "")
@@ -490,6 +541,9 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
       cells.append(f"{value}/{r['num_runs']}" if isinstance(value, int) else format_mean_std(value, 1, digits))
     share = format_mean_std(r["skip_share"], 1, 2)
     cells += [f"{r['parameter_free']}/{r['num_runs']}", share + (" ⚠ collapse" if r["collapse"] else "")]
+    if trends:
+      stopped = f"; DARTS-ES stopped {r['early_stopped']}/{r['num_runs']}" if r.get("early_stopped") else ""
+      cells.append(format_trend(r.get("eigenvalue_trend")) + stopped)
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 
@@ -506,8 +560,11 @@ def _epochs_md(curves: Mapping[str, Any], every: int = 0) -> List[str]:
     f = lambda v, d: "—" if v is None else f"{v:.{d}f}"
     lines += [f"`{method}` (mean over {c['num_seeds']} seeds):", "",
               "| epoch | " + " | ".join(str(i) for i in idx) + " |", "|---|" + "---|" * len(idx)]
-    for key, name, d in (("alpha_entropy", "α entropy", 3), ("skip_share", "skip share", 2),
-                         ("parameter_free_share", "param-free share", 2), ("val_acc", "val acc", 3)):
+    rows = [("alpha_entropy", "α entropy", 3), ("skip_share", "skip share", 2),
+            ("parameter_free_share", "param-free share", 2), ("val_acc", "val acc", 3)]
+    if any(v is not None for v in c.get("hessian_eigenvalue") or []):
+      rows.append(("hessian_eigenvalue", "α Hessian λ_max", 4))
+    for key, name, d in rows:
       lines.append(f"| {name} | " + " | ".join(f((c.get(key) or [None] * n)[i], d) for i in idx) + " |")
     lines.append("")
   return lines
@@ -535,6 +592,10 @@ def report_markdown(report: Mapping[str, Any]) -> str:
           f"{', '.join(flagged) if flagged else 'none'}. A uniformly random cell has a skip_connect share of "
           f"1/{n_ops} ≈ {1 / n_ops:.2f}.", ""]
     L += [note for note in sp.report_notes] + ([""] if sp.report_notes else [])
+    if any(r.get("eigenvalue_trend") for r in rows):
+      L += ["Eigenvalue trend: the largest eigenvalue of the α Hessian of the validation loss (`darts_jax.hessian`, "
+            "measured every `hessian_every` epochs), first and last measured, means over seeds, and their ratio; "
+            "RobustDARTS found its growth to precede DARTS' collapse (DARTS-ES stops on it).", ""]
     if sp.has_benchmark:
       b = report.get("nb201_random_baseline")
       if b:

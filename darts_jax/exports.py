@@ -3,7 +3,7 @@ form or the NB201 string) and JSON, its pictures, α and its history. Each file 
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,14 +19,20 @@ def write_architecture(workdir: str, arch, space) -> str:
   return text
 
 
-def write_search(workdir: str, arch, space, alphas: Mapping[str, Any],
-                 epoch_records: Sequence[Dict[str, Any]]) -> List[str]:
+def write_search(workdir: str, arch, space, alphas: Mapping[str, Any], epoch_records: Sequence[Dict[str, Any]],
+                 early_stop: Optional[Tuple[int, int]] = None) -> List[str]:
   """A search's exports: the architecture (`write_architecture`) and its pictures, ``alphas.json`` and, from
-  the per-epoch metrics records, the op weights' history (``alphas.png``). Returns the pictures' paths."""
+  the per-epoch metrics records, the op weights' history (``alphas.png``) and, where the records hold the α
+  Hessian's eigenvalue, its history (``hessian.png``, marking `early_stop`: DARTS-ES' (stop epoch, kept
+  epoch)). Returns the pictures' paths."""
   write_architecture(workdir, arch, space)
   wd.write_json(os.path.join(workdir, "alphas.json"), {k: np.asarray(v).tolist() for k, v in alphas.items()})
   paths = list(space.plot_arch(arch, workdir))
   if epoch_records:
     history = {k: [r["op_weights"][k] for r in epoch_records] for k in epoch_records[-1]["op_weights"]}
     paths += visualize.plot_alpha_history(history, space.primitives, os.path.join(workdir, "alphas"))
+  measured = [(r["epoch"], r["hessian_eigenvalue"]) for r in epoch_records if r.get("hessian_eigenvalue") is not None]
+  if measured:
+    stop, kept = early_stop or (None, None)
+    paths += visualize.plot_eigenvalues(*zip(*measured), os.path.join(workdir, "hessian"), stop, kept)
   return paths

@@ -14,7 +14,8 @@ answer is derived from the candidate ops themselves, not typed in:
 `check_task` trains each op alone (its weight fixed at 1) and reports its test accuracy: the answer's ops must
 reach `ANSWER_ACCURACY`, every other op at most the cue's accuracy plus `CUE_SLACK` (chance, 0.5, without a
 cue). A task that fails this is not a known-answer task. `random_chance` is the exact probability that uniform
-random sampling picks an answer op on at least k of n seeds.
+random sampling picks an answer op on at least k of n seeds. `misleading_alpha_selection` pits α's argmax against
+DARTS-PT's perturbation selection (`darts_jax.projection`) on a trained supernet whose α points at a wrong op.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from darts_jax import bilevel, compare, ops, single_edge
+from darts_jax import bilevel, compare, ops, parallel, projection, single_edge
+from darts_jax import methods as methods_lib
 from darts_jax import search as search_lib
 from darts_jax import workdir as wd
 from darts_jax import data as data_lib
@@ -183,6 +185,45 @@ def check_task(task: str, primitives: Sequence[str], params: Optional[synthetic.
     if op not in ans and accs[op] > cue + CUE_SLACK:
       failures.append(f"{op} should not answer {task} but reached {accs[op]:.3f} > {cue:.2f} + {CUE_SLACK}")
   return TaskCheck(task, ans, accs, cue, not failures, failures)
+
+
+# --------------------------------------------------------------------------------------------------------
+# DARTS-PT against a misleading α.
+
+
+def misleading_alpha_selection(config, workdir: str, wrong_op: str, margin: float = 0.5) -> Dict[str, Any]:
+  """α's argmax against DARTS-PT's selection (`darts_jax.projection`) when α misleads: the config's search with
+  α held at its start (``warmup_epochs`` = ``epochs``: the weights train under near-uniform op weights), then α
+  set to 0 but `margin` on `wrong_op`, so that its argmax is `wrong_op`; PT masks each op on the trained
+  supernet (``pt_eval_examples`` validation rows). Returns {"answer": the task's answer ops, "argmax", "pt":
+  the ops each selection picks, "masked_accuracy": {op: accuracy with it masked}, "op_weights"}."""
+  cfg = config.copy_and_resolve_references()
+  cfg.warmup_epochs, cfg.selection = cfg.epochs, "argmax"
+  search_lib.search(cfg, workdir)
+  method = methods_lib.get_method(cfg.method, **dict(cfg.get("method_kwargs", {}) or {})).for_space(cfg.space)
+  train, mean, std, w_idx, a_idx = search_lib.load_search_data(cfg)
+  model = search_lib.build_model(cfg, method, train.num_classes, train.image_shape)
+  hp, _, _, _ = search_lib._schedule(cfg, method, len(w_idx))  # pylint: disable=protected-access
+  k_w, k_a, k_state, _ = jax.random.split(jax.random.PRNGKey(cfg.seed), 4)
+  template = bilevel.init_state(model.init(k_w), method.init_alphas(k_a, model.space), hp, k_state)
+  ckpt = wd.Checkpoints(workdir)
+  restored = ckpt.restore({"state": template, "extra": {"elapsed": np.zeros((), np.float64)}})["state"]
+  ckpt.close()
+  state = bilevel.SearchState(*restored)
+  space = model.space
+  alphas = np.zeros(space.alpha_shape, np.float32)
+  alphas[:, space.primitive_index(wrong_op)] = margin
+  alphas = {"normal": jnp.asarray(alphas)}
+  weights = {k: np.asarray(v) for k, v in method.op_weights(alphas, space).items()}
+  pt = projection.settings(cfg)
+  rows = a_idx[:pt.eval_examples] if pt.eval_examples else a_idx
+  score = search_lib.val_scorer(cfg, model, train, mean, std, rows, parallel.make_layout(1))
+  arch, _, records = projection.select_offline(space, weights, lambda w: score(state, w), seed=int(cfg.seed))
+  task = cfg.dataset[len(synthetic.PREFIX):]
+  return {"answer": answer(task, space.primitives, synthetic.params_from(cfg.get("synthetic"))),
+          "argmax": method.derive(alphas, space), "pt": arch,
+          "masked_accuracy": records[0]["decisions"][0]["masked_accuracy"],
+          "op_weights": weights["normal"].tolist()}
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -36,11 +36,12 @@ class Hooks(NamedTuple):
 def run(state, step_fn: Callable[[Any, int, Any], Tuple[Any, Any]], batches: Optional[Iterator], hooks: Hooks, *,
         start: int, total_steps: int, steps_per_epoch: int, log_every: int, elapsed: float = 0.0,
         checkpoint_every: int = 0, directory: str = "", progress: Optional[str] = None,
-        close: Sequence[Callable[[], None]] = ()) -> Tuple[Any, float]:
+        close: Sequence[Callable[[], None]] = (), stop: Optional[Callable[[], bool]] = None) -> Tuple[Any, float]:
   """Runs steps `start` .. `total_steps` - 1 of ``step_fn(state, step, batch) -> (state, metrics)`` on
   `batches` (None when nothing is left to run); returns the final state and the elapsed seconds (`elapsed`
   plus this run's). `progress`: the tqdm bar's label (None: no bar). `close`: called at the end, however it
-  ends, after the batches' own ``close``."""
+  ends, after the batches' own ``close``. `stop`: asked after each epoch's checkpoint; True ends the run there
+  (an early stop)."""
   current = [state]
   guard = wd.LoopCheckpoints(lambda at, seconds: hooks.save(at, current[0], seconds), hooks.check, start,
                              total_steps, directory, checkpoint_every)
@@ -71,6 +72,8 @@ def run(state, step_fn: Callable[[Any, int, Any], Tuple[Any, Any]], batches: Opt
             bar.set_postfix(postfix, refresh=False)
           guard.save(step, elapsed)
           t_epoch, epoch_steps = time.perf_counter(), 0
+          if stop is not None and stop():
+            break
         guard.between_steps(step, lambda: elapsed + time.perf_counter() - t_epoch)
   finally:
     if batches is not None and hasattr(batches, "close"):

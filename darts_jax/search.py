@@ -7,7 +7,11 @@ checkpoints of the whole state (weights, α, both optimizer states, step, rng; t
 and at the end ``alphas.json`` (the final α), ``genotype.json``, ``genotype.txt`` (DARTS text or the NB201
 string), ``cells_normal.png/.svg`` and ``cells_reduce.png/.svg`` (pictures of the cells), ``alphas.png/.svg``
 (op weights over the epochs) and ``summary.json``. Re-running on the same workdir resumes; NaN/Inf stops the
-run and keeps the last good checkpoint.
+run and keeps the last good checkpoint. ``hessian_every`` adds the α Hessian's largest eigenvalue to the epoch
+records and ``hessian.png/.svg``; ``early_stop="darts_es"`` stops the run by RobustDARTS' rule on it.
+``selection="pt"`` / ``"pt_fixed"`` picks the architecture by DARTS-PT's perturbation selection after the
+search (`darts_jax.projection`: ``projection.json``, ``projection/``); the method's own architecture is kept in
+``summary.json`` as ``genotype_argmax``.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Any, Callable, Dict, List, NamedTuple, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +33,7 @@ from darts_jax import loop
 from darts_jax import methods as methods_lib
 from darts_jax import models
 from darts_jax import parallel
+from darts_jax import projection
 from darts_jax import steps
 from darts_jax import workdir as wd
 from darts_jax.search_space import get_space
@@ -185,15 +190,16 @@ def _epoch_record(method, space, alphas, key, epoch, val, seconds_per_step, elap
 class _Curvature:
   """Every ``config.hessian_every`` epochs (0: never), the largest eigenvalue of the α Hessian of the validation
   objective (`hessian.largest_eigenvalue`) on the first ``hessian_batches`` validation batches, as the epoch
-  record's ``hessian_eigenvalue`` (with ``hessian_iterations``)."""
+  record's ``hessian_eigenvalue`` (with ``hessian_iterations``). `hvp`: a `hessian.make_state_hvp` function
+  to share (the seeds of a multi-seed run share one compiled program); None makes one."""
 
-  def __init__(self, config, problem, hp, train, mean, std, val_idx, put, key):
+  def __init__(self, config, problem, hp, train, mean, std, val_idx, put, key, hvp=None):
     self.every, self.key = int(config.get("hessian_every") or 0), key
     self.iters = int(config.get("hessian_iters") or 20)
     if self.every:
       it = data_lib.eval_batches(train, config.batch_size, mean=mean, std=std, indices=val_idx)
       self.batches = [put(b) for b, _ in zip(it, range(int(config.get("hessian_batches") or 1)))]
-      self.hvp = hessian.make_state_hvp(problem, hp)
+      self.hvp = hvp or hessian.make_state_hvp(problem, hp)
 
   def __call__(self, epoch: int, state) -> Dict[str, Any]:
     if not self.every or (epoch + 1) % self.every:
@@ -203,12 +209,111 @@ class _Curvature:
     return {"hessian_eigenvalue": top.value, "hessian_iterations": top.iterations}
 
 
+EARLY_STOPS = ("", "darts_es")
+EARLY_STOP_KEYS = ("window", "delta", "factor", "start_epoch", "ev_freq")
+
+
+def early_stop_settings(config, method: methods_lib.Method) -> Optional[Dict[str, Any]]:
+  """`hessian.EarlyStop`'s settings from ``config.early_stop`` ("darts_es", or "" for none) and
+  ``config.early_stop_kwargs`` (window, delta, factor, start_epoch, ev_freq; ev_freq 0 means hessian_every),
+  or None without an early stop; a one-line ValueError for settings that cannot run."""
+  name = config.get("early_stop") or ""
+  if name not in EARLY_STOPS:
+    raise ValueError(f"unknown early_stop {name!r}; use 'darts_es' (RobustDARTS' DARTS-ES) or '' (none)")
+  if not name:
+    return None
+  every = int(config.get("hessian_every") or 0)
+  if every <= 0:
+    raise ValueError("early_stop='darts_es' stops on the α Hessian's eigenvalue, which hessian_every=0 never "
+                     "measures; set --config.hessian_every=N (epochs between measurements, e.g. 1)")
+  if not method.update_alphas or method.select is not None:
+    raise ValueError(f"early_stop='darts_es' keeps the architecture of an earlier epoch's α, and method "
+                     f"{config.method!r} does not learn α; drop early_stop or use a gradient method")
+  if (config.get("selection") or "argmax") != "argmax":
+    raise ValueError(f"early_stop='darts_es' exports an earlier epoch's α, whose weights selection="
+                     f"{config.selection!r} would need but the run does not keep; use one of the two")
+  kw = {k: v for k, v in dict(config.get("early_stop_kwargs") or {}).items() if v is not None}
+  unknown = sorted(set(kw) - set(EARLY_STOP_KEYS))
+  if unknown:
+    raise ValueError(f"unknown early_stop_kwargs {', '.join(unknown)}; use {', '.join(EARLY_STOP_KEYS)}")
+  kw["ev_freq"] = int(kw.get("ev_freq") or every)
+  if kw["ev_freq"] % every:
+    raise ValueError(f"early_stop_kwargs.ev_freq={kw['ev_freq']} is not a multiple of hessian_every={every}; "
+                     "DARTS-ES reads an eigenvalue every ev_freq epochs, so set ev_freq to k·hessian_every")
+  if int(kw.get("window", 1)) < 1 or int(kw.get("delta", 1)) < 1:
+    raise ValueError("early_stop_kwargs.window and .delta must be at least 1")
+  return kw
+
+
+class _EarlyStopping:
+  """DARTS-ES during a search (`hessian.EarlyStop` on `early_stop_settings`; inert when those are None): fed
+  each epoch's record (its eigenvalue and genotype) and α, it says when to stop and keeps the α of every
+  epoch, so that the export can take the one of the epoch the rule returns. A resumed run `replay`s the
+  records of metrics.jsonl (which hold each epoch's α) up to its checkpoint and so reaches the same
+  decision."""
+
+  def __init__(self, settings: Optional[Dict[str, Any]], total_epochs: int):
+    self.settings = settings
+    self.rule = hessian.EarlyStop(total_epochs=total_epochs, **settings) if settings else None
+    self.alphas: Dict[int, Any] = {}
+    self.stop_epoch = None
+
+  @property
+  def stopped(self) -> bool:
+    return self.stop_epoch is not None
+
+  def annotate(self, record: Dict[str, Any], alphas) -> Dict[str, Any]:
+    """`record` with the epoch's α added when an early stop is on (what a resumed run replays)."""
+    if self.rule is None:
+      return record
+    return {**record, "alphas": {k: np.asarray(v).tolist() for k, v in alphas.items()}}
+
+  def observe(self, record: Dict[str, Any], alphas) -> None:
+    if self.rule is None or self.stopped:
+      return
+    epoch, ev = record["epoch"], record.get("hessian_eigenvalue")
+    self.alphas[epoch] = alphas
+    if ev is None or (epoch + 1) % self.settings["ev_freq"]:
+      return
+    self.rule.update(epoch, ev, record["genotype"])
+    if epoch != self.rule.total_epochs - 1 and self.rule.check(epoch):
+      self.stop_epoch = epoch
+
+  def replay(self, workdir: str, upto_step: int, template) -> None:
+    """Observes the epoch records of ``workdir/metrics.jsonl`` logged up to `upto_step`, their α cast to the
+    dtypes of `template` (α)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if self.rule is None or not os.path.exists(path):
+      return
+    for r in wd.read_metrics(path):
+      if r.get("phase") == "epoch" and r.get("step", 0) <= upto_step:
+        self.observe(r, {k: np.asarray(v, np.asarray(template[k]).dtype) for k, v in r["alphas"].items()})
+
+  def result(self) -> Optional[Tuple[int, int, Any]]:
+    """(the epoch the rule fired at, the epoch whose architecture it keeps, that epoch's α), or None."""
+    if not self.stopped:
+      return None
+    return self.stop_epoch, self.rule.stop_epoch, self.alphas[self.rule.stop_epoch]
+
+  def summary(self) -> Dict[str, Any]:
+    if self.rule is None:
+      return {}
+    stop, kept, _ = self.result() or (None, None, None)
+    return {"early_stop": "darts_es", "early_stop_settings": dict(self.settings), "early_stop_epoch": stop,
+            "early_stop_kept_epoch": kept}
+
+
 def search(config, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) the search `config` describes in `workdir`; returns the summary it exports.
 
   On several devices (``config.num_devices``, 0: all, over every process) the step runs data-parallel; on
-  SIGTERM the run saves a checkpoint of its current step and raises `workdir.Preempted`."""
+  SIGTERM the run saves a checkpoint of its current step and raises `workdir.Preempted`. With
+  ``config.selection`` "pt" or "pt_fixed" the architecture is DARTS-PT's (`projection.select`), not the
+  method's derive. With ``config.early_stop="darts_es"`` the run ends when DARTS-ES fires and exports the
+  architecture and α of the epoch the rule keeps (`early_stop_settings`)."""
   method = _method(config)
+  projection.settings(config)
+  stop_settings = early_stop_settings(config, method)
   if (config.get("step_backend") or "auto") not in STEP_BACKENDS:
     raise ValueError(f"unknown step_backend {config.step_backend!r}; choose one of {', '.join(STEP_BACKENDS)}")
   layout = parallel.make_layout(int(config.get("num_devices") or 0))
@@ -233,11 +338,17 @@ def search(config, workdir: str) -> Dict[str, Any]:
     val_idx = a_idx[:config.eval_examples] if config.get("eval_examples") else a_idx
 
     curvature = _Curvature(config, problem, hp, train, mean, std, val_idx, put_eval, k_derive)
+    stopping = _EarlyStopping(stop_settings, hp.epochs)
+    stopping.replay(workdir, start, parallel.host(state.alphas))
 
     def on_epoch(step, epoch, state, seconds, epoch_steps, elapsed):
       val = evaluate(eval_fn, state, train, val_idx, config.batch_size, mean, std, put_eval)
-      log.write(step, {**_epoch_record(method, space, parallel.host(state.alphas), k_derive, epoch, val,
-                                       seconds / max(epoch_steps, 1), elapsed), **curvature(epoch, state)})
+      alphas = parallel.host(state.alphas)
+      record = stopping.annotate({**_epoch_record(method, space, alphas, k_derive, epoch, val,
+                                                  seconds / max(epoch_steps, 1), elapsed),
+                                  **curvature(epoch, state)}, alphas)
+      log.write(step, record)
+      stopping.observe(record, alphas)
 
     hooks = loop.Hooks(ckpt.save_with_elapsed, _check_finite(ckpt.directory, hp),
                        lambda step, f: log.write(step, loop.step_record(f, "search", (step - 1) // steps_per_epoch)),
@@ -245,15 +356,43 @@ def search(config, workdir: str) -> Dict[str, Any]:
     state, elapsed = loop.run(
         state, lambda st, i, b: fns[int(not frozen[i // steps_per_epoch])](st, *b),
         _Batches(config, train, mean, std, w_idx, a_idx, start, layout), hooks, start=start,
-        total_steps=total_steps, steps_per_epoch=steps_per_epoch, log_every=config.log_every, elapsed=elapsed,
+        total_steps=start if stopping.stopped else total_steps, steps_per_epoch=steps_per_epoch,
+        log_every=config.log_every, elapsed=elapsed,
         checkpoint_every=int(config.get("checkpoint_every") or 0), directory=ckpt.directory,
         progress=f"search {config.method}" if config.get("progress", True) and layout.is_main else None,
-        close=(log.close, ckpt.close))
+        close=(log.close, ckpt.close), stop=lambda: stopping.stopped)
+    selected, chosen = _pt_select(config, workdir, method, model, problem, hp, state, k_derive, program, layout,
+                                  (train, mean, std, w_idx, a_idx), put_eval)
     return export(config, workdir, method, model, Finished(
         state, elapsed, k_derive, program, layout,
-        val_scorer(config, model, train, mean, std, val_idx, layout, put_eval), _recorded(hp, frozen)))
+        val_scorer(config, model, train, mean, std, val_idx, layout, put_eval),
+        {**_recorded(hp, frozen), **chosen, **stopping.summary()}, selected, stopping.result()))
   finally:
     wd.unlock(workdir)
+
+
+def _pt_select(config, workdir, method, model, problem, hp, state, derive_key, program, layout, data,
+               put_eval=lambda b: b):
+  """(architecture, summary fields) of DARTS-PT's selection on the finished search `state` when
+  ``config.selection`` asks for it (`projection.select`: fine-tuned with the search's step `program`), else
+  (None, {}). `data`: `load_search_data`'s (train, mean, std, weight rows, α rows)."""
+  pt = projection.settings(config)
+  if not pt.active:
+    return None, {}
+  train, mean, std, w_idx, a_idx = data
+  mesh = layout.num_devices > 1
+  ctx = projection.Context(
+      space=model.space, method=method, problem=problem, hp=hp, backend=program,
+      gradients=edge_gradients(model.config) if program == "edgewise" else None,
+      shardings=layout.step_shardings() if mesh else None,
+      batches=lambda at: _Batches(config, train, mean, std, w_idx, a_idx, at, layout),
+      score=val_scorer(config, model, train, mean, std, a_idx[:pt.eval_examples] if pt.eval_examples else a_idx,
+                       layout, put_eval),
+      derive_key=derive_key, put_state=layout.put_state if mesh else (lambda s: s), is_main=layout.is_main,
+      progress=f"PT {config.method}" if config.get("progress", True) and layout.is_main else None,
+      log_every=config.log_every, checkpoint_every=int(config.get("checkpoint_every") or 0),
+      tensorboard=config.get("tensorboard", True))
+  return projection.select(config, workdir, ctx, state)
 
 
 def _check_seed_configs(configs):
@@ -277,12 +416,16 @@ def _split(tree, n: int):
 
 class _SeedHooks:
   """The multi-seed run's `loop.Hooks`: each seed's checkpoints, NaN guard and records in its own workdir, from
-  the state stacked on the seed axis. `val(s, state)`: seed s's validation (loss, accuracy)."""
+  the state stacked on the seed axis. `val(s, state)`: seed s's validation (loss, accuracy); `curvatures`:
+  each seed's `_Curvature`, on its own state and validation batches; `stoppings`: each seed's
+  `_EarlyStopping`."""
 
-  def __init__(self, configs, ckpts, logs, hp, method, space, steps_per_epoch, derive_keys, val):
+  def __init__(self, configs, ckpts, logs, hp, method, space, steps_per_epoch, derive_keys, val, curvatures,
+               stoppings):
     self.configs, self.ckpts, self.logs, self.hp = configs, ckpts, logs, hp
     self.method, self.space, self.steps_per_epoch, self.derive_keys, self.val = (method, space, steps_per_epoch,
                                                                                  derive_keys, val)
+    self.curvatures, self.stoppings = curvatures, stoppings
 
   def seed_states(self, stacked):   # every seed's state on the host, from one transfer of the stacked state
     return [bilevel.SearchState(*t) for t in _split(parallel.host(tuple(stacked)), len(self.configs))]
@@ -304,8 +447,12 @@ class _SeedHooks:
   def on_epoch(self, step, epoch, stacked, seconds, epoch_steps, elapsed):
     n = len(self.configs)
     for s, (log, st) in enumerate(zip(self.logs, self.seed_states(stacked))):
-      log.write(step, _epoch_record(self.method, self.space, st.alphas, self.derive_keys[s], epoch,
-                                    self.val(s, st), seconds / max(epoch_steps, 1) / n, elapsed / n))
+      record = self.stoppings[s].annotate({
+          **_epoch_record(self.method, self.space, st.alphas, self.derive_keys[s], epoch, self.val(s, st),
+                          seconds / max(epoch_steps, 1) / n, elapsed / n),
+          **self.curvatures[s](epoch, st)}, st.alphas)
+      log.write(step, record)
+      self.stoppings[s].observe(record, st.alphas)
 
 
 def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[str, Any]]:
@@ -315,10 +462,13 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
   Each seed gets what `search` would give it: its own data split and order, weights, α and rng, and its own
   work directory with the same files, checkpoints included, so either function can resume it. Seeds resume
   together from checkpoints of one step. Every seed's ``search_seconds`` is its share of the program's time
-  (``multi_seed_seconds``: all of it). One process; the fused step (no edge chain).
+  (``multi_seed_seconds``: all of it). One process; the fused step (no edge chain). With DARTS-ES each seed
+  exports the epoch its rule keeps, as `search` would; the program runs until every seed's rule has fired, so a
+  seed that fired early trains on past its stop (its summary's ``steps``).
   """
   base, n = _check_seed_configs(configs), len(configs)
   method = _method(base)
+  stop_settings = early_stop_settings(base, method)
   layout = parallel.make_layout(int(base.get("num_devices") or 0), seeds=n)
   layout.check_batch_size(base.batch_size)
   for c, d in zip(configs, workdirs):
@@ -344,8 +494,16 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
     fns = (make(False) if frozen.any() else None, make(True) if not frozen.all() else None)
     eval_fn = bilevel.make_eval_step(problem)
     val_idx = [d[4][:base.eval_examples] if base.get("eval_examples") else d[4] for d in data]
+    hvp = hessian.make_state_hvp(problem, hp) if base.get("hessian_every") else None
+    curvatures = [_Curvature(c, problem, hp, train, mean, std, val_idx[s], lambda b: b, derive_keys[s], hvp)
+                  for s, (c, (train, mean, std, _, _)) in enumerate(zip(configs, data))]
+    stoppings = [_EarlyStopping(stop_settings, hp.epochs) for _ in configs]
+    for stopping, d, r in zip(stoppings, workdirs, restored):
+      stopping.replay(d, start, parallel.host(r[0].alphas))
+    all_stopped = lambda: all(st.stopped for st in stoppings) and stop_settings is not None
     hooks = _SeedHooks(configs, ckpts, logs, hp, method, space, steps_per_epoch, derive_keys,
-                       lambda s, st: evaluate(eval_fn, st, data[s][0], val_idx[s], base.batch_size, *data[s][1:3]))
+                       lambda s, st: evaluate(eval_fn, st, data[s][0], val_idx[s], base.batch_size, *data[s][1:3]),
+                       curvatures, stoppings)
     iters = [_Batches(c, train, mean, std, w_idx, a_idx, start, layout, put=False)
              for c, (train, mean, std, w_idx, a_idx) in zip(configs, data)]
     batches = ((layout.put_batch(stack([p[0] for p in ps])), layout.put_batch(stack([p[1] for p in ps])))
@@ -353,15 +511,21 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
     stacked, elapsed = loop.run(
         layout.put_state(stack([r[0] for r in restored])),
         lambda st, i, b: fns[int(not frozen[i // steps_per_epoch])](st, *b), batches,
-        loop.Hooks(hooks.save, hooks.check, hooks.on_log, hooks.on_epoch), start=start, total_steps=total_steps,
+        loop.Hooks(hooks.save, hooks.check, hooks.on_log, hooks.on_epoch), start=start,
+        total_steps=start if all_stopped() else total_steps,
         steps_per_epoch=steps_per_epoch, log_every=base.log_every, elapsed=elapsed,
         checkpoint_every=base.get("checkpoint_every") or 0, directory=", ".join(ck.directory for ck in ckpts),
-        close=[it.close for it in iters] + [x.close for x in logs + ckpts])
+        close=[it.close for it in iters] + [x.close for x in logs + ckpts], stop=all_stopped)
     finals, one = hooks.seed_states(stacked), parallel.make_layout(1)
     extra = {"multi_seed": n, "multi_seed_seconds": elapsed, "num_devices": layout.num_devices,
              **_recorded(hp, frozen)}
+    # DARTS-PT (selection="pt"/"pt_fixed"), seed by seed with the one-device fused step.
+    picks = [_pt_select(c, d, method, model, problem, hp, finals[s], derive_keys[s], "fused", one, data[s])
+             for s, (c, d) in enumerate(zip(configs, workdirs))]
     return [export(c, d, method, model, Finished(finals[s], elapsed / n, derive_keys[s], "multi_seed", one,
-                                                 val_scorer(c, model, train, mean, std, val_idx[s], one), extra))
+                                                 val_scorer(c, model, train, mean, std, val_idx[s], one),
+                                                 {**extra, **stoppings[s].summary(), **picks[s][1]}, picks[s][0],
+                                                 early_stop=stoppings[s].result()))
             for s, (c, d, (train, mean, std, _, _)) in enumerate(zip(configs, workdirs, data))]
   finally:
     for d in workdirs:
@@ -382,7 +546,10 @@ def evaluate(eval_fn, state, dataset, indices, batch_size, mean, std, put=lambda
 class Finished(NamedTuple):
   """A finished search, as `export` reads it: the final state, the search seconds, the key of `derive`, the
   step program's name, the layout it ran on, the extra summary fields, and the supernet's validation
-  accuracy under given op weights (``val_score(state, op_weights)``, for methods that select by it)."""
+  accuracy under given op weights (``val_score(state, op_weights)``, for methods that select by it);
+  `selected`: an architecture chosen otherwise (DARTS-PT's, `projection.select`), exported instead;
+  `early_stop`: when DARTS-ES stopped the run, (the stop epoch, the kept epoch, the kept epoch's α), whose α
+  and architecture are exported."""
   state: bilevel.SearchState
   elapsed: float
   derive_key: jax.Array
@@ -390,6 +557,8 @@ class Finished(NamedTuple):
   layout: Any
   val_score: Callable[[Any, Any], float]
   extra: Dict[str, Any]
+  selected: Any = None
+  early_stop: Optional[Tuple[int, int, Any]] = None
 
 
 def val_scorer(config, model, train, mean, std, val_idx, layout, put=lambda b: b):
@@ -410,9 +579,11 @@ def export(config, workdir, method, model, run: Finished):
   """Writes the final architecture, its pictures, the α history plot and the summary (process 0 only, after
   checking that every process holds the same α and architecture)."""
   state, layout, key = run.state, run.layout, run.derive_key
-  alphas = parallel.host(state.alphas)
+  alphas = parallel.host(state.alphas) if run.early_stop is None else run.early_stop[2]
   space = model.space
-  if method.select is not None:
+  if run.selected is not None:
+    arch = run.selected
+  elif method.select is not None:
     score = lambda w: run.val_score(state, w)
     arch = method.select(key, space, score, config.get("num_candidates", 100)).best
   else:
@@ -429,8 +600,12 @@ def export(config, workdir, method, model, run: Finished):
   if not layout.is_main:
     return {**common, "val_acc": None}
   records = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r.get("phase") == "epoch"]
-  exports.write_search(workdir, arch, space, alphas, records)
-  summary = {**common, "val_acc": records[-1]["val_acc"] if records else None,
+  exports.write_search(workdir, arch, space, alphas, records, run.early_stop and run.early_stop[:2])
+  if run.early_stop is not None:   # the supernet's accuracy at the kept epoch, as RobustDARTS reports it
+    val_acc = next((r["val_acc"] for r in records if r["epoch"] == run.early_stop[1]), None)
+  else:
+    val_acc = records[-1]["val_acc"] if records else None
+  summary = {**common, "val_acc": val_acc,
              "versions": wd.versions(), "code_version": wd.code_version()}
   wd.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

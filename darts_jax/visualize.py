@@ -3,9 +3,9 @@
 `plot_cell` / `plot_genotype` draw cells in the style of the reference's graphviz ``visualize.py`` (inputs
 c_{k-2}, c_{k-1} on the left, intermediate nodes in the middle, output c_{k} on the right, one labelled arrow per
 edge) but lay them out by hand, so no graphviz is needed. `plot_alpha_history` draws, per edge, each op's weight
-over epochs. Every function writes a PNG and an SVG and returns their paths. matplotlib is imported inside the
-functions and only its object-oriented API (no pyplot, no backend switch) is used, so importing this module is
-cheap and has no global side effects.
+over epochs; `plot_eigenvalues` the α Hessian's largest eigenvalue over epochs. Every function writes a PNG and
+an SVG and returns their paths. matplotlib is imported inside the functions and only its object-oriented API
+(no pyplot, no backend switch) is used, so importing this module is cheap and has no global side effects.
 """
 from __future__ import annotations
 
@@ -402,4 +402,32 @@ def plot_alpha_history(history: Sequence[Any] | Mapping[str, Sequence[Any]], pri
   fig.legend(handles, list(primitives), loc="upper center", ncol=min(len(primitives), max(2, ncols * 2)),
              fontsize=7, frameon=False, bbox_to_anchor=(0.5, 1 - 0.05 / fig_h))
   fig.text(0.5, 0.08 / fig_h, "epoch", ha="center", va="bottom", fontsize=8)
+  return _save(fig, path_without_ext)
+
+
+def plot_eigenvalues(epochs: Sequence[int], eigenvalues: Sequence[float], path_without_ext: str | os.PathLike,
+                     stop_epoch: int | None = None, kept_epoch: int | None = None) -> list[str]:
+  """Plots the α Hessian's largest eigenvalue against the epoch to PNG and SVG; `stop_epoch` (where DARTS-ES
+  stopped the search) and `kept_epoch` (whose architecture it kept) are marked when given."""
+  from matplotlib.figure import Figure
+  from matplotlib.ticker import MaxNLocator
+
+  epochs, values = np.asarray(epochs), np.asarray(eigenvalues, np.float64)
+  if epochs.ndim != 1 or epochs.shape != values.shape or not epochs.size:
+    raise ValueError(f"epochs and eigenvalues must be equal-length non-empty sequences, got {epochs.shape} and "
+                     f"{values.shape}")
+  fig = Figure(figsize=(5.0, 3.2))
+  ax = fig.add_subplot(1, 1, 1)
+  ax.plot(epochs, values, marker="o", markersize=3.5, linewidth=1.3, color="#1f77b4", label="largest eigenvalue")
+  if kept_epoch is not None:
+    ax.axvline(kept_epoch, color="#2ca02c", linestyle=":", linewidth=1.3, label=f"kept (epoch {kept_epoch})")
+  if stop_epoch is not None:
+    ax.axvline(stop_epoch, color="#d62728", linestyle="--", linewidth=1.3, label=f"DARTS-ES stop (epoch {stop_epoch})")
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_xlabel("epoch", fontsize=8)
+  ax.set_ylabel(r"$\lambda_{max}$ of $\nabla^2_\alpha L_{val}$", fontsize=8)
+  ax.tick_params(labelsize=7)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, frameon=False)
+  fig.tight_layout()
   return _save(fig, path_without_ext)

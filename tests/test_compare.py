@@ -298,3 +298,44 @@ def test_multi_seed_comparison_equals_seed_by_seed_searches(tmp_path):
     for k in a:
       np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-3, atol=1.5e-4, err_msg=k)
   assert compare.run_comparison(c, work)["executed_this_call"] == []
+
+
+def test_eigenvalue_trend_on_synthetic_metrics(tmp_path, monkeypatch):
+  """The α Hessian's eigenvalue trend per method: first and last measured value (means over the seeds that
+  measured any) and their ratio, from the metrics records, in report.json, report.md and the epoch curves."""
+  records = [{"phase": "epoch", "epoch": 2, "hessian_eigenvalue": 2.0}, {"phase": "search", "epoch": 0},
+             {"phase": "epoch", "epoch": 0, "hessian_eigenvalue": 1.0}, {"phase": "epoch", "epoch": 1},
+             {"phase": "epoch", "epoch": 3, "hessian_eigenvalue": float("nan")}]
+  assert compare.eigenvalue_series(records) == [(0, 1.0), (2, 2.0)]
+  trend = compare.eigenvalue_trend([[(0, 1.0), (2, 2.0)], [], [(1, 3.0), (3, 6.0)]])
+  assert trend["first"]["mean"] == pytest.approx(2.0) and trend["last"]["mean"] == pytest.approx(4.0)
+  assert trend["ratio"] == pytest.approx(2.0) and trend["num_seeds"] == 2
+  assert trend["first_epochs"] == [0, 1] and trend["last_epochs"] == [2, 3]
+  assert compare.eigenvalue_trend([[], []]) is None and compare.format_trend(None) == "—"
+  assert compare.format_trend(trend) == "2 → 4 (×2.00)"
+
+  from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
+
+  def fake(config, workdir):   # seed s: eigenvalue (s + 1)·(epoch + 1); DARTS-ES stopped seed 1
+    summary = _fake_search(config, workdir)
+    path = os.path.join(workdir, "metrics.jsonl")
+    rs = [{**r, "hessian_eigenvalue": (config.seed + 1) * (r["epoch"] + 1.0)} for r in wd.read_metrics(path)]
+    wd.atomic_write(path, "".join(json.dumps(r) + "\n" for r in rs))
+    summary["early_stop_epoch"] = 1 if config.seed == 1 else None
+    wd.write_json(os.path.join(workdir, "summary.json"), summary)
+    return summary
+  monkeypatch.setattr(search_lib, "search", fake)
+  c = _compare_config_module().get_config("smoke")
+  c.methods, c.seeds, c.spaces = ["darts"], [0, 1], ["darts"]
+  work = str(tmp_path / "cmp")
+  compare.run_comparison(c, work)
+  report = json.load(open(os.path.join(work, "report.json")))
+  rows = {r["method"]: r for r in report["tables"]["darts"]}
+  got = rows["darts"]["eigenvalue_trend"]
+  assert got["first"]["mean"] == pytest.approx(1.5) and got["last"]["mean"] == pytest.approx(3.0)
+  assert got["ratio"] == pytest.approx(2.0) and rows["darts"]["early_stopped"] == 1
+  assert rows["random"]["eigenvalue_trend"] is None
+  assert report["curves"]["darts"]["darts"]["hessian_eigenvalue"] == pytest.approx([1.5, 3.0])
+  md = open(os.path.join(work, "report.md")).read()
+  assert "eigenvalue trend (first → last, ratio)" in md and "1.5 → 3 (×2.00); DARTS-ES stopped 1/2" in md
+  assert "| α Hessian λ_max | 1.5000 | 3.0000 |" in md

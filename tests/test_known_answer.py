@@ -178,6 +178,22 @@ def test_known_answer_config_runs_on_an_npz_task(tmp_path):
   assert summary["genotype"] in ("skip_connect", "nor_conv_3x3")
 
 
+def test_pt_keeps_the_planted_op_where_a_misleading_alpha_points_elsewhere(tmp_path):
+  """dark_pixels over none, max_pool_3x3, avg_pool_3x3 and sep_conv_3x3: avg_pool_3x3 alone carries the label.
+  The supernet trains under near-uniform op weights; α is then set to favour max_pool_3x3 by 0.5. α's argmax
+  picks max_pool_3x3; DARTS-PT masks each op on the trained supernet and keeps avg_pool_3x3, the only op whose
+  removal costs accuracy."""
+  c = known_answer_config.get_config("dark_pixels")
+  c.model.primitives = "none,max_pool_3x3,avg_pool_3x3,sep_conv_3x3"
+  c.progress = c.tensorboard = False
+  r = known_answer.misleading_alpha_selection(c, str(tmp_path), "max_pool_3x3", margin=0.5)
+  assert r["answer"] == ("avg_pool_3x3",)
+  assert r["argmax"] == "max_pool_3x3" and max(r["op_weights"][0]) == r["op_weights"][0][1]
+  assert r["pt"] == "avg_pool_3x3"
+  masked = r["masked_accuracy"]
+  assert masked["avg_pool_3x3"] < min(v for op, v in masked.items() if op != "avg_pool_3x3") - 0.02
+
+
 # --------------------------------------------------------------------------------------------------------
 # Slow: each task's op-by-op check, and every gradient method × 3 seeds through the command line.
 

@@ -91,3 +91,14 @@ def test_plot_nb201_cell(tmp_path):
   assert "sep_conv_3x3" not in svg
   with pytest.raises(ValueError, match="6 edges"):
     V.plot_nb201(("none",) * 5, tmp_path / "bad")
+
+
+
+def test_eigenvalue_picture_with_and_without_the_early_stop(tmp_path):
+  for name, marks in (("plain", ()), ("stopped", (14, 6))):
+    paths = V.plot_eigenvalues([0, 2, 4, 14], [1.0, 1.1, 1.2, 3.0], tmp_path / name, *marks)
+    _check_files(paths, [tmp_path / f"{name}.png", tmp_path / f"{name}.svg"])
+  assert "DARTS-ES stop (epoch 14)" in (tmp_path / "stopped.svg").read_text()
+  assert "DARTS-ES stop" not in (tmp_path / "plain.svg").read_text()
+  with pytest.raises(ValueError, match="equal-length"):
+    V.plot_eigenvalues([0, 1], [1.0], tmp_path / "bad")

@@ -39,6 +39,19 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.hessian_every = 0         # epochs between the α Hessian's largest eigenvalue (0: never; darts_jax.hessian)
   c.hessian_batches = 1       # validation batches it is measured on
   c.hessian_iters = 20        # power iterations at most
+  # DARTS-ES (RobustDARTS, darts_jax.hessian.EarlyStop): "darts_es" stops the search when the eigenvalue's local
+  # average rises by `factor` over `delta` averages and exports the architecture of that earlier epoch; needs
+  # hessian_every > 0. Released: window 5, delta 4, factor 1.3, start_epoch 10, ev_freq 2 (0 here: hessian_every)
+  c.early_stop = ""           # "" (none) or "darts_es"
+  c.early_stop_kwargs = ml_collections.ConfigDict({"window": 5, "delta": 4, "factor": 1.3, "start_epoch": 10,
+                                                   "ev_freq": 0})
+  # Architecture selection (darts_jax.projection): "argmax" (the method's derive), "pt" (DARTS-PT's perturbation
+  # selection, α still trained while tuning between decisions) or "pt_fixed" (α held fixed: DARTS-PT's "blank")
+  c.selection = "argmax"
+  c.pt_tune_epochs = 5        # PT: fine-tuning epochs between decisions (released proj_intv)
+  c.pt_edges_per_decision = 1  # PT: edges decided per cell kind at each decision (released: 1)
+  c.pt_tune_lr = ml_collections.config_dict.placeholder(float)  # PT tuning's weight lr (None: the search's / 10)
+  c.pt_eval_examples = 0      # PT: validation examples each masked accuracy uses (0: the whole α half)
   c.seed = 0
   c.model = ml_collections.ConfigDict({"C": 16, "layers": 8, "N": 1})
   # Memory (supernet.SupernetConfig): remat "auto" ("op" in the edge chain, "none" in the fused step), "none",
@@ -67,6 +80,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.epochs = 2
     c.steps_per_epoch = 3
     c.eval_examples = 32
+    c.pt_eval_examples = 32
     c.model.C = 4
     c.model.layers = 3
     c.num_candidates = 4

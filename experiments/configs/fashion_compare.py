@@ -73,6 +73,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.search.subset = 4_000
     c.search.epochs = 5
     c.search.eval_examples = 1_000
+    c.search.pt_eval_examples = 1_000
     c.search.warmup_epochs = 1
   else:
     c.search.model.C = 8
@@ -82,6 +83,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.search.batch_size = 32
     c.search.epochs = 20
     c.search.eval_examples = 512
+    c.search.pt_eval_examples = 0     # PT's masked accuracies on the whole α half, as released
     c.search.warmup_epochs = 1
     c.search.hparams.a_lr = 3e-3
     c.search.progress = False

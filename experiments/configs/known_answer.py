@@ -48,6 +48,20 @@ def search_config(task: str = "receptive_field") -> ml_collections.ConfigDict:
   c.steps_per_epoch = 30
   c.warmup_epochs = 0         # the same for every method (the papers' warm-ups are sized for 50 epochs)
   c.eval_examples = 512
+  c.hessian_every = 0         # epochs between the α Hessian's largest eigenvalue (0: never; darts_jax.hessian)
+  c.hessian_batches = 1       # validation batches it is measured on
+  c.hessian_iters = 20        # power iterations at most
+  # DARTS-ES (RobustDARTS, darts_jax.hessian.EarlyStop): "darts_es" stops the search when the eigenvalue's local
+  # average rises by `factor` over `delta` averages and exports the architecture of that earlier epoch; needs
+  # hessian_every > 0. Released: window 5, delta 4, factor 1.3, start_epoch 10, ev_freq 2 (0 here: hessian_every)
+  c.early_stop = ""           # "" (none) or "darts_es"
+  c.early_stop_kwargs = ml_collections.ConfigDict({"window": 5, "delta": 4, "factor": 1.3, "start_epoch": 10,
+                                                   "ev_freq": 0})
+  c.selection = "argmax"      # or "pt" / "pt_fixed": DARTS-PT's perturbation selection (darts_jax.projection)
+  c.pt_tune_epochs = 5        # one edge: one decision, so no fine-tuning whatever this is
+  c.pt_edges_per_decision = 1
+  c.pt_tune_lr = ml_collections.config_dict.placeholder(float)
+  c.pt_eval_examples = 512    # validation examples each masked accuracy uses (0: the whole α half)
   c.seed = 0
   c.model = ml_collections.ConfigDict({"C": 8, "primitives": "darts", "stem": "tile"})
   # One optimizer protocol for every method, sized for 300 steps: weight lr 0.1 (PC-DARTS' and DrNAS'; at
@@ -73,7 +87,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   named = [t for t in ("receptive_field", "dark_pixels") if t in args]
   search = search_config(named[0] if named else "receptive_field")
   if "smoke" in args:
-    search.epochs, search.steps_per_epoch, search.eval_examples = 2, 3, 64
+    search.epochs, search.steps_per_epoch, search.eval_examples, search.pt_eval_examples = 2, 3, 64, 64
   if "suite" not in args:
     return search
   c = ml_collections.ConfigDict()

@@ -1,0 +1,111 @@
+"""The α Hessian's eigenvalue inside searches, on a tiny known-answer task (the single-edge space, synthetic
+data, seconds): per seed in the multi-seed program, the picture in the workdir, and DARTS-ES stopping a search
+and exporting the kept epoch's architecture, resumably."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from darts_jax import hessian
+from darts_jax import search
+from darts_jax import workdir as wd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments", "configs"))
+import known_answer  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _tiny(**overrides):
+  """The known-answer search on 256 synthetic images, 4 channels, 2 steps per epoch, the eigenvalue every epoch."""
+  c = known_answer.search_config("receptive_field")
+  c.synthetic.examples, c.synthetic.test_examples = 256, 64
+  c.epochs, c.steps_per_epoch, c.eval_examples = 3, 2, 64
+  c.model.C = 4
+  c.hessian_every, c.hessian_batches, c.hessian_iters = 1, 1, 10
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+def _epochs(workdir):
+  return [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["phase"] == "epoch"]
+
+
+FORCED = {"window": 1, "delta": 1, "factor": 0.5, "start_epoch": 0}   # fires at the first check it may
+
+
+def _es(**overrides):
+  c = _tiny(**{"epochs": 5, "early_stop": "darts_es", **overrides})
+  c.early_stop_kwargs.update(FORCED)
+  return c
+
+
+def test_darts_es_stops_the_search_and_exports_the_kept_epoch_resumably(tmp_path):
+  """DARTS-ES with a window of one measurement, comparing each with the one before, from epoch 0, at a factor
+  of 0.5: the released rule (`hessian.darts_es` on the logged eigenvalues) stops at epoch 1 and keeps epoch 0;
+  the search stops there and exports epoch 0's recorded genotype and α. Re-running the finished run trains
+  nothing; a run resumed from the epoch before the stop reaches the same decision and exports the same."""
+  workdir = str(tmp_path / "es")
+  summary = search.search(_es(), workdir)
+  records = _epochs(workdir)
+  rule = hessian.darts_es([(r["epoch"], r["hessian_eigenvalue"]) for r in records], 5, ev_freq=1, **FORCED)
+  assert rule == (1, 0) and [r["epoch"] for r in records] == [0, 1]
+  assert (summary["early_stop_epoch"], summary["early_stop_kept_epoch"]) == rule and summary["steps"] == 4
+  assert summary["genotype"] == records[0]["genotype"] == open(os.path.join(workdir, "genotype.txt")).read().strip()
+  assert summary["val_acc"] == records[0]["val_acc"]
+  alphas = json.load(open(os.path.join(workdir, "alphas.json")))
+  assert alphas == records[0]["alphas"] and alphas != records[1]["alphas"]
+  assert all(os.path.getsize(os.path.join(workdir, f"hessian.{ext}")) > 0 for ext in ("png", "svg"))
+  saved = json.load(open(os.path.join(workdir, "summary.json")))
+  assert saved["early_stop_kept_epoch"] == 0 and saved["early_stop_settings"]["ev_freq"] == 1
+
+  again = search.search(_es(), workdir)
+  assert (again["genotype"], again["steps"], again["early_stop_epoch"]) == (summary["genotype"], 4, 1)
+  assert len(_epochs(workdir)) == 2
+
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))   # as if killed before the stop epoch's checkpoint
+  os.remove(os.path.join(workdir, "summary.json"))
+  resumed = search.search(_es(), workdir)
+  assert (resumed["early_stop_epoch"], resumed["early_stop_kept_epoch"], resumed["genotype"]) == (1, 0,
+                                                                                                 summary["genotype"])
+  assert [r["hessian_eigenvalue"] for r in _epochs(workdir)] == [r["hessian_eigenvalue"] for r in records]
+  assert json.load(open(os.path.join(workdir, "alphas.json"))) == alphas
+
+
+def test_multi_seed_search_logs_each_seeds_own_eigenvalue_and_early_stop(tmp_path):
+  """`search_seeds` logs every seed's eigenvalue, of its own state on its own validation batches (what
+  `search` logs for that seed alone, up to the vmapped program's rounding, and not the other seed's), runs
+  each seed's DARTS-ES rule on its own eigenvalues until every seed's has fired, and each seed exports the
+  genotype and α recorded at its own kept epoch, as `search` does."""
+  dirs = [str(tmp_path / f"seed{s}") for s in (0, 1)]
+  summaries = search.search_seeds([_es(seed=0), _es(seed=1)], dirs)
+  together = []
+  for d, summary in zip(dirs, summaries):
+    records = _epochs(d)
+    together.append([r["hessian_eigenvalue"] for r in records])
+    assert all(np.isfinite(together[-1]))
+    stop, kept = hessian.darts_es([(r["epoch"], r["hessian_eigenvalue"]) for r in records], 5, ev_freq=1, **FORCED)
+    assert (summary["early_stop_epoch"], summary["early_stop_kept_epoch"]) == (stop, kept) == (1, 0)
+    assert summary["genotype"] == records[kept]["genotype"] and summary["steps"] == 4
+    assert json.load(open(os.path.join(d, "alphas.json"))) == records[kept]["alphas"]
+    assert all(os.path.getsize(os.path.join(d, f"hessian.{ext}")) > 0 for ext in ("png", "svg"))
+  assert np.abs(np.asarray(together[0]) / np.asarray(together[1]) - 1).min() > 1e-2
+  alone = str(tmp_path / "alone1")
+  single = search.search(_es(seed=1), alone)
+  np.testing.assert_allclose(together[1], [r["hessian_eigenvalue"] for r in _epochs(alone)], rtol=1e-4)
+  assert (single["genotype"], single["early_stop_kept_epoch"]) == (summaries[1]["genotype"], 0)
+
+
+def test_darts_es_settings_that_cannot_run_are_one_line_errors(tmp_path):
+  cases = [(dict(hessian_every=0), "hessian_every=0"), (dict(early_stop="es"), "unknown early_stop"),
+           (dict(hessian_every=2, epochs=6), "ev_freq=3 is not a multiple"), (dict(method="rsws"), "does not learn")]
+  for i, (overrides, words) in enumerate(cases):
+    c = _es(**overrides)
+    if "ev_freq" in words:
+      c.early_stop_kwargs.ev_freq = 3
+    with pytest.raises(ValueError, match=words):
+      search.search(c, str(tmp_path / str(i)))
+    assert not os.path.exists(tmp_path / str(i))
