@@ -25,9 +25,10 @@ LAYERS = {
                "darts_jax.search_space"],
     "models": ["darts_jax.layers", "darts_jax.supernet", "darts_jax.networks", "darts_jax.nb201",
                "darts_jax.single_edge", "darts_jax.models", "darts_jax.modules"],
-    "steps": ["darts_jax.hessian", "darts_jax.steps", "darts_jax.steps.formula", "darts_jax.steps.fused", "darts_jax.steps.per_pass",
-              "darts_jax.steps.edgewise", "darts_jax.methods"],
-    "run": ["darts_jax.loop", "darts_jax.exports", "darts_jax.search", "darts_jax.retrain",
+    "steps": ["darts_jax.hessian", "darts_jax.proxies", "darts_jax.steps", "darts_jax.steps.formula",
+              "darts_jax.steps.fused", "darts_jax.steps.per_pass", "darts_jax.steps.edgewise", "darts_jax.methods"],
+    "run": ["darts_jax.loop", "darts_jax.exports", "darts_jax.projection", "darts_jax.ranking", "darts_jax.zero_cost",
+            "darts_jax.search", "darts_jax.retrain",
             "darts_jax.diagnostics", "darts_jax.interop", "darts_jax.compare", "darts_jax.known_answer",
             "darts_jax.retrain_compare", "darts_jax.cli"],
 }

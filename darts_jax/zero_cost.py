@@ -1,0 +1,178 @@
+"""Zero-cost proxies over NAS-Bench-201's cells: `score_cells(config, workdir)` writes every scored cell's
+proxies to ``scores.csv`` (``arch``, then one column per proxy), their rank correlation with the benchmark
+table beside the published values, and each proxy's best-of-N search baseline (``correlations.json``,
+``report.md``).
+
+One compiled program per precision serves every cell (`proxies.nb201_program`, called on chunks of cells).
+synflow needs no data; the data-dependent proxies score one batch of ``config.dataset``'s train split (the same
+batch for every cell). ``config.cells`` is "all" (15,625 cells) or a number of cells drawn with
+``config.seed``; ``config.data_cells`` limits the data-dependent proxies to the first that many of them (0: all),
+as they cost far more per cell. The CSV is rewritten atomically after every chunk and a re-run resumes after
+the last cell written.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from typing import Any, Dict, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from darts_jax import data as data_lib
+from darts_jax import nb201_arch
+from darts_jax import proxies
+from darts_jax import ranking
+from darts_jax import workdir as wd
+
+RESUMABLE_KEYS = ("progress", "chunk")
+SCORES = "scores.csv"
+
+
+def _cells(config) -> List[nb201_arch.Arch]:
+  archs = nb201_arch.enumerate_archs()
+  if str(config.cells) == "all":
+    return archs
+  n = int(config.cells)
+  if not 1 <= n <= len(archs):
+    raise ValueError(f"cells={config.cells!r}: use 'all' or a number of cells from 1 to {len(archs)}")
+  idx = np.random.default_rng(config.seed).choice(len(archs), n, replace=False)
+  return [archs[i] for i in idx]
+
+
+def _batch(config):
+  """The data-dependent proxies' batch: ``batch_size`` train images (seeded), normalized per channel."""
+  train = data_lib.load_dataset(config.dataset, "train", config.get("data_dir") or None)
+  if train.images.shape[1] % 4 or train.images.shape[2] % 4:
+    raise ValueError(f"{config.dataset} images are {train.images.shape[1]}x{train.images.shape[2]}; the NB201 "
+                     "network needs sides divisible by 4")
+  mean, std = data_lib.channel_stats(train.images)
+  idx = np.random.default_rng(config.seed).choice(len(train.labels), config.batch_size, replace=False)
+  batch = next(iter(data_lib.eval_batches(train, config.batch_size, mean=mean, std=std, indices=idx)))
+  return np.asarray(batch["image"], np.float32), np.asarray(batch["label"], np.int32), train.num_classes
+
+
+def read_scores(path: str) -> Dict[str, Dict[str, float]]:
+  """``{arch string: {proxy: score}}`` of a scores CSV (empty fields: not scored)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path, newline="") as f:
+    return {r["arch"]: {k: float(v) for k, v in r.items() if k != "arch" and v != ""} for r in csv.DictReader(f)}
+
+
+def _write_scores(path: str, names, rows: Dict[str, Dict[str, float]]) -> None:
+  out = io.StringIO()
+  w = csv.writer(out, lineterminator="\n")
+  w.writerow(["arch", *names])
+  for arch, s in rows.items():
+    w.writerow([arch, *[repr(s[n]) if n in s else "" for n in names]])
+  wd.atomic_write(path, out.getvalue())
+
+
+def score_cells(config, workdir: str) -> Dict[str, Any]:
+  """Scores the cells `config` names (resuming ``workdir/scores.csv``); returns the correlation summary."""
+  names = tuple(config.proxies)
+  unknown = sorted(set(names) - set(proxies.PROXIES))
+  if unknown or not names:
+    raise ValueError(f"proxies={list(names)}: choose one or more of {', '.join(proxies.PROXIES)}")
+  wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS)
+  try:
+    archs = _cells(config)
+    data_names = tuple(n for n in names if n != "synflow")
+    x, y, num_classes = _batch(config) if data_names else (np.zeros((1, 32, 32, 3), np.float32),
+                                                           np.zeros((1,), np.int32), 10)
+    shape = x.shape if data_names else (1, config.image_size, config.image_size, 3)
+    params = proxies.nb201_init(jax.random.PRNGKey(config.seed), config.C, config.N, num_classes, shape[-1])
+    path = os.path.join(workdir, SCORES)
+    rows = read_scores(path)
+    data_cells = int(config.data_cells or 0) or len(archs)
+    todo = []
+    for i, a in enumerate(archs):
+      wanted = [n for n in names if n == "synflow" or i < data_cells]
+      have = rows.get(nb201_arch.arch_to_string(a), {})
+      if any(n not in have for n in wanted):
+        todo.append((i, a, [n for n in wanted if n not in have]))
+    programs = {}
+    seconds = _elapsed(workdir) if rows else 0.0
+    bar = tqdm.tqdm(total=len(todo), desc="zero-cost proxies", disable=not config.get("progress", True))
+    for start in range(0, len(todo), config.chunk):
+      chunk = todo[start:start + config.chunk]
+      t0 = time.perf_counter()
+      for group in sorted({tuple(w) for _, _, w in chunk}):
+        members = [(i, a) for i, a, w in chunk if tuple(w) == group]
+        codes = np.stack([proxies.arch_codes(a) for _, a in members])
+        fn = programs.setdefault(group, proxies.nb201_program(group, shape))
+        with jax.enable_x64("synflow" in group):
+          out = jax.device_get(fn(params, jnp.asarray(codes), jnp.asarray(x), jnp.asarray(y)))
+        for k, (_, a) in enumerate(members):
+          rows.setdefault(nb201_arch.arch_to_string(a), {}).update({n: float(out[n][k]) for n in group})
+      seconds += time.perf_counter() - t0
+      _write_scores(path, names, {nb201_arch.arch_to_string(a): rows.get(nb201_arch.arch_to_string(a), {})
+                                  for a in archs if nb201_arch.arch_to_string(a) in rows})
+      wd.write_json(os.path.join(workdir, "timing.json"), {"seconds": seconds})
+      bar.update(len(chunk))
+    bar.close()
+    summary = summarize(config, rows, names, seconds)
+    wd.write_json(os.path.join(workdir, "correlations.json"), summary)
+    wd.atomic_write(os.path.join(workdir, "report.md"), report_markdown(summary))
+    return summary
+  finally:
+    wd.unlock(workdir)
+
+
+def _elapsed(workdir: str) -> float:
+  path = os.path.join(workdir, "timing.json")
+  if not os.path.exists(path):
+    return 0.0
+  with open(path) as f:
+    return float(json.load(f).get("seconds", 0.0))
+
+
+def summarize(config, rows: Dict[str, Dict[str, float]], names, seconds: float) -> Dict[str, Any]:
+  """Per proxy: cells scored, Spearman ρ and Kendall τ against the table (``config.benchmark_dataset``), the
+  published ρ, and the best-of-N baseline (`ranking.score_best_of_n`); plus the scoring seconds."""
+  path = config.get("benchmark") or nb201_arch.default_benchmark_path()
+  out = {"proxies": {}, "seconds": seconds, "cells": len(rows), "dataset": config.dataset,
+         "batch_size": config.batch_size, "seed": config.seed, "C": config.C, "N": config.N,
+         "benchmark_dataset": config.benchmark_dataset}
+  if not path:
+    return out
+  bench = nb201_arch.load_benchmark(path)
+  acc = bench.accuracies(config.benchmark_dataset)
+  for n in names:
+    archs = [a for a, s in rows.items() if n in s]
+    if not archs:
+      continue
+    s = np.asarray([rows[a][n] for a in archs])
+    t = acc[[bench.index[nb201_arch.parse_arch(a)] for a in archs]]
+    out["proxies"][n] = {**ranking.rank_correlation(s, t), "cells": len(archs), "nan": int(np.sum(~np.isfinite(s))),
+                         "published_spearman_rho": proxies.PUBLISHED_RHO[n],
+                         "best_of_n": ranking.score_best_of_n(s, t, config.best_of_n, seed=config.seed)}
+  return out
+
+
+def report_markdown(summary: Dict[str, Any]) -> str:
+  lines = [f"# Zero-cost proxies on NAS-Bench-201 ({summary['cells']} cells scored)", "",
+           f"Data-dependent proxies: one batch of {summary['batch_size']} {summary['dataset']} train images; "
+           f"network C={summary['C']}, N={summary['N']}; seed {summary['seed']}; scoring took "
+           f"{summary['seconds']:.0f} s. Correlations against the table's {summary['benchmark_dataset']} test "
+           "accuracy.", "",
+           "| proxy | cells | Spearman ρ | published ρ | Kendall τ | NaN |", "|---|---|---|---|---|---|"]
+  fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
+  for n, p in summary["proxies"].items():
+    lines.append(f"| {n} | {p['cells']} | {fmt(p['spearman_rho'])} | {p['published_spearman_rho']:.3f} | "
+                 f"{fmt(p['kendall_tau'])} | {p['nan']} |")
+  if summary["proxies"]:
+    lines += ["", "Best of N cells by proxy (table accuracy, mean over draws) against random search:", "",
+              "| proxy | N | best by proxy | random best of N | random cell |", "|---|---|---|---|---|"]
+    for n, p in summary["proxies"].items():
+      for k, b in p["best_of_n"].items():
+        lines.append(f"| {n} | {k} | {b['by_score']:.2f} ± {b['by_score_std_error']:.2f} | {b['random_best']:.2f} | "
+                     f"{b['random_one']:.2f} |")
+  return "\n".join(lines) + "\n"
