@@ -22,6 +22,18 @@ The report flags DARTS' known failure mode, collapse to parameter-free cells: pe
 the searches measured the α Hessian's largest eigenvalue (``search.hessian_every``), each method's row gives
 its trend (`eigenvalue_trend`: first and last measured value, means over seeds, and their ratio), the
 curvature growth RobustDARTS ties to that collapse.
+
+Three more measurements join the NB201 table where the runs or the config provide them:
+
+* DARTS-PT beside argmax (`selection_accuracies`): a method whose searches chose by ``search.selection`` "pt"
+  or "pt_fixed" (`darts_jax.projection`) gets the table accuracy of both choices, PT's ``genotype`` and the
+  method's own ``genotype_argmax``.
+* Supernet ranking (`ranking_summary`): where the summaries hold ``ranking`` (`ranking.supernet_ranking`
+  without its cells; ``search.ranking_cells``), Kendall τ of the one-shot accuracy of n sampled cells (and of
+  the top-k cells α ranks highest) against the table, mean over seeds.
+* Proxy-only search (`proxy_baseline`): with ``config.proxy_scores`` (a ``scores.csv`` of
+  ``experiments/zero_cost.py``), the table accuracy of the best-scoring of N random cells by each proxy
+  (``config.proxy_best_of_n``; `ranking.score_best_of_n`) beside random search's best of N.
 """
 from __future__ import annotations
 
@@ -39,9 +51,11 @@ from darts_jax import exports
 from darts_jax import methods as methods_lib
 from darts_jax import models
 from darts_jax import nb201_arch
+from darts_jax import ranking
 from darts_jax import retrain as retrain_lib
 from darts_jax import search as search_lib
 from darts_jax import workdir as wd
+from darts_jax import zero_cost
 from darts_jax.search_space import SPACES, get_space
 
 RANDOM = "random"
@@ -49,6 +63,10 @@ RUN_KEYS = ("method", "seed", "space")   # the only search-config fields allowed
 RETRAIN_RUN_KEYS = ("genotype", "seed")
 COLLAPSE_SHARE = 0.5                       # normal-cell skip_connect share flagged as collapse
 BEST_OF_N = (1, 10, 100)
+PROXY_BEST_OF_N = (10, 100)
+PROXY_DRAWS = 2000                         # Monte-Carlo draws of `ranking.score_best_of_n`
+ZERO_COST_COMMAND = ("python experiments/zero_cost.py --config=experiments/configs/nb201_zero_cost.py "
+                     "--workdir=DIR")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -131,13 +149,111 @@ def format_mean_std(stat: Optional[Mapping[str, Any]], scale: float = 1.0, digit
   return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
 
 
+def _table_acc(space, arch, benchmark, dataset: str) -> Optional[float]:
+  """The benchmark table's accuracy of `arch` in `space`; None without a table or an architecture."""
+  if benchmark is None or arch is None:
+    return None
+  return space.arch_stats(arch, benchmark, dataset).get("benchmark_test_acc")
+
+
+def selection_accuracies(searches: Sequence[Mapping[str, Any]], space, benchmark=None,
+                         dataset: str = "cifar10") -> Optional[Dict[str, Any]]:
+  """DARTS-PT's choice beside the method's argmax, for a method any of whose `searches` (summaries) selected
+  with ``selection`` other than "argmax"; None when every one took α's argmax.
+
+  ``argmax_test_acc``: the table accuracy of every seed's argmax architecture (``genotype_argmax`` where PT
+  chose, else ``genotype``); ``pt_test_acc``: that of PT's choices (``genotype`` of the PT runs); `mean_std`
+  each, with the per-run values and ``selections`` {selection: number of runs}."""
+  chosen = [str(s.get("selection") or "argmax") for s in searches]
+  if all(c == "argmax" for c in chosen):
+    return None
+  argmax = [_table_acc(space, s.get("genotype") if c == "argmax" else s.get("genotype_argmax"), benchmark, dataset)
+            for s, c in zip(searches, chosen)]
+  pt = [_table_acc(space, s.get("genotype"), benchmark, dataset) for s, c in zip(searches, chosen) if c != "argmax"]
+  return {"selections": {c: chosen.count(c) for c in sorted(set(chosen))},
+          "argmax_test_acc": mean_std(argmax), "argmax_test_accs": argmax,
+          "pt_test_acc": mean_std(pt), "pt_test_accs": pt}
+
+
+def ranking_summary(rankings: Iterable[Optional[Mapping[str, Any]]]) -> Optional[Dict[str, Any]]:
+  """A method's supernet ranking from its seeds' summary ``ranking`` entries (`ranking.supernet_ranking`
+  without ``cells``): `mean_std` over the seeds that measured one of the sampled cells' Kendall τ and Spearman
+  ρ, of the top-k cells' (None when no seed ranked them) and of α's own ranking, the distinct n and k, and the
+  BatchNorm modes; None when no seed measured one."""
+  rs = [r for r in rankings if r]
+  if not rs:
+    return None
+  sampled = [r.get("sampled") or {} for r in rs]
+  top = [r["top_k"] for r in rs if r.get("top_k")]
+  alpha = [r.get("alpha") or {} for r in rs]
+  distinct = lambda blocks, key: sorted({int(b[key]) for b in blocks if b.get(key) is not None})
+  return {"num_seeds": len(rs),
+          "sampled_kendall_tau": mean_std(b.get("kendall_tau") for b in sampled),
+          "sampled_spearman_rho": mean_std(b.get("spearman_rho") for b in sampled),
+          "sampled_n": distinct(sampled, "n"),
+          "top_k_kendall_tau": mean_std(b.get("kendall_tau") for b in top) if top else None,
+          "top_k_spearman_rho": mean_std(b.get("spearman_rho") for b in top) if top else None,
+          "top_k": distinct(top, "k"),
+          "alpha_kendall_tau": mean_std(b.get("kendall_tau") for b in alpha),
+          "alpha_spearman_rho": mean_std(b.get("spearman_rho") for b in alpha),
+          "bn": sorted({str(r["bn"]) for r in rs if r.get("bn")})}
+
+
+def format_ranking(summary: Optional[Mapping[str, Any]]) -> str:
+  """``"τ ± std (n=…); top-k: τ ± std"`` of a `ranking_summary`, or "—"."""
+  if not summary or summary["sampled_kendall_tau"]["mean"] is None:
+    return "—"
+  text = (format_mean_std(summary["sampled_kendall_tau"]) +
+          f" (n={'/'.join(map(str, summary['sampled_n'])) or '?'})")
+  if summary.get("top_k_kendall_tau") and summary["top_k_kendall_tau"]["mean"] is not None:
+    text += f"; top-{'/'.join(map(str, summary['top_k']))}: " + format_mean_std(summary["top_k_kendall_tau"])
+  return text
+
+
+def proxy_scores_file(path: str) -> str:
+  """The scores CSV that ``config.proxy_scores`` names (the file, or a zero-cost work directory holding
+  ``scores.csv``); a one-line ValueError saying how to write one when there is none."""
+  file = os.path.join(path, zero_cost.SCORES) if os.path.isdir(path) else path
+  if not os.path.isfile(file):
+    raise ValueError(f"proxy_scores={path!r}: no such scores file; write one with `{ZERO_COST_COMMAND}` and "
+                     f"set proxy_scores to DIR/{zero_cost.SCORES}")
+  return file
+
+
+def proxy_baseline(scores: Mapping[str, Mapping[str, float]], benchmark, dataset: str = "cifar10",
+                   ns: Iterable[int] = PROXY_BEST_OF_N, draws: int = PROXY_DRAWS, seed: int = 0) -> Dict[str, Any]:
+  """Search by a zero-cost proxy alone, against random search, on the benchmark table.
+
+  `scores`: {arch string: {proxy: score}} (`zero_cost.read_scores`). Per proxy, over the table's cells that
+  have its score: `ranking.score_best_of_n` (the mean table accuracy of the best-scoring of N cells drawn
+  uniformly with replacement, `draws` draws from `seed`, its standard error, and random search's exact best of
+  N over the same cells); ``random_best``: random search's exact expected best of N over the whole table."""
+  ns = sorted({int(n) for n in ns})
+  acc = benchmark.accuracies(dataset)
+  names = list(dict.fromkeys(name for s in scores.values() for name in s))
+  rows = [(benchmark.index.get(nb201_arch.parse_arch(arch)), s) for arch, s in scores.items()]
+  out = {"ns": ns, "draws": int(draws), "seed": int(seed), "dataset": dataset, "table_cells": len(benchmark),
+         "not_in_table": sum(1 for i, _ in rows if i is None),
+         "random_best": nb201_random_baseline(acc, ns), "proxies": {}}
+  for name in names:
+    idx = [i for i, s in rows if i is not None and name in s]
+    if not idx:
+      continue
+    values = [s[name] for i, s in rows if i is not None and name in s]
+    best = ranking.score_best_of_n(values, acc[idx], ns, draws=draws, seed=seed)
+    out["proxies"][name] = {"cells": len(idx), "best_of_n": {str(n): b for n, b in best.items()}}
+  return out
+
+
 def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_dataset: str = "cifar10",
               device_kind: str = "CPU") -> Dict[str, List[Dict[str, Any]]]:
   """One row per (space, method) from per-run records.
 
   A run record holds ``space``, ``method``, ``seed``, ``search`` (the search summary: val_acc, search_seconds,
-  supernet_params, genotype) and optionally ``retrain`` (test_acc, num_params, train_seconds). `benchmark`
-  (an `nb201_arch.Benchmark`) scores NB201 genotypes. Returns {space: [row, ...]}, methods in first-seen order.
+  supernet_params, genotype; optionally selection and genotype_argmax, ranking) and optionally ``retrain``
+  (test_acc, num_params, train_seconds). `benchmark` (an `nb201_arch.Benchmark`) scores NB201 genotypes. A row
+  gains `selection_accuracies`' fields where a benchmarked space's run chose by DARTS-PT, and ``ranking``
+  (`ranking_summary`) where runs ranked the supernet. Returns {space: [row, ...]}, methods in first-seen order.
   """
   out: Dict[str, List[Dict[str, Any]]] = {}
   groups: Dict[tuple, List[Mapping[str, Any]]] = {}
@@ -179,6 +295,12 @@ def aggregate(runs: Sequence[Mapping[str, Any]], benchmark=None, benchmark_datas
     row["parameter_free"] = sum(1 for s in searches if parameter_free(s.get("genotype"), sp))
     row["collapse"] = bool((row["skip_share"]["mean"] is not None and row["skip_share"]["mean"] >= COLLAPSE_SHARE)
                            or 2 * row["parameter_free"] > len(rs))
+    chosen = selection_accuracies(searches, sp, benchmark, benchmark_dataset) if sp.has_benchmark else None
+    if chosen:
+      row.update(chosen)
+    ranked = ranking_summary(s.get("ranking") for s in searches)
+    if ranked:
+      row["ranking"] = ranked
     out.setdefault(space, []).append(row)
   return out
 
@@ -298,6 +420,8 @@ def run_comparison(config, workdir: str) -> Dict[str, Any]:
     raise ValueError("config.methods, config.seeds and config.spaces must each name at least one entry")
   for m in methods:
     methods_lib.get_method(m)   # unknown names fail before anything runs
+  if config.get("proxy_scores"):
+    proxy_scores_file(config.proxy_scores)
   do_retrain = bool(config.get("retrain", False))
   os.makedirs(workdir, exist_ok=True)
 
@@ -458,6 +582,19 @@ def _add_eigenvalue_trends(tables: Mapping[str, List[Dict[str, Any]]], runs: Seq
                                  and (r.get("search") or {}).get("early_stop_epoch") is not None)
 
 
+def _run_entry(r: Mapping[str, Any], workdir: str) -> Dict[str, Any]:
+  """A run's line in report.json; its selection and argmax genotype where DARTS-PT chose."""
+  s = r["search"]
+  entry = {"space": r["space"], "method": r["method"], "seed": r["seed"],
+           "search_dir": os.path.relpath(r["search_dir"], workdir),
+           "genotype": s.get("genotype"), "val_acc": s.get("val_acc"), "search_seconds": s.get("search_seconds"),
+           "test_acc": (r.get("retrain") or {}).get("test_acc"),
+           "num_params": (r.get("retrain") or {}).get("num_params")}
+  if (s.get("selection") or "argmax") != "argmax":
+    entry.update(selection=s["selection"], genotype_argmax=s.get("genotype_argmax"))
+  return entry
+
+
 def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], methods, seeds, spaces) -> Dict[str, Any]:
   hardware = hardware_info()
   device_kind = "GPU" if hardware["backend"] == "gpu" else hardware["backend"].upper()
@@ -472,6 +609,11 @@ def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], method
     nb201_baseline = {"dataset": bench_dataset, "benchmark_path": bench_path, "num_archs": len(benchmark),
                       "best_in_table": benchmark.best(bench_dataset)[1],
                       "expected_best_of_n": nb201_random_baseline(benchmark.accuracies(bench_dataset), ns)}
+  proxy = None
+  if benchmark is not None and config.get("proxy_scores"):
+    path = proxy_scores_file(config.proxy_scores)
+    proxy = {"scores_path": path, **proxy_baseline(zero_cost.read_scores(path), benchmark, bench_dataset,
+                                                   config.get("proxy_best_of_n") or PROXY_BEST_OF_N)}
 
   search_cfgs = [read_json(os.path.join(r["search_dir"], "config.json")) or {} for r in runs]
   diff = protocol_differences(search_cfgs, RUN_KEYS, search_lib.RESUMABLE_KEYS)
@@ -493,12 +635,8 @@ def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], method
       "methods": list(methods), "seeds": list(seeds), "spaces": list(spaces),
       "retrain": bool(config.get("retrain", False)), "device_kind": device_kind,
       "tables": tables, "nb201_random_baseline": nb201_baseline,
-      "runs": [{"space": r["space"], "method": r["method"], "seed": r["seed"],
-                "search_dir": os.path.relpath(r["search_dir"], workdir),
-                "genotype": r["search"].get("genotype"), "val_acc": r["search"].get("val_acc"),
-                "search_seconds": r["search"].get("search_seconds"),
-                "test_acc": (r.get("retrain") or {}).get("test_acc"),
-                "num_params": (r.get("retrain") or {}).get("num_params")} for r in runs],
+      **({"nb201_proxy_baseline": proxy} if proxy else {}),
+      "runs": [_run_entry(r, workdir) for r in runs],
       "curves": curves, "plot": os.path.basename(plot_path), "cells_plot": os.path.basename(cells_path),
       "reproducibility": {
           "git_commit": _git_commit(), "run_commits": run_commits, "versions": wd.versions(), "hardware": hardware,

@@ -26,7 +26,7 @@ def rank_correlation(scores: Sequence[float], truth: Sequence[float]) -> Dict[st
   if a.shape != b.shape:
     raise ValueError(f"{a.shape[0]} scores but {b.shape[0]} true values; give one score per cell")
   ok = np.isfinite(a) & np.isfinite(b)
-  if ok.sum() < 2:
+  if ok.sum() < 2 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:   # undefined for a constant side
     return {"kendall_tau": None, "spearman_rho": None, "n": int(ok.sum())}
   tau = stats.kendalltau(a[ok], b[ok]).statistic
   rho = stats.spearmanr(a[ok], b[ok]).statistic

@@ -33,7 +33,9 @@ from darts_jax import loop
 from darts_jax import methods as methods_lib
 from darts_jax import models
 from darts_jax import parallel
+from darts_jax import nb201_arch
 from darts_jax import projection
+from darts_jax import ranking
 from darts_jax import steps
 from darts_jax import workdir as wd
 from darts_jax.search_space import get_space
@@ -303,6 +305,40 @@ class _EarlyStopping:
             "early_stop_kept_epoch": kept}
 
 
+def ranking_settings(config) -> Optional[Tuple[int, int, nb201_arch.Benchmark]]:
+  """(cells, top k, the benchmark table) of the supernet ranking ``config.ranking_cells`` asks for (0: none);
+  a one-line ValueError where it cannot run."""
+  n = int(config.get("ranking_cells") or 0)
+  if not n:
+    return None
+  if (config.get("space") or "darts") != "nb201":
+    raise ValueError(f"ranking_cells={n} ranks NAS-Bench-201 cells against the benchmark table, but the space is "
+                     f"{config.get('space')!r}; set --config.space=nb201 or --config.ranking_cells=0")
+  path = nb201_arch.default_benchmark_path()
+  if path is None:
+    raise ValueError(f"ranking_cells needs the table {nb201_arch.BENCHMARK_FILE}: set DARTS_JAX_BENCHMARK_DIR to "
+                     "its folder or --config.ranking_cells=0")
+  return n, int(config.get("ranking_top_k") or 0), nb201_arch.load_benchmark(path)
+
+
+def supernet_ranking(config, workdir, method, model, state, score, is_main: bool = True) -> Dict[str, Any]:
+  """The summary's ``ranking`` (`ranking.supernet_ranking` of the final supernet, each cell scored by
+  ``score(state, op_weights)``) and ``ranking.json`` (every evaluated cell); {} when not asked for."""
+  settings = ranking_settings(config)
+  if settings is None:
+    return {}
+  n, k, bench = settings
+  opw = np.asarray(jax.device_get(method.op_weights(parallel.host(state.alphas), model.space))["normal"])
+  result = ranking.supernet_ranking(lambda w: score(state, w), opw, bench, n, k, config.seed)
+  if is_main:
+    wd.write_json(os.path.join(workdir, "ranking.json"), result)
+  return {"ranking": {key: v for key, v in result.items() if key != "cells"}}
+
+
+def _ranking_rows(config, a_idx):
+  return a_idx[:config.ranking_examples] if config.get("ranking_examples") else a_idx
+
+
 def search(config, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) the search `config` describes in `workdir`; returns the summary it exports.
 
@@ -313,6 +349,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   architecture and α of the epoch the rule keeps (`early_stop_settings`)."""
   method = _method(config)
   projection.settings(config)
+  ranking_settings(config)
   stop_settings = early_stop_settings(config, method)
   if (config.get("step_backend") or "auto") not in STEP_BACKENDS:
     raise ValueError(f"unknown step_backend {config.step_backend!r}; choose one of {', '.join(STEP_BACKENDS)}")
@@ -363,10 +400,12 @@ def search(config, workdir: str) -> Dict[str, Any]:
         close=(log.close, ckpt.close), stop=lambda: stopping.stopped)
     selected, chosen = _pt_select(config, workdir, method, model, problem, hp, state, k_derive, program, layout,
                                   (train, mean, std, w_idx, a_idx), put_eval)
+    ranked = supernet_ranking(config, workdir, method, model, state, val_scorer(
+        config, model, train, mean, std, _ranking_rows(config, a_idx), layout, put_eval), layout.is_main)
     return export(config, workdir, method, model, Finished(
         state, elapsed, k_derive, program, layout,
         val_scorer(config, model, train, mean, std, val_idx, layout, put_eval),
-        {**_recorded(hp, frozen), **chosen, **stopping.summary()}, selected, stopping.result()))
+        {**_recorded(hp, frozen), **chosen, **stopping.summary(), **ranked}, selected, stopping.result()))
   finally:
     wd.unlock(workdir)
 
@@ -467,6 +506,7 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
   seed that fired early trains on past its stop (its summary's ``steps``).
   """
   base, n = _check_seed_configs(configs), len(configs)
+  ranking_settings(base)
   method = _method(base)
   stop_settings = early_stop_settings(base, method)
   layout = parallel.make_layout(int(base.get("num_devices") or 0), seeds=n)
@@ -522,9 +562,13 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
     # DARTS-PT (selection="pt"/"pt_fixed"), seed by seed with the one-device fused step.
     picks = [_pt_select(c, d, method, model, problem, hp, finals[s], derive_keys[s], "fused", one, data[s])
              for s, (c, d) in enumerate(zip(configs, workdirs))]
+    ranked = [supernet_ranking(c, d, method, model, finals[s], val_scorer(
+        c, model, data[s][0], data[s][1], data[s][2], _ranking_rows(c, data[s][4]), one))
+              for s, (c, d) in enumerate(zip(configs, workdirs))]
     return [export(c, d, method, model, Finished(finals[s], elapsed / n, derive_keys[s], "multi_seed", one,
                                                  val_scorer(c, model, train, mean, std, val_idx[s], one),
-                                                 {**extra, **stoppings[s].summary(), **picks[s][1]}, picks[s][0],
+                                                 {**extra, **stoppings[s].summary(), **picks[s][1], **ranked[s]},
+                                                 picks[s][0],
                                                  early_stop=stoppings[s].result()))
             for s, (c, d, (train, mean, std, _, _)) in enumerate(zip(configs, workdirs, data))]
   finally:

@@ -1,14 +1,19 @@
 """Zero-cost proxies against hand computations, the NB201 proxy program, rank correlations and the
 best-of-N baseline; the committed all-cells synflow table against its program and the published ρ."""
 import csv
+import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import nb201_arch, proxies, ranking
+from darts_jax import nb201_arch, proxies, ranking, search
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "configs"))
+import fashion_search  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 D, M, K, B = 5, 4, 3, 6
 
@@ -182,3 +187,25 @@ def test_committed_synflow_table_matches_its_program_and_the_published_rho():
     out = proxies.nb201_program(("synflow",), (1, 32, 32, 3))(params, codes, jnp.zeros((1, 32, 32, 3)),
                                                                jnp.zeros((1,), jnp.int32))
   np.testing.assert_allclose(np.asarray(out["synflow"]), [rows[archs[i]] for i in pick], rtol=1e-9)
+
+
+def test_supernet_ranking_of_a_tiny_nb201_search(tmp_path):
+  """``ranking_cells``: the search's summary holds τ/ρ of sampled cells' one-shot accuracy against the table,
+  ranking.json every evaluated cell with its table accuracy, and α's top cell is the exported genotype."""
+  c = fashion_search.get_config("smoke")
+  c.progress = c.tensorboard = False
+  c.space, c.method, c.epochs, c.steps_per_epoch, c.eval_examples = "nb201", "darts", 1, 2, 64
+  c.model.C, c.model.N = 4, 1
+  c.ranking_cells, c.ranking_top_k, c.ranking_examples = 6, 2, 64
+  summary = search.search(c, str(tmp_path / "r"))
+  r = summary["ranking"]
+  assert r["sampled"]["n"] == 6 and -1 <= r["sampled"]["kendall_tau"] <= 1 and r["top_k"]["k"] == 2
+  assert r["alpha"]["n"] == 15625 and "batch statistics" in r["bn"]
+  cells = json.load(open(tmp_path / "r" / "ranking.json"))["cells"]
+  bench = nb201_arch.load_benchmark(nb201_arch.default_benchmark_path())
+  assert 6 <= len(cells) <= 8 and summary["genotype"] in [x["arch"] for x in cells]
+  for x in cells:
+    assert x["table_acc"] == bench.query(x["arch"]) and 0 <= x["one_shot_acc"] <= 1
+  c.space, c.ranking_cells = "darts", 4
+  with pytest.raises(ValueError, match="space=nb201"):
+    search.search(c, str(tmp_path / "d"))

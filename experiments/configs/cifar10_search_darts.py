@@ -52,6 +52,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.pt_edges_per_decision = 1  # PT: edges decided per cell kind at each decision (released: 1)
   c.pt_tune_lr = ml_collections.config_dict.placeholder(float)  # PT tuning's weight lr (None: the search's / 10)
   c.pt_eval_examples = 0      # PT: validation examples each masked accuracy uses (0: the whole α half)
+  c.ranking_cells = 0         # NB201: one-shot accuracy of this many sampled cells vs the table (Kendall τ; 0: off)
+  c.ranking_top_k = 0         # NB201: the same for the k cells α ranks highest
+  c.ranking_examples = 1_000  # validation examples per one-shot accuracy (0: the whole α half)
   c.seed = 0
   c.model = ml_collections.ConfigDict({"C": 16, "layers": 8, "N": 1})
   # Memory (supernet.SupernetConfig): remat "auto" ("op" in the edge chain, "none" in the fused step), "none",
