@@ -661,6 +661,12 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
   cols += ["final α entropy", "supernet params", f"search {h} (sum)", f"search {h} (mean)"]
   cols += [header for _, header, _ in sp.stat_columns]
   cols += ["parameter-free cells", "skip_connect share"]
+  selected = any(r.get("selections") for r in rows)
+  if selected:
+    cols += ["argmax acc (%)", "PT acc (%)"]
+  ranked = any(r.get("ranking") for r in rows)
+  if ranked:
+    cols.append("τ (one-shot, n)")
   trends = any(r.get("eigenvalue_trend") for r in rows)
   if trends:
     cols.append("eigenvalue trend (first → last, ratio)")
@@ -679,6 +685,11 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
       cells.append(f"{value}/{r['num_runs']}" if isinstance(value, int) else format_mean_std(value, 1, digits))
     share = format_mean_std(r["skip_share"], 1, 2)
     cells += [f"{r['parameter_free']}/{r['num_runs']}", share + (" ⚠ collapse" if r["collapse"] else "")]
+    if selected:
+      cells += ([format_mean_std(r["argmax_test_acc"]), format_mean_std(r["pt_test_acc"])] if r.get("selections")
+                else ["—", "—"])
+    if ranked:
+      cells.append(format_ranking(r.get("ranking")))
     if trends:
       stopped = f"; DARTS-ES stopped {r['early_stopped']}/{r['num_runs']}" if r.get("early_stopped") else ""
       cells.append(format_trend(r.get("eigenvalue_trend")) + stopped)
@@ -708,6 +719,30 @@ def _epochs_md(curves: Mapping[str, Any], every: int = 0) -> List[str]:
   return lines
 
 
+def _proxy_md(p: Mapping[str, Any]) -> List[str]:
+  """The proxy-only search table of a `proxy_baseline`: random search's best of N, then per proxy its best of
+  N (± standard error; random search over the same cells where the proxy scored only some)."""
+  ns = p["ns"]
+  L = [f"Search by a zero-cost proxy alone (no training; scores `{p['scores_path']}`): the table's "
+       f"{p['dataset']} test accuracy of the best-scoring of N cells drawn uniformly ({p['draws']} draws, ± "
+       "standard error), beside random search's exact expected best of N.", "",
+       "| search without training | cells | " + " | ".join(f"N={n}" for n in ns) + " |",
+       "|---|---|" + "---|" * len(ns),
+       f"| random best of N | {p['table_cells']} | " +
+       " | ".join(f"{p['random_best'][str(n)]:.2f}" for n in ns) + " |"]
+  for name, q in p["proxies"].items():
+    subset = q["cells"] != p["table_cells"]
+    cells = []
+    for n in ns:
+      b = q["best_of_n"][str(n)]
+      cells.append(f"{b['by_score']:.2f} ± {b['by_score_std_error']:.2f}" +
+                   (f" (random over these cells {b['random_best']:.2f})" if subset else ""))
+    L.append(f"| best of N by {name} | {q['cells']} | " + " | ".join(cells) + " |")
+  if not p["proxies"]:
+    L.append("| (no proxy scores for cells of the table) | 0 |" + " — |" * len(ns))
+  return L + [""]
+
+
 def report_markdown(report: Mapping[str, Any]) -> str:
   rep = report["reproducibility"]
   L = ["# Search-method comparison", "",
@@ -730,6 +765,21 @@ def report_markdown(report: Mapping[str, Any]) -> str:
           f"{', '.join(flagged) if flagged else 'none'}. A uniformly random cell has a skip_connect share of "
           f"1/{n_ops} ≈ {1 / n_ops:.2f}.", ""]
     L += [note for note in sp.report_notes] + ([""] if sp.report_notes else [])
+    chosen = [r for r in rows if r.get("selections")]
+    if chosen:
+      how = "; ".join(f"{r['method']} " + ", ".join(f"{k} {v}/{r['num_runs']}" for k, v in r["selections"].items())
+                      for r in chosen)
+      L += ["argmax acc / PT acc: the table accuracy of the method's own argmax cell at the end of the search and of "
+            "DARTS-PT's perturbation-based selection (`darts_jax.projection`; `pt` tunes α between decisions, "
+            f"`pt_fixed` holds it), mean ± std over seeds. Selection per method: {how}.", ""]
+    ranked = [r for r in rows if r.get("ranking")]
+    if ranked:
+      bns = sorted({b for r in ranked for b in r["ranking"]["bn"]})
+      alpha = "; ".join(f"{r['method']} {format_mean_std(r['ranking']['alpha_kendall_tau'])}" for r in ranked)
+      L += ["τ (one-shot, n): Kendall τ between the supernet's one-shot accuracy (inherited weights, each cell as "
+            f"one-hot op weights; BatchNorm: {', '.join(bns) or 'not recorded'}) of n uniformly sampled cells and "
+            "the table, mean ± std over seeds; top-k: the same over the k cells α ranks highest. α's own ranking "
+            f"of every cell, Kendall τ: {alpha}.", ""]
     if any(r.get("eigenvalue_trend") for r in rows):
       L += ["Eigenvalue trend: the largest eigenvalue of the α Hessian of the validation loss (`darts_jax.hessian`, "
             "measured every `hessian_every` epochs), first and last measured, means over seeds, and their ratio; "
@@ -744,11 +794,15 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         L.append("")
       else:
         L += [f"No benchmark table for {space} was found (config.benchmark_path or its default place).", ""]
+      if b and report.get("nb201_proxy_baseline"):
+        L += _proxy_md(report["nb201_proxy_baseline"])
     epochs = _epochs_md(report.get("curves", {}).get(space, {}))
     if epochs:
       L += ["Per epoch (the cell derived from α at the end of each epoch):", ""] + epochs
     L += ["Genotypes:", ""]
-    L += [f"- {r['method']} seed {r['seed']}: `{r['genotype']}`" for r in report["runs"] if r["space"] == space]
+    L += [f"- {r['method']} seed {r['seed']}: `{r['genotype']}`" +
+          (f" ({r['selection']}; argmax `{r['genotype_argmax']}`)" if r.get("selection") else "")
+          for r in report["runs"] if r["space"] == space]
     L.append("")
   L += ["## Accuracy over search time", "", f"![accuracy over time]({report['plot']})", ""]
   if report.get("cells_plot"):

@@ -273,11 +273,14 @@ def nb201_net(codes) -> ProxyNet:
   return ProxyNet(lambda p, x, bn, taps: nb201_apply(p, x, codes, bn, taps), nb201_kernels, nb201_is_kernel)
 
 
-def nb201_program(names: Sequence[str], x_shape: Sequence[int]) -> Callable:
+def nb201_program(names: Sequence[str], x_shape: Sequence[int], devices: Optional[Sequence[Any]] = None
+                  ) -> Callable:
   """One jitted program ``(params, codes (K, 6), x, y) -> {proxy: (K,)}`` scoring K NB201 cells one after
   another (`lax.map`) with the same weights; x, y: the batch of the data-dependent proxies (ignored by
   synflow, which uses one all-ones input of `x_shape`'s size). Call it under ``jax.enable_x64(True)`` when
-  synflow is among `names` (it runs in float64, the others in float32)."""
+  synflow is among `names` (it runs in float64, the others in float32). With several `devices` the cells are
+  split over them (`jax.shard_map` on a ``cells`` mesh axis; K must be a multiple of their number), each device
+  scoring its share."""
   names = tuple(names)
   data = tuple(n for n in names if n != "synflow")
 
@@ -292,7 +295,11 @@ def nb201_program(names: Sequence[str], x_shape: Sequence[int]) -> Callable:
                   for k, v in data_scores(net, p32, x.astype(jnp.float32), y, data).items()})
     return out
 
-  @jax.jit
-  def program(params, codes, x, y):
+  def cells(params, codes, x, y):
     return lax.map(lambda c: one(params, c, x, y), codes)
-  return program
+
+  if devices is None or len(devices) < 2:
+    return jax.jit(cells)
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("cells",))
+  rep, split = jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec("cells")
+  return jax.jit(jax.shard_map(cells, mesh=mesh, in_specs=(rep, split, rep, rep), out_specs=split))

@@ -3,7 +3,8 @@ proxies to ``scores.csv`` (``arch``, then one column per proxy), their rank corr
 table beside the published values, and each proxy's best-of-N search baseline (``correlations.json``,
 ``report.md``).
 
-One compiled program per precision serves every cell (`proxies.nb201_program`, called on chunks of cells).
+One compiled program per set of proxies serves every cell (`proxies.nb201_program`, called on chunks of cells,
+which ``config.num_devices`` local devices share; 0: all).
 synflow needs no data; the data-dependent proxies score one batch of ``config.dataset``'s train split (the same
 batch for every cell). ``config.cells`` is "all" (15,625 cells) or a number of cells drawn with
 ``config.seed``; ``config.data_cells`` limits the data-dependent proxies to the first that many of them (0: all),
@@ -31,7 +32,7 @@ from darts_jax import proxies
 from darts_jax import ranking
 from darts_jax import workdir as wd
 
-RESUMABLE_KEYS = ("progress", "chunk")
+RESUMABLE_KEYS = ("progress", "chunk", "num_devices")
 SCORES = "scores.csv"
 
 
@@ -75,9 +76,15 @@ def _write_scores(path: str, names, rows: Dict[str, Dict[str, float]]) -> None:
   wd.atomic_write(path, out.getvalue())
 
 
+def proxy_names(value) -> tuple:
+  """Proxy names from a comma-separated string or a sequence."""
+  items = value.split(",") if isinstance(value, str) else value
+  return tuple(p.strip() for p in items if p.strip())
+
+
 def score_cells(config, workdir: str) -> Dict[str, Any]:
   """Scores the cells `config` names (resuming ``workdir/scores.csv``); returns the correlation summary."""
-  names = tuple(config.proxies)
+  names = proxy_names(config.proxies)
   unknown = sorted(set(names) - set(proxies.PROXIES))
   if unknown or not names:
     raise ValueError(f"proxies={list(names)}: choose one or more of {', '.join(proxies.PROXIES)}")
@@ -99,6 +106,7 @@ def score_cells(config, workdir: str) -> Dict[str, Any]:
       if any(n not in have for n in wanted):
         todo.append((i, a, [n for n in wanted if n not in have]))
     programs = {}
+    devices = jax.local_devices()[:int(config.get("num_devices") or 0) or None]
     seconds = _elapsed(workdir) if rows else 0.0
     bar = tqdm.tqdm(total=len(todo), desc="zero-cost proxies", disable=not config.get("progress", True))
     for start in range(0, len(todo), config.chunk):
@@ -107,9 +115,11 @@ def score_cells(config, workdir: str) -> Dict[str, Any]:
       for group in sorted({tuple(w) for _, _, w in chunk}):
         members = [(i, a) for i, a, w in chunk if tuple(w) == group]
         codes = np.stack([proxies.arch_codes(a) for _, a in members])
-        fn = programs.setdefault(group, proxies.nb201_program(group, shape))
+        fn = programs.setdefault(group, proxies.nb201_program(group, shape, devices))
+        pad = -len(codes) % len(devices)   # the devices split the cells evenly; padded cells are dropped
         with jax.enable_x64("synflow" in group):
-          out = jax.device_get(fn(params, jnp.asarray(codes), jnp.asarray(x), jnp.asarray(y)))
+          out = jax.device_get(fn(params, jnp.asarray(np.concatenate([codes, codes[:1].repeat(pad, 0)])),
+                                  jnp.asarray(x), jnp.asarray(y)))
         for k, (_, a) in enumerate(members):
           rows.setdefault(nb201_arch.arch_to_string(a), {}).update({n: float(out[n][k]) for n in group})
       seconds += time.perf_counter() - t0

@@ -208,6 +208,10 @@ def test_run_loop_with_fake_search(tmp_path, monkeypatch):
   assert os.path.getsize(os.path.join(work, report["cells_plot"])) > 0
   assert "| skip share | 0.33 | 1.00 |" in md and "| α entropy | 1.600 | 0.800 |" in md
   assert "retrained test acc" in md
+  # No PT selection, ranking or proxy scores: none of their columns, rows or fields.
+  assert not any(k in md for k in ("argmax acc", "PT acc", "τ (one-shot", "best of N by", "zero-cost"))
+  assert "nb201_proxy_baseline" not in report and not any("ranking" in r or "selections" in r
+                                                         for rows in report["tables"].values() for r in rows)
   # random genotypes come from the run seed and are retrained from the written genotype.json
   rdir = os.path.join(work, "runs", "darts", "random", "seed1")
   g = genotypes.from_json(open(os.path.join(rdir, "search", "genotype.json")).read())
@@ -339,3 +343,154 @@ def test_eigenvalue_trend_on_synthetic_metrics(tmp_path, monkeypatch):
   md = open(os.path.join(work, "report.md")).read()
   assert "eigenvalue trend (first → last, ratio)" in md and "1.5 → 3 (×2.00); DARTS-ES stopped 1/2" in md
   assert "| α Hessian λ_max | 1.5000 | 3.0000 |" in md
+
+
+def _write_table(path):
+  """A full NB201 table whose cell i (in `enumerate_archs` order) scores 50 + 40·i/15,625; its accuracies."""
+  archs = nb201.enumerate_archs()
+  acc = [float(f"{50 + 40 * i / len(archs):.4f}") for i in range(len(archs))]
+  with open(path, "w") as f:
+    f.write("arch,cifar10_test_acc\n")
+    f.writelines(f"{nb201.arch_to_string(a)},{v:.4f}\n" for a, v in zip(archs, acc))
+  return archs, np.asarray(acc)
+
+
+def test_selection_and_ranking_helpers_on_synthetic_summaries():
+  """PT beside argmax and the supernet's τ from summaries; argmax-only summaries without ranking add nothing."""
+  archs = nb201.enumerate_archs()[:4]
+  table = nb201.Benchmark(tuple(archs), {"cifar10": np.array([10.0, 20.0, 30.0, 40.0])},
+                          {a: i for i, a in enumerate(archs)})
+  name = lambda i: nb201.arch_to_string(archs[i])
+  sp = compare.get_space("nb201")
+  assert compare.selection_accuracies([{"genotype": name(0)}, {"selection": "argmax", "genotype": name(1)}],
+                                      sp, table) is None
+  got = compare.selection_accuracies([{"selection": "pt", "genotype": name(3), "genotype_argmax": name(0)},
+                                      {"selection": "pt_fixed", "genotype": name(2), "genotype_argmax": name(1)},
+                                      {"selection": "argmax", "genotype": name(1)}], sp, table)
+  assert got["selections"] == {"argmax": 1, "pt": 1, "pt_fixed": 1}
+  assert got["argmax_test_accs"] == [10.0, 20.0, 20.0] and got["pt_test_accs"] == [40.0, 30.0]
+  assert got["pt_test_acc"]["mean"] == pytest.approx(35.0) and got["argmax_test_acc"]["n"] == 3
+
+  assert compare.ranking_summary([None, {}]) is None and compare.format_ranking(None) == "—"
+  rk = lambda tau, top: {"sampled": {"kendall_tau": tau, "spearman_rho": tau + 0.1, "n": 50},
+                         "top_k": top, "alpha": {"kendall_tau": 0.1, "spearman_rho": 0.2, "n": 15625}, "bn": "batch"}
+  summary = compare.ranking_summary([rk(0.4, {"kendall_tau": 0.2, "spearman_rho": 0.3, "n": 10, "k": 10}), None,
+                                     rk(0.6, {"kendall_tau": 0.4, "spearman_rho": 0.5, "n": 10, "k": 10})])
+  assert summary["num_seeds"] == 2 and summary["sampled_kendall_tau"]["mean"] == pytest.approx(0.5)
+  assert summary["sampled_spearman_rho"]["mean"] == pytest.approx(0.6) and summary["sampled_n"] == [50]
+  assert summary["top_k_kendall_tau"]["mean"] == pytest.approx(0.3) and summary["top_k"] == [10]
+  assert summary["alpha_kendall_tau"]["mean"] == pytest.approx(0.1) and summary["bn"] == ["batch"]
+  assert compare.format_ranking(summary) == "0.50 ± 0.14 (n=50); top-10: 0.30 ± 0.14"
+  no_top = compare.ranking_summary([rk(0.4, None)])
+  assert no_top["top_k_kendall_tau"] is None and compare.format_ranking(no_top) == "0.40 ± 0.00 (n=50)"
+
+  plain = compare.aggregate([{"space": "nb201", "method": "darts", "seed": 0, "search": {"genotype": name(0)}}],
+                            benchmark=table)["nb201"]
+  assert "selections" not in plain[0] and "ranking" not in plain[0]
+  md = "\n".join(compare._table_md("nb201", plain, False, "CPU"))  # pylint: disable=protected-access
+  assert "argmax acc" not in md and "PT acc" not in md and "τ (one-shot" not in md
+
+
+def test_proxy_baseline_on_a_tiny_scores_csv(tmp_path):
+  """Best of N by a proxy over the cells it scored: a proxy equal to the accuracy finds random search's best
+  of N over those cells, its negation the worst; cells outside the table are counted, not used."""
+  archs = nb201.enumerate_archs()[:20]
+  acc = np.arange(20, dtype=np.float64) + 50.0
+  table = nb201.Benchmark(tuple(archs), {"cifar10": acc}, {a: i for i, a in enumerate(archs)})
+  path = tmp_path / "scores.csv"
+  outside = nb201.arch_to_string(nb201.enumerate_archs()[100])
+  with open(path, "w") as f:
+    f.write("arch,synflow,snip\n")
+    for i, a in enumerate(archs):
+      f.write(f"{nb201.arch_to_string(a)},{float(acc[i])!r},{'' if i % 2 else repr(-float(acc[i]))}\n")
+    f.write(f"{outside},1e9,1e9\n")
+  assert compare.proxy_scores_file(str(path)) == str(path)
+  assert compare.proxy_scores_file(str(tmp_path)) == str(path)   # a zero-cost workdir
+  with pytest.raises(ValueError, match=r"missing\.csv.*experiments/zero_cost\.py"):
+    compare.proxy_scores_file(str(tmp_path / "missing.csv"))
+  base = compare.proxy_baseline(compare.zero_cost.read_scores(str(path)), table, "cifar10", (5, 1))
+  assert base["ns"] == [1, 5] and base["not_in_table"] == 1 and base["table_cells"] == 20
+  assert base["random_best"]["5"] == pytest.approx(nb201.expected_best_of_n(acc, 5))
+  syn, snip = base["proxies"]["synflow"], base["proxies"]["snip"]
+  assert syn["cells"] == 20 and snip["cells"] == 10
+  assert syn["best_of_n"] == {str(n): b for n, b in compare.ranking.score_best_of_n(
+      acc, acc, [1, 5], draws=compare.PROXY_DRAWS, seed=0).items()}
+  b5 = syn["best_of_n"]["5"]
+  assert b5["random_best"] == pytest.approx(nb201.expected_best_of_n(acc, 5))
+  assert abs(b5["by_score"] - b5["random_best"]) < 5 * b5["by_score_std_error"]
+  even = acc[::2]                       # snip scored the even cells only, and ranks them backwards
+  worst5 = -nb201.expected_best_of_n(-even, 5)
+  assert snip["best_of_n"]["5"]["random_best"] == pytest.approx(nb201.expected_best_of_n(even, 5))
+  assert abs(snip["best_of_n"]["5"]["by_score"] - worst5) < 5 * snip["best_of_n"]["5"]["by_score_std_error"]
+  assert snip["best_of_n"]["1"]["by_score"] == pytest.approx(even.mean(), abs=0.5)
+
+
+def test_pt_ranking_and_proxy_columns_in_the_nb201_report(tmp_path, monkeypatch):
+  """An NB201 comparison whose darts runs chose by DARTS-PT and ranked the supernet, with a proxy scores file:
+  argmax and PT accuracy, τ and the proxy-only rows in report.md and report.json; gdas (argmax, no ranking)
+  shows "—" there. A missing scores file fails before any search, naming the path and the command."""
+  from darts_jax import search as search_lib  # pylint: disable=g-import-not-at-top
+  archs, acc = _write_table(tmp_path / "nb201.csv")
+  calls = []
+
+  def fake(config, workdir):   # darts seed s: argmax cell 100·s, PT cell 100·s + 10, τ 0.4 + 0.2·s
+    calls.append(workdir)
+    summary = _fake_search(config, workdir)
+    if config.method == "darts":
+      s = config.seed
+      summary.update(selection="pt", genotype=nb201.arch_to_string(archs[100 * s + 10]),
+                     genotype_argmax=nb201.arch_to_string(archs[100 * s]),
+                     ranking={"sampled": {"kendall_tau": 0.4 + 0.2 * s, "spearman_rho": 0.5, "n": 50},
+                              "top_k": {"kendall_tau": 0.1 * s, "spearman_rho": 0.2, "n": 10, "k": 10},
+                              "alpha": {"kendall_tau": 0.05, "spearman_rho": 0.1, "n": 15625},
+                              "bn": compare.ranking.BN_MODE})
+      wd.write_json(os.path.join(workdir, "summary.json"), summary)
+    return summary
+  monkeypatch.setattr(search_lib, "search", fake)
+  c = _compare_config_module().get_config("smoke")
+  c.methods, c.seeds, c.spaces = ["darts", "gdas"], [0, 1], ["nb201"]
+  c.benchmark_path = str(tmp_path / "nb201.csv")
+  c.proxy_scores = str(tmp_path / "nowhere" / "scores.csv")
+  with pytest.raises(ValueError, match=r"nowhere/scores\.csv.*experiments/zero_cost\.py"):
+    compare.run_comparison(c, str(tmp_path / "cmp"))
+  assert calls == []
+
+  with open(tmp_path / "scores.csv", "w") as f:
+    f.write("arch,synflow\n")
+    f.writelines(f"{nb201.arch_to_string(a)},{float(i % 7)!r}\n" for i, a in enumerate(archs[:1000]))
+  c.proxy_scores = str(tmp_path / "scores.csv")
+  c.proxy_best_of_n = (10,)
+  work = str(tmp_path / "cmp")
+  compare.run_comparison(c, work)
+  report = json.load(open(os.path.join(work, "report.json")))
+  rows = {r["method"]: r for r in report["tables"]["nb201"]}
+  darts = rows["darts"]
+  assert darts["selections"] == {"pt": 2}
+  assert darts["argmax_test_acc"]["mean"] == pytest.approx(np.mean([acc[0], acc[100]]))
+  assert darts["pt_test_acc"]["mean"] == pytest.approx(np.mean([acc[10], acc[110]]))
+  assert darts["benchmark_test_acc"]["mean"] == pytest.approx(darts["pt_test_acc"]["mean"])
+  assert darts["ranking"]["sampled_kendall_tau"]["mean"] == pytest.approx(0.5)
+  assert darts["ranking"]["top_k_kendall_tau"]["mean"] == pytest.approx(0.05)
+  assert "selections" not in rows["gdas"] and "ranking" not in rows["gdas"]
+  run0 = next(r for r in report["runs"] if r["method"] == "darts" and r["seed"] == 0)
+  assert run0["selection"] == "pt" and run0["genotype_argmax"] == nb201.arch_to_string(archs[0])
+  assert "selection" not in next(r for r in report["runs"] if r["method"] == "gdas")
+  proxy = report["nb201_proxy_baseline"]
+  assert proxy["scores_path"] == c.proxy_scores and proxy["proxies"]["synflow"]["cells"] == 1000
+  b = proxy["proxies"]["synflow"]["best_of_n"]["10"]
+  assert b["random_best"] == pytest.approx(nb201.expected_best_of_n(acc[:1000], 10))
+  assert proxy["random_best"]["10"] == pytest.approx(nb201.expected_best_of_n(acc, 10))
+
+  md = open(os.path.join(work, "report.md")).read()
+  header = next(line for line in md.splitlines() if line.startswith("| method |"))
+  assert "| argmax acc (%) | PT acc (%) | τ (one-shot, n) |" in header
+  argmax_pt = f"| {darts['argmax_test_acc']['mean']:.2f} ± {darts['argmax_test_acc']['std']:.2f} | " \
+              f"{darts['pt_test_acc']['mean']:.2f} ± {darts['pt_test_acc']['std']:.2f} | "
+  assert argmax_pt + "0.50 ± 0.14 (n=50); top-10: 0.05 ± 0.07 |" in md
+  gdas_line = next(line for line in md.splitlines() if line.startswith("| gdas |"))
+  assert gdas_line.endswith("| — | — | — |")
+  assert "Selection per method: darts pt 2/2." in md and "α's own ranking of every cell, Kendall τ: darts 0.05" in md
+  assert f"| random best of N | 15625 | {proxy['random_best']['10']:.2f} |" in md
+  assert (f"| best of N by synflow | 1000 | {b['by_score']:.2f} ± {b['by_score_std_error']:.2f} "
+          f"(random over these cells {b['random_best']:.2f}) |") in md
+  assert f"(pt; argmax `{nb201.arch_to_string(archs[0])}`)" in md

@@ -3,6 +3,7 @@ best-of-N baseline; the committed all-cells synflow table against its program an
 import csv
 import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import nb201_arch, proxies, ranking, search
+from darts_jax import nb201_arch, proxies, ranking, search, zero_cost
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "configs"))
 import fashion_search  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -189,6 +190,7 @@ def test_committed_synflow_table_matches_its_program_and_the_published_rho():
   np.testing.assert_allclose(np.asarray(out["synflow"]), [rows[archs[i]] for i in pick], rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_supernet_ranking_of_a_tiny_nb201_search(tmp_path):
   """``ranking_cells``: the search's summary holds τ/ρ of sampled cells' one-shot accuracy against the table,
   ranking.json every evaluated cell with its table accuracy, and α's top cell is the exported genotype."""
@@ -209,3 +211,40 @@ def test_supernet_ranking_of_a_tiny_nb201_search(tmp_path):
   c.space, c.ranking_cells = "darts", 4
   with pytest.raises(ValueError, match="space=nb201"):
     search.search(c, str(tmp_path / "d"))
+
+
+def _zero_cost(workdir, devices, *flags):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "..", "experiments", "zero_cost.py"),
+         "--config=" + os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "nb201_zero_cost.py"),
+         f"--workdir={workdir}", "--config.C=4", "--config.N=1", "--config.progress=false", *flags]
+  return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_zero_cost_command_on_eight_devices_equals_one_device_and_resumes(tmp_path):
+  """The command's scores on 8 virtual CPU devices equal those on one; a scores.csv cut short is completed by
+  re-running the same command, to the same values; a bad proxy name is one error line."""
+  flags = ("--config.cells=12", "--config.chunk=5", "--config.proxies=synflow,snip", "--config.data_cells=6",
+           "--config.batch_size=8")
+  one, eight = tmp_path / "one", tmp_path / "eight"
+  for d, n in ((one, 1), (eight, 8)):
+    r = _zero_cost(str(d), n, *flags)
+    assert r.returncode == 0, r.stderr[-2000:]
+  a, b = (zero_cost_rows(d) for d in (one, eight))
+  assert len(a) == 12 and sum("snip" in v for v in a.values()) == 6
+  for arch in a:
+    assert a[arch].keys() == b[arch].keys()
+    for k in a[arch]:
+      assert a[arch][k] == pytest.approx(b[arch][k], rel=1e-6), (arch, k)
+  lines = (eight / "scores.csv").read_text().splitlines()
+  (eight / "scores.csv").write_text("\n".join(lines[:4]) + "\n")
+  r = _zero_cost(str(eight), 8, *flags)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert zero_cost_rows(eight) == b
+  r = _zero_cost(str(tmp_path / "bad"), 1, "--config.proxies=synflow,zen")
+  assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: proxies=")
+
+
+def zero_cost_rows(workdir):
+  return zero_cost.read_scores(os.path.join(str(workdir), zero_cost.SCORES))

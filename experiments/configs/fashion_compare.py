@@ -29,6 +29,9 @@ epochs of 31 steps): hours on a 2-core CPU. ``:retrain`` (DARTS space only) also
 settings, a few minutes (mostly XLA compilation). Re-running a command skips finished runs and rewrites the
 report: ``runs/<space>/<method>/seed<k>/search/`` (each a `darts_jax.search` work directory), ``report.md`` /
 ``report.json`` and ``accuracy_over_time.png``.
+``--config.search.selection=pt`` runs every method with DARTS-PT's selection (the report gives argmax and PT
+accuracy side by side); ``--config.proxy_scores=DIR/scores.csv`` (from experiments/zero_cost.py) adds the
+best-of-N-by-proxy baseline to the NB201 section.
 """
 import importlib.util
 import os
@@ -96,6 +99,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.benchmark_dataset = "cifar10"
   c.include_random_baseline = True
   c.multi_seed = False           # run each method's seeds as one vmapped program (search.search_seeds)
+  # NB201: a zero-cost scores.csv (experiments/zero_cost.py) for the proxy-only baseline ("" : none), and its Ns
+  c.proxy_scores = ""
+  c.proxy_best_of_n = (10, 100)  # a tuple: overridable
   if smoke:
     c.methods = ("darts", "random")
     c.seeds = (0, 1)

@@ -17,7 +17,7 @@ from darts_jax import proxies
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.proxies = ("synflow",)      # any of darts_jax.proxies.PROXIES
+  c.proxies = "synflow"         # comma-separated names of darts_jax.proxies.PROXIES
   c.cells = "all"               # "all" or a number of cells drawn with the seed
   c.data_cells = 0              # data-dependent proxies on the first this many cells only (0: all)
   c.dataset = "fashion_mnist"   # the data-dependent proxies' batch
@@ -28,12 +28,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.N = 5
   c.seed = 0
   c.chunk = 256                 # cells per program call (and per CSV rewrite)
+  c.num_devices = 0             # local devices sharing each chunk (0: all)
   c.benchmark = ""              # NATS-Bench topology CSV ("": ../shared/benchmarks or $DARTS_JAX_NB201)
   c.benchmark_dataset = "cifar10"
   c.best_of_n = (10, 100, 1000)
   c.progress = True
   if arg == "data":
-    c.proxies = tuple(proxies.PROXIES)
+    c.proxies = ",".join(proxies.PROXIES)
     c.cells = "1000"
     c.data_cells = 100
   elif arg:
