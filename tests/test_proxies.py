@@ -187,7 +187,7 @@ def test_committed_synflow_table_matches_its_program_and_the_published_rho():
     params = proxies.nb201_init(jax.random.PRNGKey(0), 16, 5, 10, 3)
     out = proxies.nb201_program(("synflow",), (1, 32, 32, 3))(params, codes, jnp.zeros((1, 32, 32, 3)),
                                                                jnp.zeros((1,), jnp.int32))
-  np.testing.assert_allclose(np.asarray(out["synflow"]), [rows[archs[i]] for i in pick], rtol=1e-9)
+  np.testing.assert_allclose(np.asarray(out["synflow"]), [rows[archs[i]] for i in pick], rtol=1e-6)
 
 
 @pytest.mark.slow
