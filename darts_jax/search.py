@@ -189,6 +189,13 @@ def _epoch_record(method, space, alphas, key, epoch, val, seconds_per_step, elap
           "seconds_per_step": seconds_per_step, "elapsed": elapsed}
 
 
+def curvature_problem(problem, method: methods_lib.Method, space):
+  """The problem whose α Hessian `_Curvature` measures: α enters through the method's deterministic op weights
+  (`Method.op_weights`: softmax for DARTS, as RobustDARTS; DrNAS' Dirichlet mean, whose samples come from a
+  rejection loop with no second derivative; GDAS' softmax, not its hard sample)."""
+  return problem._replace(arch_weights=lambda a, rng, step: method.op_weights(a, space))
+
+
 class _Curvature:
   """Every ``config.hessian_every`` epochs (0: never), the largest eigenvalue of the α Hessian of the validation
   objective (`hessian.largest_eigenvalue`) on the first ``hessian_batches`` validation batches, as the epoch
@@ -374,7 +381,8 @@ def search(config, workdir: str) -> Dict[str, Any]:
     put_eval = layout.put_whole_batch if mesh_run else (lambda b: b)
     val_idx = a_idx[:config.eval_examples] if config.get("eval_examples") else a_idx
 
-    curvature = _Curvature(config, problem, hp, train, mean, std, val_idx, put_eval, k_derive)
+    curvature = _Curvature(config, curvature_problem(problem, method, space), hp, train, mean, std, val_idx,
+                           put_eval, k_derive)
     stopping = _EarlyStopping(stop_settings, hp.epochs)
     stopping.replay(workdir, start, parallel.host(state.alphas))
 
@@ -534,8 +542,9 @@ def search_seeds(configs: Sequence[Any], workdirs: Sequence[str]) -> List[Dict[s
     fns = (make(False) if frozen.any() else None, make(True) if not frozen.all() else None)
     eval_fn = bilevel.make_eval_step(problem)
     val_idx = [d[4][:base.eval_examples] if base.get("eval_examples") else d[4] for d in data]
-    hvp = hessian.make_state_hvp(problem, hp) if base.get("hessian_every") else None
-    curvatures = [_Curvature(c, problem, hp, train, mean, std, val_idx[s], lambda b: b, derive_keys[s], hvp)
+    curved = curvature_problem(problem, method, space)
+    hvp = hessian.make_state_hvp(curved, hp) if base.get("hessian_every") else None
+    curvatures = [_Curvature(c, curved, hp, train, mean, std, val_idx[s], lambda b: b, derive_keys[s], hvp)
                   for s, (c, (train, mean, std, _, _)) in enumerate(zip(configs, data))]
     stoppings = [_EarlyStopping(stop_settings, hp.epochs) for _ in configs]
     for stopping, d, r in zip(stoppings, workdirs, restored):

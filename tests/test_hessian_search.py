@@ -109,3 +109,12 @@ def test_darts_es_settings_that_cannot_run_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match=words):
       search.search(c, str(tmp_path / str(i)))
     assert not os.path.exists(tmp_path / str(i))
+
+
+@pytest.mark.parametrize("method", ["drnas", "gdas"])
+def test_eigenvalue_of_methods_with_sampled_op_weights(tmp_path, method):
+  """DrNAS samples its op weights from a Dirichlet (a rejection loop reverse mode cannot differentiate twice)
+  and GDAS a hard Gumbel one-hot: the curvature is taken under their deterministic op weights and is finite."""
+  search.search(_tiny(method=method, epochs=1), str(tmp_path / method))
+  (record,) = _epochs(str(tmp_path / method))
+  assert np.isfinite(record["hessian_eigenvalue"]) and record["hessian_eigenvalue"] != 0
