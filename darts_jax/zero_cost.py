@@ -168,9 +168,11 @@ def summarize(config, rows: Dict[str, Dict[str, float]], names, seconds: float) 
 
 
 def report_markdown(summary: Dict[str, Any]) -> str:
+  data = any(n != "synflow" for n in summary["proxies"])
   lines = [f"# Zero-cost proxies on NAS-Bench-201 ({summary['cells']} cells scored)", "",
-           f"Data-dependent proxies: one batch of {summary['batch_size']} {summary['dataset']} train images; "
-           f"network C={summary['C']}, N={summary['N']}; seed {summary['seed']}; scoring took "
+           (f"Data-dependent proxies: one batch of {summary['batch_size']} {summary['dataset']} train images; "
+            if data else "") +
+           f"Network C={summary['C']}, N={summary['N']}; seed {summary['seed']}; scoring took "
            f"{summary['seconds']:.0f} s. Correlations against the table's {summary['benchmark_dataset']} test "
            "accuracy.", "",
            "| proxy | cells | Spearman ρ | published ρ | Kendall τ | NaN |", "|---|---|---|---|---|---|"]
