@@ -22,7 +22,6 @@ running the op its cell's code names), so every one of the 15,625 cells goes thr
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
 import jax
@@ -31,7 +30,7 @@ import numpy as np
 from jax import lax
 
 from darts_jax import ops
-from darts_jax.nb201_arch import NUM_EDGES, Arch, as_arch
+from darts_jax.nb201_arch import NUM_EDGES, as_arch
 from darts_jax.topology import NB201_CELL, NB201_PRIMITIVES
 
 PROXIES = ("synflow", "snip", "grasp", "grad_norm", "fisher", "jacob_cov")

@@ -9,7 +9,7 @@ the expected table accuracy of the best-scoring of N cells drawn at random, besi
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Sequence
 
 import numpy as np
 from scipy import stats

@@ -99,12 +99,12 @@ def score_cells(config, workdir: str) -> Dict[str, Any]:
     path = os.path.join(workdir, SCORES)
     rows = read_scores(path)
     data_cells = int(config.data_cells or 0) or len(archs)
+    keys = [nb201_arch.arch_to_string(a) for a in archs]
     todo = []
-    for i, a in enumerate(archs):
-      wanted = [n for n in names if n == "synflow" or i < data_cells]
-      have = rows.get(nb201_arch.arch_to_string(a), {})
-      if any(n not in have for n in wanted):
-        todo.append((i, a, [n for n in wanted if n not in have]))
+    for i, (a, key) in enumerate(zip(archs, keys)):
+      missing = [n for n in names if (n == "synflow" or i < data_cells) and n not in rows.get(key, {})]
+      if missing:
+        todo.append((i, a, missing))
     programs = {}
     devices = jax.local_devices()[:int(config.get("num_devices") or 0) or None]
     seconds = _elapsed(workdir) if rows else 0.0
@@ -120,11 +120,10 @@ def score_cells(config, workdir: str) -> Dict[str, Any]:
         with jax.enable_x64("synflow" in group):
           out = jax.device_get(fn(params, jnp.asarray(np.concatenate([codes, codes[:1].repeat(pad, 0)])),
                                   jnp.asarray(x), jnp.asarray(y)))
-        for k, (_, a) in enumerate(members):
-          rows.setdefault(nb201_arch.arch_to_string(a), {}).update({n: float(out[n][k]) for n in group})
+        for k, (i, _) in enumerate(members):
+          rows.setdefault(keys[i], {}).update({n: float(out[n][k]) for n in group})
       seconds += time.perf_counter() - t0
-      _write_scores(path, names, {nb201_arch.arch_to_string(a): rows.get(nb201_arch.arch_to_string(a), {})
-                                  for a in archs if nb201_arch.arch_to_string(a) in rows})
+      _write_scores(path, names, {key: rows[key] for key in keys if key in rows})
       wd.write_json(os.path.join(workdir, "timing.json"), {"seconds": seconds})
       bar.update(len(chunk))
     bar.close()
