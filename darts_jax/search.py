@@ -312,9 +312,9 @@ class _EarlyStopping:
             "early_stop_kept_epoch": kept}
 
 
-def ranking_settings(config) -> Optional[Tuple[int, int, nb201_arch.Benchmark]]:
-  """(cells, top k, the benchmark table) of the supernet ranking ``config.ranking_cells`` asks for (0: none);
-  a one-line ValueError where it cannot run."""
+def ranking_settings(config) -> Optional[Tuple[int, int, Any]]:
+  """(cells, top k, the benchmark table's path) of the supernet ranking ``config.ranking_cells`` asks for (0:
+  none); a one-line ValueError where it cannot run."""
   n = int(config.get("ranking_cells") or 0)
   if not n:
     return None
@@ -325,7 +325,7 @@ def ranking_settings(config) -> Optional[Tuple[int, int, nb201_arch.Benchmark]]:
   if path is None:
     raise ValueError(f"ranking_cells needs the table {nb201_arch.BENCHMARK_FILE}: set DARTS_JAX_BENCHMARK_DIR to "
                      "its folder or --config.ranking_cells=0")
-  return n, int(config.get("ranking_top_k") or 0), nb201_arch.load_benchmark(path)
+  return n, int(config.get("ranking_top_k") or 0), path
 
 
 def supernet_ranking(config, workdir, method, model, state, score, is_main: bool = True) -> Dict[str, Any]:
@@ -334,7 +334,8 @@ def supernet_ranking(config, workdir, method, model, state, score, is_main: bool
   settings = ranking_settings(config)
   if settings is None:
     return {}
-  n, k, bench = settings
+  n, k, path = settings
+  bench = nb201_arch.load_benchmark(path)
   opw = np.asarray(jax.device_get(method.op_weights(parallel.host(state.alphas), model.space))["normal"])
   result = ranking.supernet_ranking(lambda w: score(state, w), opw, bench, n, k, config.seed)
   if is_main:
