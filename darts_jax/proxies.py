@@ -213,11 +213,23 @@ def _bn(x, p, on: bool):
 
 
 def _conv(x, p, stride, pad, tap):
-  y = lax.conv_general_dilated(x, p["w"].astype(x.dtype), (stride, stride), ((pad, pad), (pad, pad)),
-                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = _conv_as_matmul(x, p["w"].astype(x.dtype), stride, pad)
   if "b" in p:
     y = y + p["b"].astype(x.dtype)
   return y if tap is None else y * tap[:, None, None, :].astype(x.dtype)
+
+
+def _conv_as_matmul(x, w, stride: int, pad: int):
+  """`lax.conv_general_dilated` (NHWC, HWIO) as one matmul over the k×k shifted copies of x. On XLA:CPU a
+  float64 convolution, or any convolution inside a `lax.switch` branch, runs several times slower than this
+  matmul (benchmarks/README.md); every convolution of `nb201_program` is one or the other."""
+  k = w.shape[0]
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  h = (x.shape[1] + 2 * pad - k) // stride + 1
+  v = (x.shape[2] + 2 * pad - k) // stride + 1
+  cols = [xp[:, i:i + stride * (h - 1) + 1:stride, j:j + stride * (v - 1) + 1:stride, :]
+          for i in range(k) for j in range(k)]
+  return jnp.concatenate(cols, -1) @ w.reshape(-1, w.shape[-1])
 
 
 def nb201_apply(params, x, arch_codes, bn: bool, taps=None):

@@ -98,6 +98,22 @@ def small_nb201():
   return params, jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32), jnp.asarray(rng.integers(0, 10, 8))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_matmul_convolution_equals_xlas(dtype):
+  """`nb201_program` convolves by one matmul over shifted copies of its input; it must equal
+  `lax.conv_general_dilated` for each kernel size, stride and padding the NB201 network uses."""
+  with jax.enable_x64(dtype == "float64"):
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3), dtype)
+    for k, stride, pad in ((1, 1, 0), (3, 1, 1), (3, 2, 1), (1, 2, 0)):
+      w = jax.random.normal(jax.random.key(k + stride), (k, k, 3, 4), dtype)
+      want = jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      got = proxies._conv_as_matmul(x, w, stride, pad)  # pylint: disable=protected-access
+      assert got.dtype == want.dtype and got.shape == want.shape
+      tol = 1e-5 if dtype == "float32" else 1e-12
+      np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
 def test_nb201_program_scores_only_the_ops_of_each_cell(small_nb201):
   """One program scores different cells; changing the kernels of ops a cell does not use changes nothing, and
   changing one it uses changes its score."""
