@@ -697,6 +697,16 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
   return lines
 
 
+def _epoch_columns(n: int, measured: Sequence[int], every: int = 0) -> List[int]:
+  """The epochs of a per-epoch table of `n` epochs: about ten evenly spaced, the first and the last; when the
+  α Hessian was measured only at some epochs (`measured`), about ten of those instead, so its row is filled."""
+  if measured and not every:
+    step = max(1, math.ceil(len(measured) / 10))
+    return sorted(set(measured[::step]) | {0, n - 1})
+  step = every or max(1, math.ceil(n / 10))
+  return sorted(set(range(0, n, step)) | {n - 1})
+
+
 def _epochs_md(curves: Mapping[str, Any], every: int = 0) -> List[str]:
   """Per method, α's entropy and the derived cells' skip_connect / parameter-free share at each epoch."""
   lines = []
@@ -704,8 +714,7 @@ def _epochs_md(curves: Mapping[str, Any], every: int = 0) -> List[str]:
     n = len(c.get("elapsed") or [])
     if not n:
       continue
-    step = every or max(1, math.ceil(n / 10))
-    idx = sorted(set(range(0, n, step)) | {n - 1})
+    idx = _epoch_columns(n, [i for i, v in enumerate(c.get("hessian_eigenvalue") or []) if v is not None], every)
     f = lambda v, d: "—" if v is None else f"{v:.{d}f}"
     lines += [f"`{method}` (mean over {c['num_seeds']} seeds):", "",
               "| epoch | " + " | ".join(str(i) for i in idx) + " |", "|---|" + "---|" * len(idx)]

@@ -345,6 +345,20 @@ def test_eigenvalue_trend_on_synthetic_metrics(tmp_path, monkeypatch):
   assert "| α Hessian λ_max | 1.5000 | 3.0000 |" in md
 
 
+def test_epoch_table_shows_the_epochs_whose_eigenvalue_was_measured():
+  """With the Hessian measured every other epoch (epochs 1, 3, ..., 19) the per-epoch table's columns are those
+  epochs (and epoch 0), so each λ_max cell of the row is filled; without it, ten evenly spaced epochs."""
+  n = 20
+  ev = [None if (e + 1) % 2 else float(e) for e in range(n)]
+  assert compare._epoch_columns(n, [e for e, v in enumerate(ev) if v is not None]) == [0] + list(range(1, n, 2))
+  assert compare._epoch_columns(n, []) == list(range(0, n, 2)) + [19]
+  assert compare._epoch_columns(40, list(range(1, 40, 2))) == [0] + list(range(1, 40, 4)) + [39]
+  curves = {"darts": {"num_seeds": 1, "elapsed": [1.0] * n, "alpha_entropy": [1.6] * n, "skip_share": [0.0] * n,
+                      "parameter_free_share": [0.0] * n, "val_acc": [0.5] * n, "hessian_eigenvalue": ev}}
+  row = next(line for line in compare._epochs_md(curves) if line.startswith("| α Hessian λ_max"))
+  assert row.split(" | ")[1:3] == ["—", "1.0000"] and row.count("—") == 1 and "19.0000" in row
+
+
 def _write_table(path):
   """A full NB201 table whose cell i (in `enumerate_archs` order) scores 50 + 40·i/15,625; its accuracies."""
   archs = nb201.enumerate_archs()
