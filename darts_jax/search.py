@@ -199,7 +199,7 @@ def curvature_problem(problem, method: methods_lib.Method, space):
 class _Curvature:
   """Every ``config.hessian_every`` epochs (0: never), the largest eigenvalue of the α Hessian of the validation
   objective (`hessian.largest_eigenvalue`) on the first ``hessian_batches`` validation batches, as the epoch
-  record's ``hessian_eigenvalue`` (with ``hessian_iterations``). `hvp`: a `hessian.make_state_hvp` function
+  record's ``hessian_eigenvalue`` (with ``hessian_iterations`` and ``hessian_converged``). `hvp`: a `hessian.make_state_hvp` function
   to share (the seeds of a multi-seed run share one compiled program); None makes one."""
 
   def __init__(self, config, problem, hp, train, mean, std, val_idx, put, key, hvp=None):
@@ -215,7 +215,8 @@ class _Curvature:
       return {}
     top = hessian.largest_eigenvalue(lambda a, v: self.hvp(a, v, state, self.batches), state.alphas,
                                      jax.random.fold_in(self.key, epoch), max_iters=self.iters, tol=1e-3)
-    return {"hessian_eigenvalue": top.value, "hessian_iterations": top.iterations}
+    return {"hessian_eigenvalue": top.value, "hessian_iterations": top.iterations,
+            "hessian_converged": top.converged}
 
 
 EARLY_STOPS = ("", "darts_es")
