@@ -199,8 +199,8 @@ def curvature_problem(problem, method: methods_lib.Method, space):
 class _Curvature:
   """Every ``config.hessian_every`` epochs (0: never), the largest eigenvalue of the α Hessian of the validation
   objective (`hessian.largest_eigenvalue`) on the first ``hessian_batches`` validation batches, as the epoch
-  record's ``hessian_eigenvalue`` (with ``hessian_iterations`` and ``hessian_converged``). `hvp`: a `hessian.make_state_hvp` function
-  to share (the seeds of a multi-seed run share one compiled program); None makes one."""
+  record's ``hessian_eigenvalue`` (with ``hessian_iterations`` and ``hessian_converged``). `hvp`: a
+  `hessian.make_state_hvp` function to share (the seeds of a multi-seed run share one compiled program); None makes one."""
 
   def __init__(self, config, problem, hp, train, mean, std, val_idx, put, key, hvp=None):
     self.every, self.key = int(config.get("hessian_every") or 0), key
@@ -219,33 +219,40 @@ class _Curvature:
             "hessian_converged": top.converged}
 
 
-EARLY_STOPS = ("", "darts_es")
+EARLY_STOPS = ("", "darts_es", "darts_ada")
 EARLY_STOP_KEYS = ("window", "delta", "factor", "start_epoch", "ev_freq")
+# DARTS-ADA's fields of early_stop_kwargs and the released defaults (RobustDARTS src/search/args.py).
+ADA_DEFAULTS = {"mul_factor": 3.0, "max_weight_decay": 243e-4, "extra_rollback_epochs": 0}
 
 
 def early_stop_settings(config, method: methods_lib.Method) -> Optional[Dict[str, Any]]:
-  """`hessian.EarlyStop`'s settings from ``config.early_stop`` ("darts_es", or "" for none) and
+  """`hessian.EarlyStop`'s settings from ``config.early_stop`` ("darts_es", "darts_ada", or "" for none) and
   ``config.early_stop_kwargs`` (window, delta, factor, start_epoch, ev_freq; ev_freq 0 means hessian_every),
-  or None without an early stop; a one-line ValueError for settings that cannot run."""
+  or None without an early stop; a one-line ValueError for settings that cannot run. DARTS-ADA's own fields
+  are `ada_settings`'."""
   name = config.get("early_stop") or ""
   if name not in EARLY_STOPS:
-    raise ValueError(f"unknown early_stop {name!r}; use 'darts_es' (RobustDARTS' DARTS-ES) or '' (none)")
+    raise ValueError(f"unknown early_stop {name!r}; use 'darts_es' (RobustDARTS' DARTS-ES), 'darts_ada' "
+                     "(DARTS-ADA) or '' (none)")
   if not name:
     return None
   every = int(config.get("hessian_every") or 0)
   if every <= 0:
-    raise ValueError("early_stop='darts_es' stops on the α Hessian's eigenvalue, which hessian_every=0 never "
+    raise ValueError(f"early_stop={name!r} acts on the α Hessian's eigenvalue, which hessian_every=0 never "
                      "measures; set --config.hessian_every=N (epochs between measurements, e.g. 1)")
   if not method.update_alphas or method.select is not None:
-    raise ValueError(f"early_stop='darts_es' keeps the architecture of an earlier epoch's α, and method "
-                     f"{config.method!r} does not learn α; drop early_stop or use a gradient method")
-  if (config.get("selection") or "argmax") != "argmax":
+    raise ValueError(f"early_stop={name!r} acts on the architecture α gives, and method {config.method!r} does "
+                     "not learn α; drop early_stop or use a gradient method")
+  if name == "darts_es" and (config.get("selection") or "argmax") != "argmax":
     raise ValueError(f"early_stop='darts_es' exports an earlier epoch's α, whose weights selection="
                      f"{config.selection!r} would need but the run does not keep; use one of the two")
   kw = {k: v for k, v in dict(config.get("early_stop_kwargs") or {}).items() if v is not None}
-  unknown = sorted(set(kw) - set(EARLY_STOP_KEYS))
+  allowed = EARLY_STOP_KEYS + (tuple(ADA_DEFAULTS) if name == "darts_ada" else ())
+  unknown = sorted(set(kw) - set(allowed))
   if unknown:
-    raise ValueError(f"unknown early_stop_kwargs {', '.join(unknown)}; use {', '.join(EARLY_STOP_KEYS)}")
+    raise ValueError(f"unknown early_stop_kwargs {', '.join(unknown)} for early_stop={name!r}; use "
+                     f"{', '.join(allowed)}")
+  kw = {k: v for k, v in kw.items() if k in EARLY_STOP_KEYS}
   kw["ev_freq"] = int(kw.get("ev_freq") or every)
   if kw["ev_freq"] % every:
     raise ValueError(f"early_stop_kwargs.ev_freq={kw['ev_freq']} is not a multiple of hessian_every={every}; "
@@ -255,6 +262,60 @@ def early_stop_settings(config, method: methods_lib.Method) -> Optional[Dict[str
   return kw
 
 
+def ada_settings(config) -> Optional[Dict[str, float]]:
+  """DARTS-ADA's mul_factor, max_weight_decay and extra_rollback_epochs (``config.early_stop_kwargs`` over the
+  released defaults) when ``config.early_stop="darts_ada"``, else None."""
+  if (config.get("early_stop") or "") != "darts_ada":
+    return None
+  kw = {k: v for k, v in dict(config.get("early_stop_kwargs") or {}).items() if v is not None}
+  out = {k: type(d)(kw.get(k, d)) for k, d in ADA_DEFAULTS.items()}
+  if out["mul_factor"] <= 1 or out["max_weight_decay"] <= 0 or out["extra_rollback_epochs"] < 0:
+    raise ValueError("DARTS-ADA needs early_stop_kwargs.mul_factor > 1, max_weight_decay > 0 and "
+                     "extra_rollback_epochs >= 0")
+  return out
+
+
+class _Adaptive:
+  """DARTS-ADA (RobustDARTS' ``--early_stop 3``): when DARTS-ES fires at epoch t and keeps epoch k, the search
+  returns to the state of epoch k - extra_rollback_epochs (its checkpoint, kept for this), multiplies the
+  weights' L2 weight decay by mul_factor and goes on from there with the rule as it stood at that epoch; once
+  the weight decay has reached max_weight_decay the rule no longer acts and the run ends at its last epoch,
+  exporting its final α. Each roll-back is a ``phase: "ada"`` record of metrics.jsonl (the later records of
+  the abandoned epochs are dropped, their eigenvalues kept in it), from which a resumed run recovers its
+  weight decay.
+
+  The released code restores a fresh tracker from the roll-back epoch's checkpoint but then keeps feeding
+  the original one (a default argument of its recursive ``train_epochs``); this follows the restore."""
+
+  def __init__(self, settings: Dict[str, float], base_weight_decay: float, records: Sequence[Dict[str, Any]]):
+    self.settings = settings
+    self.events = [r for r in records if r.get("phase") == "ada"]
+    self.weight_decay = float(self.events[-1]["weight_decay"]) if self.events else float(base_weight_decay)
+
+  @property
+  def final(self) -> bool:
+    """No further roll-back: the weight decay has reached max_weight_decay."""
+    return self.weight_decay >= self.settings["max_weight_decay"] * (1 - 1e-6)
+
+  def rollback_epoch(self, kept_epoch: int) -> int:
+    return max(kept_epoch - int(self.settings["extra_rollback_epochs"]), 0)
+
+  def event(self, stop_epoch: int, kept_epoch: int, kept_arch, abandoned: Sequence[Dict[str, Any]]):
+    back = self.rollback_epoch(kept_epoch)
+    self.weight_decay *= self.settings["mul_factor"]
+    e = {"phase": "ada", "iteration": len(self.events) + 1, "stop_epoch": stop_epoch, "kept_epoch": kept_epoch,
+         "rollback_epoch": back, "weight_decay": self.weight_decay, "kept_genotype": kept_arch,
+         "abandoned_eigenvalues": [[r["epoch"], r.get("hessian_eigenvalue")] for r in abandoned]}
+    self.events.append(e)
+    return e
+
+  def summary(self) -> Dict[str, Any]:
+    return {"ada_settings": dict(self.settings), "ada_rollbacks": [
+        {k: e[k] for k in ("iteration", "stop_epoch", "kept_epoch", "rollback_epoch", "weight_decay",
+                           "kept_genotype")} for e in self.events],
+            "w_weight_decay_final": self.weight_decay}
+
+
 class _EarlyStopping:
   """DARTS-ES during a search (`hessian.EarlyStop` on `early_stop_settings`; inert when those are None): fed
   each epoch's record (its eigenvalue and genotype) and α, it says when to stop and keeps the α of every
@@ -262,10 +323,11 @@ class _EarlyStopping:
   records of metrics.jsonl (which hold each epoch's α) up to its checkpoint and so reaches the same
   decision."""
 
-  def __init__(self, settings: Optional[Dict[str, Any]], total_epochs: int):
-    self.settings = settings
+  def __init__(self, settings: Optional[Dict[str, Any]], total_epochs: int, name: str = "darts_es"):
+    self.settings, self.total_epochs, self.name = settings, total_epochs, name
     self.rule = hessian.EarlyStop(total_epochs=total_epochs, **settings) if settings else None
     self.alphas: Dict[int, Any] = {}
+    self.history: List[Tuple[Dict[str, Any], Any]] = []
     self.stop_epoch = None
 
   @property
@@ -283,20 +345,33 @@ class _EarlyStopping:
       return
     epoch, ev = record["epoch"], record.get("hessian_eigenvalue")
     self.alphas[epoch] = alphas
+    self.history.append((record, alphas))
     if ev is None or (epoch + 1) % self.settings["ev_freq"]:
       return
     self.rule.update(epoch, ev, record["genotype"])
     if epoch != self.rule.total_epochs - 1 and self.rule.check(epoch):
       self.stop_epoch = epoch
 
+  def restart(self, upto_epoch: int) -> None:
+    """The rule as it stood after `upto_epoch`, not fired (DARTS-ADA's roll-back)."""
+    kept = [(r, a) for r, a in self.history if r["epoch"] <= upto_epoch]
+    self.rule = hessian.EarlyStop(total_epochs=self.total_epochs, **self.settings)
+    self.alphas, self.history, self.stop_epoch = {}, [], None
+    for r, a in kept:
+      self.observe(r, a)
+
   def replay(self, workdir: str, upto_step: int, template) -> None:
     """Observes the epoch records of ``workdir/metrics.jsonl`` logged up to `upto_step`, their α cast to the
-    dtypes of `template` (α)."""
+    dtypes of `template` (α), and restarts at DARTS-ADA's roll-back records."""
     path = os.path.join(workdir, "metrics.jsonl")
     if self.rule is None or not os.path.exists(path):
       return
     for r in wd.read_metrics(path):
-      if r.get("phase") == "epoch" and r.get("step", 0) <= upto_step:
+      if r.get("step", 0) > upto_step:
+        continue
+      if r.get("phase") == "ada":
+        self.restart(r["rollback_epoch"])
+      elif r.get("phase") == "epoch":
         self.observe(r, {k: np.asarray(v, np.asarray(template[k]).dtype) for k, v in r["alphas"].items()})
 
   def result(self) -> Optional[Tuple[int, int, Any]]:
@@ -308,6 +383,8 @@ class _EarlyStopping:
   def summary(self) -> Dict[str, Any]:
     if self.rule is None:
       return {}
+    if self.name != "darts_es":
+      return {"early_stop": self.name, "early_stop_settings": dict(self.settings)}
     stop, kept, _ = self.result() or (None, None, None)
     return {"early_stop": "darts_es", "early_stop_settings": dict(self.settings), "early_stop_epoch": stop,
             "early_stop_kept_epoch": kept}
@@ -360,6 +437,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   projection.settings(config)
   ranking_settings(config)
   stop_settings = early_stop_settings(config, method)
+  ada_kw = ada_settings(config)
   if (config.get("step_backend") or "auto") not in STEP_BACKENDS:
     raise ValueError(f"unknown step_backend {config.step_backend!r}; choose one of {', '.join(STEP_BACKENDS)}")
   layout = parallel.make_layout(int(config.get("num_devices") or 0))
@@ -370,44 +448,63 @@ def search(config, workdir: str) -> Dict[str, Any]:
     model = build_model(config, method, train.num_classes, train.image_shape, layout.num_devices)
     space, mesh_run = model.space, layout.num_devices > 1
     hp, steps_per_epoch, total_steps, frozen = _schedule(config, method, len(w_idx))
-    problem = method.problem(parallel.bn_stats_apply(model.apply, config.get("bn_stats"), layout), space, hp)
     state, k_derive = _init_state(config, model, method, hp)
-    ckpt = wd.Checkpoints(workdir)
+    # DARTS-ADA returns to earlier epochs' checkpoints, so it keeps them all.
+    ckpt = wd.Checkpoints(workdir, max_to_keep=None if ada_kw else 2)
     state, start, elapsed = ckpt.restore_or_init(layout.put_state(state) if mesh_run else state)
-    log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True),
-                        enabled=layout.is_main)
-    program = step_backend(config, model, problem, hp, layout)
-    make = lambda update: make_step(program, model, problem, hp, update, layout.step_shardings() if mesh_run else None)
-    fns = (make(False) if frozen.any() else None, make(True) if not frozen.all() else None)  # by "α steps"
-    eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    logged = wd.read_metrics(metrics_path) if ada_kw and os.path.exists(metrics_path) else []
+    ada = ada_kw and _Adaptive(ada_kw, hp.w_weight_decay, [r for r in logged if r.get("step", 0) <= start])
+    if ada:
+      hp = dataclasses.replace(hp, w_weight_decay=ada.weight_decay)
+    build_problem = lambda: method.problem(parallel.bn_stats_apply(model.apply, config.get("bn_stats"), layout),
+                                           space, hp)
+    program = step_backend(config, model, build_problem(), hp, layout)
+    make = lambda problem, update: make_step(program, model, problem, hp, update,
+                                             layout.step_shardings() if mesh_run else None)
     put_eval = layout.put_whole_batch if mesh_run else (lambda b: b)
     val_idx = a_idx[:config.eval_examples] if config.get("eval_examples") else a_idx
-
-    curvature = _Curvature(config, curvature_problem(problem, method, space), hp, train, mean, std, val_idx,
-                           put_eval, k_derive)
-    stopping = _EarlyStopping(stop_settings, hp.epochs)
+    stopping = _EarlyStopping(stop_settings, hp.epochs, config.get("early_stop") or "darts_es")
     stopping.replay(workdir, start, parallel.host(state.alphas))
 
-    def on_epoch(step, epoch, state, seconds, epoch_steps, elapsed):
-      val = evaluate(eval_fn, state, train, val_idx, config.batch_size, mean, std, put_eval)
-      alphas = parallel.host(state.alphas)
-      record = stopping.annotate({**_epoch_record(method, space, alphas, k_derive, epoch, val,
-                                                  seconds / max(epoch_steps, 1), elapsed),
-                                  **curvature(epoch, state)}, alphas)
-      log.write(step, record)
-      stopping.observe(record, alphas)
+    while True:   # one pass, or one per DARTS-ADA weight decay
+      problem = build_problem()
+      fns = (make(problem, False) if frozen.any() else None,
+             make(problem, True) if not frozen.all() else None)   # by "α steps"
+      eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)
+      curvature = _Curvature(config, curvature_problem(problem, method, space), hp, train, mean, std, val_idx,
+                             put_eval, k_derive)
+      log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True),
+                          enabled=layout.is_main)
 
-    hooks = loop.Hooks(ckpt.save_with_elapsed, _check_finite(ckpt.directory, hp),
-                       lambda step, f: log.write(step, loop.step_record(f, "search", (step - 1) // steps_per_epoch)),
-                       on_epoch)
-    state, elapsed = loop.run(
-        state, lambda st, i, b: fns[int(not frozen[i // steps_per_epoch])](st, *b),
-        _Batches(config, train, mean, std, w_idx, a_idx, start, layout), hooks, start=start,
-        total_steps=start if stopping.stopped else total_steps, steps_per_epoch=steps_per_epoch,
-        log_every=config.log_every, elapsed=elapsed,
-        checkpoint_every=int(config.get("checkpoint_every") or 0), directory=ckpt.directory,
-        progress=f"search {config.method}" if config.get("progress", True) and layout.is_main else None,
-        close=(log.close, ckpt.close), stop=lambda: stopping.stopped)
+      def on_epoch(step, epoch, state, seconds, epoch_steps, elapsed, log=log, eval_fn=eval_fn,
+                   curvature=curvature):
+        val = evaluate(eval_fn, state, train, val_idx, config.batch_size, mean, std, put_eval)
+        alphas = parallel.host(state.alphas)
+        record = stopping.annotate({**_epoch_record(method, space, alphas, k_derive, epoch, val,
+                                                    seconds / max(epoch_steps, 1), elapsed),
+                                    **curvature(epoch, state)}, alphas)
+        log.write(step, record)
+        stopping.observe(record, alphas)
+
+      on_log = lambda step, f, log=log: log.write(step, loop.step_record(f, "search", (step - 1) // steps_per_epoch))
+      hooks = loop.Hooks(ckpt.save_with_elapsed, _check_finite(ckpt.directory, hp), on_log, on_epoch)
+      acting = lambda: stopping.stopped and not (ada and ada.final)
+      state, elapsed = loop.run(
+          state, lambda st, i, b, fns=fns: fns[int(not frozen[i // steps_per_epoch])](st, *b),
+          _Batches(config, train, mean, std, w_idx, a_idx, start, layout), hooks, start=start,
+          total_steps=start if acting() else total_steps, steps_per_epoch=steps_per_epoch,
+          log_every=config.log_every, elapsed=elapsed,
+          checkpoint_every=int(config.get("checkpoint_every") or 0), directory=ckpt.directory,
+          progress=f"search {config.method}" if config.get("progress", True) and layout.is_main else None,
+          close=(log.close,) if ada else (log.close, ckpt.close), stop=acting)
+      if not (ada and acting()):
+        break
+      start, state = _roll_back(workdir, ckpt, ada, stopping, state, elapsed, steps_per_epoch, layout)
+      hp = dataclasses.replace(hp, w_weight_decay=ada.weight_decay)
+    if ada:
+      ckpt.close()
+    early = stopping.result() if not ada else None
     selected, chosen = _pt_select(config, workdir, method, model, problem, hp, state, k_derive, program, layout,
                                   (train, mean, std, w_idx, a_idx), put_eval)
     ranked = supernet_ranking(config, workdir, method, model, state, val_scorer(
@@ -415,9 +512,33 @@ def search(config, workdir: str) -> Dict[str, Any]:
     return export(config, workdir, method, model, Finished(
         state, elapsed, k_derive, program, layout,
         val_scorer(config, model, train, mean, std, val_idx, layout, put_eval),
-        {**_recorded(hp, frozen), **chosen, **stopping.summary(), **ranked}, selected, stopping.result()))
+        {**_recorded(hp, frozen), **chosen, **stopping.summary(), **(ada.summary() if ada else {}), **ranked},
+        selected, early))
   finally:
     wd.unlock(workdir)
+
+
+def _roll_back(workdir, ckpt, ada: _Adaptive, stopping: _EarlyStopping, state, elapsed: float,
+               steps_per_epoch: int, layout):
+  """DARTS-ADA's roll-back after DARTS-ES fired: (step, state) of the end of the roll-back epoch, whose
+  checkpoint is restored and saved again with the seconds spent so far (the abandoned epochs were search
+  time too); the later checkpoints and metrics records are dropped, the ``ada`` record written, the rule
+  restarted as it stood then and the weight decay multiplied (`_Adaptive`)."""
+  stop, kept, _ = stopping.result()
+  back = ada.rollback_epoch(kept)
+  at = (back + 1) * steps_per_epoch
+  path = os.path.join(workdir, "metrics.jsonl")
+  abandoned = [r for r in wd.read_metrics(path) if r.get("phase") == "epoch" and r.get("step", 0) > at]
+  event = ada.event(stop, kept, stopping.rule.stop_arch, abandoned)
+  restored = ckpt.restore({"state": state, "extra": {"elapsed": np.zeros((), np.float64)}}, at)["state"]
+  restored = restored if isinstance(restored, bilevel.SearchState) else bilevel.SearchState(*restored)
+  ckpt.delete_from(at)
+  ckpt.save_with_elapsed(at, restored, elapsed)
+  log = wd.MetricsLog(workdir, resume_step=at, tensorboard=False, enabled=layout.is_main)
+  log.write(at, event)
+  log.close()
+  stopping.restart(back)
+  return at, restored
 
 
 def _pt_select(config, workdir, method, model, problem, hp, state, derive_key, program, layout, data,
@@ -452,6 +573,9 @@ def _check_seed_configs(configs):
   if any((c.get("step_backend") or "auto") not in ("auto", "fused") for c in configs):
     raise ValueError("search_seeds runs every seed in one fused program; set step_backend to 'auto' or 'fused'")
   base = configs[0]
+  if ada_settings(base):
+    raise ValueError("early_stop='darts_ada' rolls each run back to its own earlier epochs; run the seeds one by "
+                     "one (search(), or compare's multi_seed=False)")
   differ = sorted({k for c in configs for k, v in c.to_dict().items() if base.to_dict().get(k) != v} - {"seed"})
   if differ:
     raise ValueError(f"the seeds' configs differ in {', '.join(differ)}; they may differ in seed alone")

@@ -352,12 +352,13 @@ def _restore_error(e: BaseException) -> str:
 
 
 class Checkpoints:
-  """Orbax checkpoints of a training-state pytree under ``workdir/checkpoints`` (atomic; newest two kept).
+  """Orbax checkpoints of a training-state pytree under ``workdir/checkpoints`` (atomic; the newest
+  `max_to_keep` kept, None: all).
 
   With several processes every process calls every method: orbax writes replicated arrays once and
   coordinates the processes itself."""
 
-  def __init__(self, workdir: str, max_to_keep: int = 2):
+  def __init__(self, workdir: str, max_to_keep: Optional[int] = 2):
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     self._ocp = ocp
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -423,6 +424,13 @@ class Checkpoints:
           target, n = os.path.join(self.damaged_directory, f"{step}.{n}"), n + 1
         os.replace(os.path.join(self.directory, str(step)), target)
     parallel.any_process(False)   # a barrier: the move is done before any process reloads the step list
+    self._manager.reload()
+
+  def delete_from(self, step: int) -> None:
+    """Deletes the checkpoints of `step` and later (a run that returns to an earlier step, as DARTS-ADA)."""
+    for s in self._manager.all_steps():
+      if s >= step:
+        self._manager.delete(s)
     self._manager.reload()
 
   def save_with_elapsed(self, step: int, state: Any, elapsed: float) -> None:

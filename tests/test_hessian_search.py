@@ -75,6 +75,53 @@ def test_darts_es_stops_the_search_and_exports_the_kept_epoch_resumably(tmp_path
   assert json.load(open(os.path.join(workdir, "alphas.json"))) == alphas
 
 
+def test_darts_ada_rolls_back_with_more_weight_decay_until_its_maximum_and_resumes(tmp_path, monkeypatch):
+  """DARTS-ADA with the forced rule (it fires at epoch 1 and keeps epoch 0, as in the DARTS-ES test) and a
+  maximum weight decay of 9× the method's: the run returns to epoch 0 twice, each time with 3× the weight
+  decay, then runs to its last epoch and exports its final α. Each epoch appears once in the final records;
+  the roll-backs are ``ada`` records. A run killed right after its first roll-back resumes to the same α."""
+  base = search._schedule(_tiny(), search._method(_tiny()), 256)[0].w_weight_decay  # pylint: disable=protected-access
+  def config():
+    c = _es(early_stop="darts_ada")
+    c.early_stop_kwargs.mul_factor, c.early_stop_kwargs.max_weight_decay = 3.0, 9 * base
+    return c
+  workdir = str(tmp_path / "ada")
+  summary = search.search(config(), workdir)
+  records = wd.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  epochs = [r for r in records if r["phase"] == "epoch"]
+  assert [r["epoch"] for r in epochs] == [0, 1, 2, 3, 4] and summary["steps"] == 10
+  rollbacks = summary["ada_rollbacks"]
+  assert [(e["stop_epoch"], e["kept_epoch"], e["rollback_epoch"]) for e in rollbacks] == [(1, 0, 0)] * 2
+  np.testing.assert_allclose([e["weight_decay"] for e in rollbacks], [3 * base, 9 * base], rtol=1e-9)
+  assert summary["hparams"]["w_weight_decay"] == pytest.approx(9 * base)
+  assert summary["w_weight_decay_final"] == pytest.approx(9 * base) and summary["early_stop"] == "darts_ada"
+  ada_records = [r for r in records if r["phase"] == "ada"]
+  assert len(ada_records) == 2 and all(r["step"] == 2 for r in ada_records)
+  assert all(len(r["abandoned_eigenvalues"]) == 1 for r in ada_records)
+  alphas = json.load(open(os.path.join(workdir, "alphas.json")))
+  assert alphas == epochs[-1]["alphas"] and summary["genotype"] == epochs[-1]["genotype"]
+  search.search(_tiny(epochs=5), str(tmp_path / "plain"))
+  assert json.load(open(tmp_path / "plain" / "alphas.json")) != alphas   # the weight decay changed the run
+
+  real, calls = search._roll_back, []  # pylint: disable=protected-access
+  def killed_after_first(*args, **kwargs):
+    out = real(*args, **kwargs)
+    calls.append(1)
+    if len(calls) == 1:
+      raise KeyboardInterrupt
+    return out
+  monkeypatch.setattr(search, "_roll_back", killed_after_first)
+  again = str(tmp_path / "killed")
+  with pytest.raises(KeyboardInterrupt):
+    search.search(config(), again)
+  resumed = search.search(config(), again)
+  assert len(calls) == 2 and resumed["ada_rollbacks"] == summary["ada_rollbacks"]
+  assert json.load(open(os.path.join(again, "alphas.json"))) == alphas
+  assert [r["epoch"] for r in _epochs(again)] == [0, 1, 2, 3, 4]
+  with pytest.raises(ValueError, match="darts_ada"):
+    search.search_seeds([config(), _es(early_stop="darts_ada", seed=1)], [str(tmp_path / "s0"), str(tmp_path / "s1")])
+
+
 def test_multi_seed_search_logs_each_seeds_own_eigenvalue_and_early_stop(tmp_path):
   """`search_seeds` logs every seed's eigenvalue, of its own state on its own validation batches (what
   `search` logs for that seed alone, up to the vmapped program's rounding, and not the other seed's), runs
@@ -109,6 +156,11 @@ def test_darts_es_settings_that_cannot_run_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match=words):
       search.search(c, str(tmp_path / str(i)))
     assert not os.path.exists(tmp_path / str(i))
+  for i, (name, words) in enumerate([("darts_ada", "mul_factor > 1"), ("darts_es", "unknown early_stop_kwargs")]):
+    c = _es(early_stop=name)
+    c.early_stop_kwargs.mul_factor = 1.0   # no increase (ADA) / an ADA field (ES)
+    with pytest.raises(ValueError, match=words):
+      search.search(c, str(tmp_path / f"ada{i}"))
 
 
 @pytest.mark.parametrize("method", ["drnas", "gdas"])

@@ -17,6 +17,8 @@ prepared (``--config.data_dir`` names the TFDS directory).
 """
 import ml_collections
 
+P = ml_collections.config_dict.placeholder
+
 from darts_jax import bilevel
 
 
@@ -42,9 +44,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # DARTS-ES (RobustDARTS, darts_jax.hessian.EarlyStop): "darts_es" stops the search when the eigenvalue's local
   # average rises by `factor` over `delta` averages and exports the architecture of that earlier epoch; needs
   # hessian_every > 0. Released: window 5, delta 4, factor 1.3, start_epoch 10, ev_freq 2 (0 here: hessian_every)
-  c.early_stop = ""           # "" (none) or "darts_es"
+  # "darts_ada" (DARTS-ADA) instead returns to that epoch with the weights' weight decay × mul_factor, until
+  # it reaches max_weight_decay.
+  c.early_stop = ""           # "" (none), "darts_es" or "darts_ada"
   c.early_stop_kwargs = ml_collections.ConfigDict({"window": 5, "delta": 4, "factor": 1.3, "start_epoch": 10,
-                                                   "ev_freq": 0})
+                                                   "ev_freq": 0,
+                                                   # DARTS-ADA (None: released 3.0, 243e-4, 0)
+                                                   "mul_factor": P(float), "max_weight_decay": P(float),
+                                                   "extra_rollback_epochs": P(int)})
   # Architecture selection (darts_jax.projection): "argmax" (the method's derive), "pt" (DARTS-PT's perturbation
   # selection, α still trained while tuning between decisions) or "pt_fixed" (α held fixed: DARTS-PT's "blank")
   c.selection = "argmax"

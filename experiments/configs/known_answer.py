@@ -23,6 +23,8 @@ tasks, each task first checked op by op, a table of how often each method finds 
 """
 import ml_collections
 
+P = ml_collections.config_dict.placeholder
+
 from darts_jax import bilevel
 
 GRADIENT_METHODS = ["darts", "darts_2nd", "darts_2nd_fd", "gdas", "pcdarts", "drnas", "fairdarts", "sdarts_rs",
@@ -54,9 +56,14 @@ def search_config(task: str = "receptive_field") -> ml_collections.ConfigDict:
   # DARTS-ES (RobustDARTS, darts_jax.hessian.EarlyStop): "darts_es" stops the search when the eigenvalue's local
   # average rises by `factor` over `delta` averages and exports the architecture of that earlier epoch; needs
   # hessian_every > 0. Released: window 5, delta 4, factor 1.3, start_epoch 10, ev_freq 2 (0 here: hessian_every)
-  c.early_stop = ""           # "" (none) or "darts_es"
+  # "darts_ada" (DARTS-ADA) instead returns to that epoch with the weights' weight decay × mul_factor, until
+  # it reaches max_weight_decay.
+  c.early_stop = ""           # "" (none), "darts_es" or "darts_ada"
   c.early_stop_kwargs = ml_collections.ConfigDict({"window": 5, "delta": 4, "factor": 1.3, "start_epoch": 10,
-                                                   "ev_freq": 0})
+                                                   "ev_freq": 0,
+                                                   # DARTS-ADA (None: released 3.0, 243e-4, 0)
+                                                   "mul_factor": P(float), "max_weight_decay": P(float),
+                                                   "extra_rollback_epochs": P(int)})
   c.selection = "argmax"      # or "pt" / "pt_fixed": DARTS-PT's perturbation selection (darts_jax.projection)
   c.pt_tune_epochs = 5        # one edge: one decision, so no fine-tuning whatever this is
   c.pt_edges_per_decision = 1
