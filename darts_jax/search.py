@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -200,7 +201,8 @@ class _Curvature:
   """Every ``config.hessian_every`` epochs (0: never), the largest eigenvalue of the α Hessian of the validation
   objective (`hessian.largest_eigenvalue`) on the first ``hessian_batches`` validation batches, as the epoch
   record's ``hessian_eigenvalue`` (with ``hessian_iterations`` and ``hessian_converged``). `hvp`: a
-  `hessian.make_state_hvp` function to share (the seeds of a multi-seed run share one compiled program); None makes one."""
+  `hessian.make_state_hvp` function to share (the seeds of a multi-seed run share one compiled program); None
+  makes one."""
 
   def __init__(self, config, problem, hp, train, mean, std, val_idx, put, key, hvp=None):
     self.every, self.key = int(config.get("hessian_every") or 0), key
@@ -275,6 +277,10 @@ def ada_settings(config) -> Optional[Dict[str, float]]:
   return out
 
 
+def _without(d: Dict[str, Any], keys: Sequence[str]) -> Dict[str, Any]:
+  return {k: v for k, v in d.items() if k not in keys}
+
+
 class _Adaptive:
   """DARTS-ADA (RobustDARTS' ``--early_stop 3``): when DARTS-ES fires at epoch t and keeps epoch k, the search
   returns to the state of epoch k - extra_rollback_epochs (its checkpoint, kept for this), multiplies the
@@ -284,13 +290,19 @@ class _Adaptive:
   the abandoned epochs are dropped, their eigenvalues kept in it), from which a resumed run recovers its
   weight decay.
 
-  The released code restores a fresh tracker from the roll-back epoch's checkpoint but then keeps feeding
-  the original one (a default argument of its recursive ``train_epochs``); this follows the restore."""
+  The run keeps every checkpoint (a roll-back may return to any epoch). Two departures from the released
+  code: it restores a fresh tracker from the roll-back epoch's checkpoint but then keeps feeding the original
+  one (a default argument of its recursive ``train_epochs``), where this follows the restore; and its last
+  roll-back comes when the weight decay equals max_weight_decay (rounded in log space), where this stops once
+  the weight decay reaches it or passes it (a ladder such as 5e-4·3^k never meets 243e-4)."""
 
   def __init__(self, settings: Dict[str, float], base_weight_decay: float, records: Sequence[Dict[str, Any]]):
     self.settings = settings
-    self.events = [r for r in records if r.get("phase") == "ada"]
-    self.weight_decay = float(self.events[-1]["weight_decay"]) if self.events else float(base_weight_decay)
+    last = [r for r in records if r.get("phase") == "ada"][-1:]
+    # Each ada record carries the roll-backs before it: a later one may return to an earlier step and drop them.
+    self.events = [*last[0]["history"], _without(last[0], ("history", "step"))] if last else []
+    self.weight_decay = float(last[0]["weight_decay"]) if last else float(base_weight_decay)
+    self.resumed_at = (int(last[0]["step"]), float(last[0]["elapsed"])) if last else None
 
   @property
   def final(self) -> bool:
@@ -300,14 +312,17 @@ class _Adaptive:
   def rollback_epoch(self, kept_epoch: int) -> int:
     return max(kept_epoch - int(self.settings["extra_rollback_epochs"]), 0)
 
-  def event(self, stop_epoch: int, kept_epoch: int, kept_arch, abandoned: Sequence[Dict[str, Any]]):
-    back = self.rollback_epoch(kept_epoch)
+  def event(self, stop_epoch: int, kept_epoch: int, kept_arch, abandoned: Sequence[Dict[str, Any]],
+            elapsed: float) -> Dict[str, Any]:
+    """The ``ada`` record of a roll-back (weight decay multiplied), with the earlier ones as its history."""
     self.weight_decay *= self.settings["mul_factor"]
     e = {"phase": "ada", "iteration": len(self.events) + 1, "stop_epoch": stop_epoch, "kept_epoch": kept_epoch,
-         "rollback_epoch": back, "weight_decay": self.weight_decay, "kept_genotype": kept_arch,
+         "rollback_epoch": self.rollback_epoch(kept_epoch), "weight_decay": self.weight_decay,
+         "kept_genotype": kept_arch, "elapsed": elapsed,
          "abandoned_eigenvalues": [[r["epoch"], r.get("hessian_eigenvalue")] for r in abandoned]}
+    record = {**e, "history": list(self.events)}
     self.events.append(e)
-    return e
+    return record
 
   def summary(self) -> Dict[str, Any]:
     return {"ada_settings": dict(self.settings), "ada_rollbacks": [
@@ -457,6 +472,8 @@ def search(config, workdir: str) -> Dict[str, Any]:
     ada = ada_kw and _Adaptive(ada_kw, hp.w_weight_decay, [r for r in logged if r.get("step", 0) <= start])
     if ada:
       hp = dataclasses.replace(hp, w_weight_decay=ada.weight_decay)
+      if ada.resumed_at and ada.resumed_at[0] == start:   # resumed at a roll-back: count the abandoned epochs
+        elapsed = max(elapsed, ada.resumed_at[1])
     build_problem = lambda: method.problem(parallel.bn_stats_apply(model.apply, config.get("bn_stats"), layout),
                                            space, hp)
     program = step_backend(config, model, build_problem(), hp, layout)
@@ -467,43 +484,45 @@ def search(config, workdir: str) -> Dict[str, Any]:
     stopping = _EarlyStopping(stop_settings, hp.epochs, config.get("early_stop") or "darts_es")
     stopping.replay(workdir, start, parallel.host(state.alphas))
 
-    while True:   # one pass, or one per DARTS-ADA weight decay
-      problem = build_problem()
-      fns = (make(problem, False) if frozen.any() else None,
-             make(problem, True) if not frozen.all() else None)   # by "α steps"
-      eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)
-      curvature = _Curvature(config, curvature_problem(problem, method, space), hp, train, mean, std, val_idx,
-                             put_eval, k_derive)
-      log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True),
-                          enabled=layout.is_main)
+    try:
+      while True:   # one pass, or one per DARTS-ADA weight decay
+        problem = build_problem()
+        fns = (make(problem, False) if frozen.any() else None,
+               make(problem, True) if not frozen.all() else None)   # by "α steps"
+        eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)
+        curvature = _Curvature(config, curvature_problem(problem, method, space), hp, train, mean, std, val_idx,
+                               put_eval, k_derive)
+        log = wd.MetricsLog(workdir, resume_step=start, tensorboard=config.get("tensorboard", True),
+                            enabled=layout.is_main)
 
-      def on_epoch(step, epoch, state, seconds, epoch_steps, elapsed, log=log, eval_fn=eval_fn,
-                   curvature=curvature):
-        val = evaluate(eval_fn, state, train, val_idx, config.batch_size, mean, std, put_eval)
-        alphas = parallel.host(state.alphas)
-        record = stopping.annotate({**_epoch_record(method, space, alphas, k_derive, epoch, val,
-                                                    seconds / max(epoch_steps, 1), elapsed),
-                                    **curvature(epoch, state)}, alphas)
-        log.write(step, record)
-        stopping.observe(record, alphas)
+        def on_epoch(step, epoch, state, seconds, epoch_steps, elapsed, log=log, eval_fn=eval_fn,
+                     curvature=curvature):
+          val = evaluate(eval_fn, state, train, val_idx, config.batch_size, mean, std, put_eval)
+          alphas = parallel.host(state.alphas)
+          record = stopping.annotate({**_epoch_record(method, space, alphas, k_derive, epoch, val,
+                                                      seconds / max(epoch_steps, 1), elapsed),
+                                      **curvature(epoch, state)}, alphas)
+          log.write(step, record)
+          stopping.observe(record, alphas)
 
-      on_log = lambda step, f, log=log: log.write(step, loop.step_record(f, "search", (step - 1) // steps_per_epoch))
-      hooks = loop.Hooks(ckpt.save_with_elapsed, _check_finite(ckpt.directory, hp), on_log, on_epoch)
-      acting = lambda: stopping.stopped and not (ada and ada.final)
-      state, elapsed = loop.run(
-          state, lambda st, i, b, fns=fns: fns[int(not frozen[i // steps_per_epoch])](st, *b),
-          _Batches(config, train, mean, std, w_idx, a_idx, start, layout), hooks, start=start,
-          total_steps=start if acting() else total_steps, steps_per_epoch=steps_per_epoch,
-          log_every=config.log_every, elapsed=elapsed,
-          checkpoint_every=int(config.get("checkpoint_every") or 0), directory=ckpt.directory,
-          progress=f"search {config.method}" if config.get("progress", True) and layout.is_main else None,
-          close=(log.close,) if ada else (log.close, ckpt.close), stop=acting)
-      if not (ada and acting()):
-        break
-      start, state = _roll_back(workdir, ckpt, ada, stopping, state, elapsed, steps_per_epoch, layout)
-      hp = dataclasses.replace(hp, w_weight_decay=ada.weight_decay)
-    if ada:
-      ckpt.close()
+        on_log = lambda step, f, log=log: log.write(step, loop.step_record(f, "search", (step - 1) // steps_per_epoch))
+        hooks = loop.Hooks(ckpt.save_with_elapsed, _check_finite(ckpt.directory, hp), on_log, on_epoch)
+        acting = lambda: stopping.stopped and not (ada and ada.final)
+        state, elapsed = loop.run(
+            state, lambda st, i, b, fns=fns: fns[int(not frozen[i // steps_per_epoch])](st, *b),
+            _Batches(config, train, mean, std, w_idx, a_idx, start, layout), hooks, start=start,
+            total_steps=start if acting() else total_steps, steps_per_epoch=steps_per_epoch,
+            log_every=config.log_every, elapsed=elapsed,
+            checkpoint_every=int(config.get("checkpoint_every") or 0), directory=ckpt.directory,
+            progress=f"search {config.method}" if config.get("progress", True) and layout.is_main else None,
+            close=(log.close,) if ada else (log.close, ckpt.close), stop=acting)
+        if not (ada and acting()):
+          break
+        start, state = _roll_back(workdir, ckpt, ada, stopping, state, elapsed, steps_per_epoch, layout)
+        hp = dataclasses.replace(hp, w_weight_decay=ada.weight_decay)
+    finally:
+      if ada:   # (the loop closes it otherwise)
+        ckpt.close()
     early = stopping.result() if not ada else None
     selected, chosen = _pt_select(config, workdir, method, model, problem, hp, state, k_derive, program, layout,
                                   (train, mean, std, w_idx, a_idx), put_eval)
@@ -521,24 +540,24 @@ def search(config, workdir: str) -> Dict[str, Any]:
 def _roll_back(workdir, ckpt, ada: _Adaptive, stopping: _EarlyStopping, state, elapsed: float,
                steps_per_epoch: int, layout):
   """DARTS-ADA's roll-back after DARTS-ES fired: (step, state) of the end of the roll-back epoch, whose
-  checkpoint is restored and saved again with the seconds spent so far (the abandoned epochs were search
-  time too); the later checkpoints and metrics records are dropped, the ``ada`` record written, the rule
-  restarted as it stood then and the weight decay multiplied (`_Adaptive`)."""
+  checkpoint is restored. In an order a kill at any point resumes from: the later checkpoints are deleted,
+  newest first (a run killed before its ``ada`` record is written retrains from the newest one left and the
+  rule fires again), then metrics.jsonl is cut at that step and gets the ``ada`` record (atomic). The rule
+  restarts as it stood then; the weight decay is multiplied (`_Adaptive`)."""
   stop, kept, _ = stopping.result()
   back = ada.rollback_epoch(kept)
   at = (back + 1) * steps_per_epoch
   path = os.path.join(workdir, "metrics.jsonl")
-  abandoned = [r for r in wd.read_metrics(path) if r.get("phase") == "epoch" and r.get("step", 0) > at]
-  event = ada.event(stop, kept, stopping.rule.stop_arch, abandoned)
+  records = wd.read_metrics(path)
+  abandoned = [r for r in records if r.get("phase") == "epoch" and r.get("step", 0) > at]
+  event = ada.event(stop, kept, stopping.rule.stop_arch, abandoned, elapsed)
+  ckpt.delete_after(at)
+  if layout.is_main:
+    kept_records = [r for r in records if r.get("step", 0) <= at] + [{"step": at, **event}]
+    wd.atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept_records))
   restored = ckpt.restore({"state": state, "extra": {"elapsed": np.zeros((), np.float64)}}, at)["state"]
-  restored = restored if isinstance(restored, bilevel.SearchState) else bilevel.SearchState(*restored)
-  ckpt.delete_from(at)
-  ckpt.save_with_elapsed(at, restored, elapsed)
-  log = wd.MetricsLog(workdir, resume_step=at, tensorboard=False, enabled=layout.is_main)
-  log.write(at, event)
-  log.close()
   stopping.restart(back)
-  return at, restored
+  return at, restored if isinstance(restored, bilevel.SearchState) else bilevel.SearchState(*restored)
 
 
 def _pt_select(config, workdir, method, model, problem, hp, state, derive_key, program, layout, data,

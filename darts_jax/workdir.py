@@ -426,10 +426,11 @@ class Checkpoints:
     parallel.any_process(False)   # a barrier: the move is done before any process reloads the step list
     self._manager.reload()
 
-  def delete_from(self, step: int) -> None:
-    """Deletes the checkpoints of `step` and later (a run that returns to an earlier step, as DARTS-ADA)."""
-    for s in self._manager.all_steps():
-      if s >= step:
+  def delete_after(self, step: int) -> None:
+    """Deletes the checkpoints after `step`, newest first, so that a kill midway leaves the newest remaining
+    one to resume from (a run that returns to an earlier step, as DARTS-ADA)."""
+    for s in sorted(self._manager.all_steps(), reverse=True):
+      if s > step:
         self._manager.delete(s)
     self._manager.reload()
 

@@ -79,7 +79,8 @@ def test_darts_ada_rolls_back_with_more_weight_decay_until_its_maximum_and_resum
   """DARTS-ADA with the forced rule (it fires at epoch 1 and keeps epoch 0, as in the DARTS-ES test) and a
   maximum weight decay of 9× the method's: the run returns to epoch 0 twice, each time with 3× the weight
   decay, then runs to its last epoch and exports its final α. Each epoch appears once in the final records;
-  the roll-backs are ``ada`` records. A run killed right after its first roll-back resumes to the same α."""
+  the roll-backs are ``ada`` records. A run killed right after its first roll-back, or inside its second
+  (checkpoints deleted, record not written), resumes to the same α and roll-backs."""
   base = search._schedule(_tiny(), search._method(_tiny()), 256)[0].w_weight_decay  # pylint: disable=protected-access
   def config():
     c = _es(early_stop="darts_ada")
@@ -118,6 +119,21 @@ def test_darts_ada_rolls_back_with_more_weight_decay_until_its_maximum_and_resum
   assert len(calls) == 2 and resumed["ada_rollbacks"] == summary["ada_rollbacks"]
   assert json.load(open(os.path.join(again, "alphas.json"))) == alphas
   assert [r["epoch"] for r in _epochs(again)] == [0, 1, 2, 3, 4]
+  monkeypatch.setattr(search, "_roll_back", real)
+  delete_after, deletes = wd.Checkpoints.delete_after, []
+  def killed_midway(self, step):   # the later checkpoints gone, the ada record not yet written
+    delete_after(self, step)
+    deletes.append(step)
+    if len(deletes) == 2:
+      raise KeyboardInterrupt
+  monkeypatch.setattr(wd.Checkpoints, "delete_after", killed_midway)
+  midway = str(tmp_path / "midway")
+  with pytest.raises(KeyboardInterrupt):
+    search.search(config(), midway)
+  assert len([r for r in wd.read_metrics(os.path.join(midway, "metrics.jsonl")) if r["phase"] == "ada"]) == 1
+  resumed = search.search(config(), midway)
+  assert resumed["ada_rollbacks"] == summary["ada_rollbacks"]
+  assert json.load(open(os.path.join(midway, "alphas.json"))) == alphas
   with pytest.raises(ValueError, match="darts_ada"):
     search.search_seeds([config(), _es(early_stop="darts_ada", seed=1)], [str(tmp_path / "s0"), str(tmp_path / "s1")])
 
