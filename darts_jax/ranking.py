@@ -67,12 +67,14 @@ def supernet_ranking(one_shot: Callable[[Mapping[str, np.ndarray]], float], op_w
   logp = alpha_log_probs(op_weights, archs)
   top = np.argsort(-logp, kind="stable")[:top_k]
   evaluated = {int(i): float(one_shot(one_hot(archs[i]))) for i in np.concatenate([sampled, top])}
+  in_sample, in_top = set(sampled.tolist()), set(top.tolist())
   block = lambda ids: {**rank_correlation([evaluated[int(i)] for i in ids], acc[ids]),
                        "one_shot_acc_mean": float(np.mean([evaluated[int(i)] for i in ids])) if len(ids) else None,
                        "table_acc_mean": float(np.mean(acc[ids])) if len(ids) else None}
   return {"sampled": block(sampled), "top_k": {**block(top), "k": int(top_k)} if top_k >= 2 else None,
           "alpha": rank_correlation(logp, acc), "bn": BN_MODE, "dataset": dataset, "seed": int(seed),
-          "cells": [{"arch": nb201_arch.arch_to_string(archs[i]), "one_shot_acc": v, "table_acc": float(acc[i])}
+          "cells": [{"arch": nb201_arch.arch_to_string(archs[i]), "one_shot_acc": v, "table_acc": float(acc[i]),
+                     "sampled": i in in_sample, "alpha_top_k": i in in_top}
                     for i, v in evaluated.items()]}
 
 

@@ -38,6 +38,7 @@ from darts_jax import nb201_arch
 from darts_jax import projection
 from darts_jax import ranking
 from darts_jax import steps
+from darts_jax import visualize
 from darts_jax import workdir as wd
 from darts_jax.search_space import get_space
 
@@ -423,7 +424,8 @@ def ranking_settings(config) -> Optional[Tuple[int, int, Any]]:
 
 def supernet_ranking(config, workdir, method, model, state, score, is_main: bool = True) -> Dict[str, Any]:
   """The summary's ``ranking`` (`ranking.supernet_ranking` of the final supernet, each cell scored by
-  ``score(state, op_weights)``) and ``ranking.json`` (every evaluated cell); {} when not asked for."""
+  ``score(state, op_weights)``), ``ranking.json`` (every evaluated cell) and ``ranking.png/.svg`` (one-shot
+  against table accuracy); {} when not asked for."""
   settings = ranking_settings(config)
   if settings is None:
     return {}
@@ -433,6 +435,12 @@ def supernet_ranking(config, workdir, method, model, state, score, is_main: bool
   result = ranking.supernet_ranking(lambda w: score(state, w), opw, bench, n, k, config.seed)
   if is_main:
     wd.write_json(os.path.join(workdir, "ranking.json"), result)
+    cells, tau = result["cells"], result["sampled"]["kendall_tau"]
+    visualize.plot_against_table([visualize.ScatterPanel(
+        f"{config.method}: one-shot vs table, τ {tau:.2f} (sampled)" if tau is not None else config.method,
+        "supernet one-shot accuracy", [c["one_shot_acc"] * 100 for c in cells], [c["table_acc"] for c in cells],
+        [0 if c["sampled"] else 1 for c in cells], ("sampled cells", "α's top k"))],
+        os.path.join(workdir, "ranking"), f"{result['dataset']} test accuracy (%)")
   return {"ranking": {key: v for key, v in result.items() if key != "cells"}}
 
 

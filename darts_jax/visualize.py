@@ -431,3 +431,53 @@ def plot_eigenvalues(epochs: Sequence[int], eigenvalues: Sequence[float], path_w
   ax.legend(fontsize=7, frameon=False)
   fig.tight_layout()
   return _save(fig, path_without_ext)
+
+
+class ScatterPanel(NamedTuple):
+  """One panel of `plot_against_table`: `x` (a score per cell), `y` (its table accuracy), the panel's title and
+  x label; `groups`: per point, the index of its group in `labels` (all 0 with one label); `as_rank` plots the
+  score's rank (0 to 1) instead of its value, for scores spanning many scales (synflow)."""
+  title: str
+  xlabel: str
+  x: Sequence[float]
+  y: Sequence[float]
+  groups: Sequence[int] | None = None
+  labels: Sequence[str] = ("cells",)
+  as_rank: bool = False
+
+
+def plot_against_table(panels: Sequence[ScatterPanel], path_without_ext: str | os.PathLike,
+                       ylabel: str = "table test accuracy (%)") -> list[str]:
+  """Scatter plots of scores against a benchmark table's accuracy, one panel per score, to PNG and SVG (the
+  points rasterized, so thousands of cells keep the SVG small)."""
+  from matplotlib.figure import Figure
+
+  if not panels:
+    raise ValueError("plot_against_table needs at least one panel")
+  cols = min(3, len(panels))
+  rows = math.ceil(len(panels) / cols)
+  fig = Figure(figsize=(3.4 * cols, 3.0 * rows))
+  colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+  for i, p in enumerate(panels):
+    x, y = np.asarray(p.x, np.float64), np.asarray(p.y, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+      raise ValueError(f"panel {p.title!r}: x and y must be equal-length sequences, got {x.shape} and {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    if p.as_rank and keep.any():
+      x = np.where(keep, np.argsort(np.argsort(np.where(keep, x, -np.inf))) / max(keep.sum() - 1, 1), np.nan)
+    groups = np.zeros(x.shape, int) if p.groups is None else np.asarray(p.groups)
+    ax = fig.add_subplot(rows, cols, i + 1)
+    size = 4 if x.size > 1000 else 14
+    for g, label in enumerate(p.labels):
+      m = keep & (groups == g)
+      ax.scatter(x[m], y[m], s=size, alpha=0.35 if x.size > 1000 else 0.8, color=colors[g % len(colors)],
+                 label=f"{label} ({int(m.sum())})", linewidths=0, rasterized=True)
+    ax.set_title(p.title, fontsize=8)
+    ax.set_xlabel(p.xlabel + (" (rank, 0-1)" if p.as_rank else ""), fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if len(p.labels) > 1:
+      ax.legend(fontsize=7, frameon=False)
+  fig.tight_layout()
+  return _save(fig, path_without_ext)

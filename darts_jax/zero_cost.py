@@ -1,7 +1,7 @@
 """Zero-cost proxies over NAS-Bench-201's cells: `score_cells(config, workdir)` writes every scored cell's
 proxies to ``scores.csv`` (``arch``, then one column per proxy), their rank correlation with the benchmark
 table beside the published values, and each proxy's best-of-N search baseline (``correlations.json``,
-``report.md``).
+``report.md``, ``correlations.png/.svg``).
 
 One compiled program per set of proxies serves every cell (`proxies.nb201_program`, called on chunks of cells,
 which ``config.num_devices`` local devices share; 0: all).
@@ -30,6 +30,7 @@ from darts_jax import data as data_lib
 from darts_jax import nb201_arch
 from darts_jax import proxies
 from darts_jax import ranking
+from darts_jax import visualize
 from darts_jax import workdir as wd
 
 RESUMABLE_KEYS = ("progress", "chunk", "num_devices")
@@ -130,6 +131,7 @@ def score_cells(config, workdir: str) -> Dict[str, Any]:
     summary = summarize(config, rows, names, seconds)
     wd.write_json(os.path.join(workdir, "correlations.json"), summary)
     wd.atomic_write(os.path.join(workdir, "report.md"), report_markdown(summary))
+    plot_correlations(config, rows, names, summary, os.path.join(workdir, "correlations"))
     return summary
   finally:
     wd.unlock(workdir)
@@ -146,24 +148,41 @@ def _elapsed(workdir: str) -> float:
 def summarize(config, rows: Dict[str, Dict[str, float]], names, seconds: float) -> Dict[str, Any]:
   """Per proxy: cells scored, Spearman ρ and Kendall τ against the table (``config.benchmark_dataset``), the
   published ρ, and the best-of-N baseline (`ranking.score_best_of_n`); plus the scoring seconds."""
-  path = config.get("benchmark") or nb201_arch.default_benchmark_path()
   out = {"proxies": {}, "seconds": seconds, "cells": len(rows), "dataset": config.dataset,
          "batch_size": config.batch_size, "seed": config.seed, "C": config.C, "N": config.N,
          "benchmark_dataset": config.benchmark_dataset}
-  if not path:
-    return out
-  bench = nb201_arch.load_benchmark(path)
-  acc = bench.accuracies(config.benchmark_dataset)
-  for n in names:
-    archs = [a for a, s in rows.items() if n in s]
-    if not archs:
-      continue
-    s = np.asarray([rows[a][n] for a in archs])
-    t = acc[[bench.index[nb201_arch.parse_arch(a)] for a in archs]]
-    out["proxies"][n] = {**ranking.rank_correlation(s, t), "cells": len(archs), "nan": int(np.sum(~np.isfinite(s))),
+  for n, (s, t) in _pairs(config, rows, names).items():
+    out["proxies"][n] = {**ranking.rank_correlation(s, t), "cells": len(s), "nan": int(np.sum(~np.isfinite(s))),
                          "published_spearman_rho": proxies.PUBLISHED_RHO[n],
                          "best_of_n": ranking.score_best_of_n(s, t, config.best_of_n, seed=config.seed)}
   return out
+
+
+def _pairs(config, rows: Dict[str, Dict[str, float]], names) -> Dict[str, Any]:
+  """Per proxy with any score: (its scores, the scored cells' table accuracies); {} without the table."""
+  path = config.get("benchmark") or nb201_arch.default_benchmark_path()
+  if not path:
+    return {}
+  bench = nb201_arch.load_benchmark(path)
+  acc = bench.accuracies(config.benchmark_dataset)
+  out = {}
+  for n in names:
+    archs = [a for a, s in rows.items() if n in s]
+    if archs:
+      out[n] = (np.asarray([rows[a][n] for a in archs]),
+                acc[[bench.index[nb201_arch.parse_arch(a)] for a in archs]])
+  return out
+
+
+def plot_correlations(config, rows: Dict[str, Dict[str, float]], names, summary: Dict[str, Any],
+                      path_without_ext: str) -> List[str]:
+  """``correlations.png/.svg``: per proxy, each scored cell's score rank against its table accuracy."""
+  pairs = _pairs(config, rows, names)
+  panels = [visualize.ScatterPanel(
+      f"{n}: ρ {summary['proxies'][n]['spearman_rho']:.3f} (published {proxies.PUBLISHED_RHO[n]}), "
+      f"n={len(s)}", n, s, t, as_rank=True) for n, (s, t) in pairs.items()]
+  return visualize.plot_against_table(panels, path_without_ext,
+                                      f"{config.benchmark_dataset} test accuracy (%)") if panels else []
 
 
 def report_markdown(summary: Dict[str, Any]) -> str:

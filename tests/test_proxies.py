@@ -224,6 +224,8 @@ def test_supernet_ranking_of_a_tiny_nb201_search(tmp_path):
   assert 6 <= len(cells) <= 8 and summary["genotype"] in [x["arch"] for x in cells]
   for x in cells:
     assert x["table_acc"] == bench.query(x["arch"]) and 0 <= x["one_shot_acc"] <= 1
+  assert sum(x["sampled"] for x in cells) == 6 and sum(x["alpha_top_k"] for x in cells) == 2
+  assert all(os.path.getsize(tmp_path / "r" / f"ranking.{ext}") > 0 for ext in ("png", "svg"))
   c.space, c.ranking_cells = "darts", 4
   with pytest.raises(ValueError, match="space=nb201"):
     search.search(c, str(tmp_path / "d"))
@@ -253,6 +255,7 @@ def test_zero_cost_command_on_eight_devices_equals_one_device_and_resumes(tmp_pa
     assert a[arch].keys() == b[arch].keys()
     for k in a[arch]:
       assert a[arch][k] == pytest.approx(b[arch][k], rel=1e-6), (arch, k)
+  assert all((d / f"correlations.{ext}").stat().st_size > 0 for d in (one, eight) for ext in ("png", "svg"))
   lines = (eight / "scores.csv").read_text().splitlines()
   (eight / "scores.csv").write_text("\n".join(lines[:4]) + "\n")
   r = _zero_cost(str(eight), 8, *flags)

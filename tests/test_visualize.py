@@ -102,3 +102,19 @@ def test_eigenvalue_picture_with_and_without_the_early_stop(tmp_path):
   assert "DARTS-ES stop" not in (tmp_path / "plain.svg").read_text()
   with pytest.raises(ValueError, match="equal-length"):
     V.plot_eigenvalues([0, 1], [1.0], tmp_path / "bad")
+
+
+def test_scores_against_the_table(tmp_path):
+  """One panel per score, the ranks of a many-scale score, two groups with their counts in the legend; NaN
+  scores dropped; mismatched lengths and no panels are errors."""
+  x = [1e-3, 1e5, float("nan"), 10.0]
+  panels = [V.ScatterPanel("synflow", "synflow", x, [80.0, 93.0, 90.0, 85.0], as_rank=True),
+            V.ScatterPanel("one-shot", "acc", [0.5, 0.6, 0.7], [91.0, 92.0, 93.0], [0, 1, 1], ("sampled", "top k"))]
+  paths = V.plot_against_table(panels, tmp_path / "scatter")
+  _check_files(paths, [tmp_path / "scatter.png", tmp_path / "scatter.svg"])
+  svg = (tmp_path / "scatter.svg").read_text()
+  assert "sampled (1)" in svg and "top k (2)" in svg and "(rank, 0-1)" in svg
+  with pytest.raises(ValueError, match="equal-length"):
+    V.plot_against_table([V.ScatterPanel("bad", "x", [1.0], [1.0, 2.0])], tmp_path / "bad")
+  with pytest.raises(ValueError, match="at least one panel"):
+    V.plot_against_table([], tmp_path / "none")
