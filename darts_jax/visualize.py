@@ -464,7 +464,9 @@ def plot_against_table(panels: Sequence[ScatterPanel], path_without_ext: str | o
       raise ValueError(f"panel {p.title!r}: x and y must be equal-length sequences, got {x.shape} and {y.shape}")
     keep = np.isfinite(x) & np.isfinite(y)
     if p.as_rank and keep.any():
-      x = np.where(keep, np.argsort(np.argsort(np.where(keep, x, -np.inf))) / max(keep.sum() - 1, 1), np.nan)
+      ranks = np.full(x.shape, np.nan)
+      ranks[keep] = np.argsort(np.argsort(x[keep], kind="stable"), kind="stable") / max(keep.sum() - 1, 1)
+      x = ranks
     groups = np.zeros(x.shape, int) if p.groups is None else np.asarray(p.groups)
     ax = fig.add_subplot(rows, cols, i + 1)
     size = 4 if x.size > 1000 else 14
