@@ -26,18 +26,15 @@ _GROUPS = flags.DEFINE_list("groups", ["synflow", "snip+grad_norm+fisher", "gras
                             "proxy groups to time, '+' joining the proxies of one program")
 
 
-def _xla_conv(x, p, stride, pad, tap):
-  y = jax.lax.conv_general_dilated(x, p["w"].astype(x.dtype), (stride, stride), ((pad, pad), (pad, pad)),
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  if "b" in p:
-    y = y + p["b"].astype(x.dtype)
-  return y if tap is None else y * tap[:, None, None, :].astype(x.dtype)
+def _xla_conv(x, w, stride, pad):
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def main(argv):
   del argv
   if _CONV.value == "xla":
-    proxies._conv = _xla_conv  # pylint: disable=protected-access
+    proxies._conv_as_matmul = _xla_conv  # pylint: disable=protected-access
   rng = np.random.default_rng(0)
   print(f"conv: {_CONV.value}; devices: {jax.device_count()}\n")
   print("| proxies | cells | first call s | per cell s | all 15,625 cells |\n|---|---|---|---|---|")

@@ -342,8 +342,7 @@ class _EarlyStopping:
   def __init__(self, settings: Optional[Dict[str, Any]], total_epochs: int, name: str = "darts_es"):
     self.settings, self.total_epochs, self.name = settings, total_epochs, name
     self.rule = hessian.EarlyStop(total_epochs=total_epochs, **settings) if settings else None
-    self.alphas: Dict[int, Any] = {}
-    self.history: List[Tuple[Dict[str, Any], Any]] = []
+    self.history: List[Tuple[Dict[str, Any], Any]] = []   # (record, α) of each observed epoch
     self.stop_epoch = None
 
   @property
@@ -360,7 +359,6 @@ class _EarlyStopping:
     if self.rule is None or self.stopped:
       return
     epoch, ev = record["epoch"], record.get("hessian_eigenvalue")
-    self.alphas[epoch] = alphas
     self.history.append((record, alphas))
     if ev is None or (epoch + 1) % self.settings["ev_freq"]:
       return
@@ -372,7 +370,7 @@ class _EarlyStopping:
     """The rule as it stood after `upto_epoch`, not fired (DARTS-ADA's roll-back)."""
     kept = [(r, a) for r, a in self.history if r["epoch"] <= upto_epoch]
     self.rule = hessian.EarlyStop(total_epochs=self.total_epochs, **self.settings)
-    self.alphas, self.history, self.stop_epoch = {}, [], None
+    self.history, self.stop_epoch = [], None
     for r, a in kept:
       self.observe(r, a)
 
@@ -394,7 +392,8 @@ class _EarlyStopping:
     """(the epoch the rule fired at, the epoch whose architecture it keeps, that epoch's α), or None."""
     if not self.stopped:
       return None
-    return self.stop_epoch, self.rule.stop_epoch, self.alphas[self.rule.stop_epoch]
+    kept = self.rule.stop_epoch
+    return self.stop_epoch, kept, next(a for r, a in self.history if r["epoch"] == kept)
 
   def summary(self) -> Dict[str, Any]:
     if self.rule is None:
@@ -484,7 +483,8 @@ def search(config, workdir: str) -> Dict[str, Any]:
         elapsed = max(elapsed, ada.resumed_at[1])
     build_problem = lambda: method.problem(parallel.bn_stats_apply(model.apply, config.get("bn_stats"), layout),
                                            space, hp)
-    program = step_backend(config, model, build_problem(), hp, layout)
+    problem = build_problem()
+    program = step_backend(config, model, problem, hp, layout)
     make = lambda problem, update: make_step(program, model, problem, hp, update,
                                              layout.step_shardings() if mesh_run else None)
     put_eval = layout.put_whole_batch if mesh_run else (lambda b: b)
@@ -494,7 +494,6 @@ def search(config, workdir: str) -> Dict[str, Any]:
 
     try:
       while True:   # one pass, or one per DARTS-ADA weight decay
-        problem = build_problem()
         fns = (make(problem, False) if frozen.any() else None,
                make(problem, True) if not frozen.all() else None)   # by "α steps"
         eval_fn = bilevel.make_eval_step(problem, layout.replicated if mesh_run else None)
@@ -528,6 +527,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
           break
         start, state = _roll_back(workdir, ckpt, ada, stopping, state, elapsed, steps_per_epoch, layout)
         hp = dataclasses.replace(hp, w_weight_decay=ada.weight_decay)
+        problem = build_problem()
     finally:
       if ada:   # (the loop closes it otherwise)
         ckpt.close()

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -128,10 +128,11 @@ def score_cells(config, workdir: str) -> Dict[str, Any]:
       wd.write_json(os.path.join(workdir, "timing.json"), {"seconds": seconds})
       bar.update(len(chunk))
     bar.close()
-    summary = summarize(config, rows, names, seconds)
+    pairs = score_table_pairs(config, rows, names)
+    summary = summarize(config, rows, names, seconds, pairs)
     wd.write_json(os.path.join(workdir, "correlations.json"), summary)
     wd.atomic_write(os.path.join(workdir, "report.md"), report_markdown(summary))
-    plot_correlations(config, rows, names, summary, os.path.join(workdir, "correlations"))
+    plot_correlations(config, pairs, summary, os.path.join(workdir, "correlations"))
     return summary
   finally:
     wd.unlock(workdir)
@@ -145,20 +146,23 @@ def _elapsed(workdir: str) -> float:
     return float(json.load(f).get("seconds", 0.0))
 
 
-def summarize(config, rows: Dict[str, Dict[str, float]], names, seconds: float) -> Dict[str, Any]:
+def summarize(config, rows: Dict[str, Dict[str, float]], names, seconds: float,
+              pairs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Per proxy: cells scored, Spearman ρ and Kendall τ against the table (``config.benchmark_dataset``), the
-  published ρ, and the best-of-N baseline (`ranking.score_best_of_n`); plus the scoring seconds."""
+  published ρ, and the best-of-N baseline (`ranking.score_best_of_n`); plus the scoring seconds. `pairs`:
+  `score_table_pairs`' result, when already computed."""
   out = {"proxies": {}, "seconds": seconds, "cells": len(rows), "dataset": config.dataset,
          "batch_size": config.batch_size, "seed": config.seed, "C": config.C, "N": config.N,
          "benchmark_dataset": config.benchmark_dataset}
-  for n, (s, t) in _pairs(config, rows, names).items():
+  pairs = score_table_pairs(config, rows, names) if pairs is None else pairs
+  for n, (s, t) in pairs.items():
     out["proxies"][n] = {**ranking.rank_correlation(s, t), "cells": len(s), "nan": int(np.sum(~np.isfinite(s))),
                          "published_spearman_rho": proxies.PUBLISHED_RHO[n],
                          "best_of_n": ranking.score_best_of_n(s, t, config.best_of_n, seed=config.seed)}
   return out
 
 
-def _pairs(config, rows: Dict[str, Dict[str, float]], names) -> Dict[str, Any]:
+def score_table_pairs(config, rows: Dict[str, Dict[str, float]], names) -> Dict[str, Any]:
   """Per proxy with any score: (its scores, the scored cells' table accuracies); {} without the table."""
   path = config.get("benchmark") or nb201_arch.default_benchmark_path()
   if not path:
@@ -174,10 +178,9 @@ def _pairs(config, rows: Dict[str, Dict[str, float]], names) -> Dict[str, Any]:
   return out
 
 
-def plot_correlations(config, rows: Dict[str, Dict[str, float]], names, summary: Dict[str, Any],
-                      path_without_ext: str) -> List[str]:
-  """``correlations.png/.svg``: per proxy, each scored cell's score rank against its table accuracy."""
-  pairs = _pairs(config, rows, names)
+def plot_correlations(config, pairs: Dict[str, Any], summary: Dict[str, Any], path_without_ext: str) -> List[str]:
+  """``correlations.png/.svg``: per proxy (`score_table_pairs`), each scored cell's score rank against its table
+  accuracy."""
   panels = [visualize.ScatterPanel(
       f"{n}: ρ {summary['proxies'][n]['spearman_rho']:.3f} (published {proxies.PUBLISHED_RHO[n]}), "
       f"n={len(s)}", n, s, t, as_rank=True) for n, (s, t) in pairs.items()]
