@@ -254,3 +254,24 @@ def test_cli_nan_exit_2_then_lower_lr_resumes_then_damaged_checkpoint_falls_back
   warnings = [l for l in err.splitlines() if l.strip() and not l.startswith(report)]
   assert len(warnings) == 1 and warnings[0].startswith("warning: ") and "step 1" in warnings[0], err[-3000:]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
+
+
+def test_sigterm_at_the_epoch_end_an_early_stop_ends_on_raises_preempted_at_its_checkpoint():
+  """A SIGTERM during the epoch-end work (evaluation, eigenvalue) after which ``stop`` ends the loop (DARTS-ES
+  firing; DARTS-ADA then rolls back and loops again under a new watch) raises `Preempted` at that epoch's
+  checkpoint instead of being dropped."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from darts_jax import loop  # pylint: disable=g-import-not-at-top
+  saved = []
+
+  def on_epoch(step, epoch, *args):
+    del step, args
+    if epoch == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  hooks = loop.Hooks(lambda at, state, seconds: saved.append(at), lambda pending, step, good: list(pending),
+                     lambda step, fetched: None, on_epoch)
+  with pytest.raises(wd.Preempted, match="SIGTERM at step 4 of 10"):
+    loop.run(0, lambda state, step, batch: (state + 1, {"loss": float(step)}), iter(range(10)), hooks, start=0,
+             total_steps=10, steps_per_epoch=2, log_every=1, directory="ckpt", stop=lambda: saved[-1] >= 4)
+  assert saved == [2, 4]
