@@ -1,13 +1,16 @@
 """What the zero-cost proxies cost per NB201 cell, with the program's matmul convolution and with XLA's.
 
   python benchmarks/proxies.py [--cells=4] [--synflow_cells=64]
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python benchmarks/proxies.py --devices=2 --cells=8
 
 Times `proxies.nb201_program` (the benchmark's network, C=16, N=5; `lax.map` over the cells, each edge's op
 by `lax.switch`) for synflow (float64, one 32×32×3 all-ones image) and for each data-dependent group (one
 batch of 64 random 32×32×1 images, Fashion-MNIST's shape here): the first call (compile and run) and a second
 call on the same cells, per cell. ``--conv=xla`` swaps the program's convolution for
 `lax.conv_general_dilated`, the form it replaced (XLA:CPU runs float64 convolutions, and convolutions
-inside `lax.switch` branches, several times slower).
+inside `lax.switch` branches, several times slower). ``--devices=n`` splits the cells over n local devices, as
+`experiments/zero_cost.py` does (on CPU, XLA runs this program's one device on one core; virtual CPU devices
+give it the others).
 """
 import time
 
@@ -24,6 +27,7 @@ _SYNFLOW_CELLS = flags.DEFINE_integer("synflow_cells", 64, "cells per synflow ti
 _CONV = flags.DEFINE_enum("conv", "matmul", ["matmul", "xla"], "the program's convolution")
 _GROUPS = flags.DEFINE_list("groups", ["synflow", "snip+grad_norm+fisher", "grasp", "jacob_cov"],
                             "proxy groups to time, '+' joining the proxies of one program")
+_DEVICES = flags.DEFINE_integer("devices", 1, "local devices sharing the cells (a divisor of the cell counts)")
 
 
 def _xla_conv(x, w, stride, pad):
@@ -36,7 +40,11 @@ def main(argv):
   if _CONV.value == "xla":
     proxies._conv_as_matmul = _xla_conv  # pylint: disable=protected-access
   rng = np.random.default_rng(0)
-  print(f"conv: {_CONV.value}; devices: {jax.device_count()}\n")
+  devices = jax.local_devices()[:_DEVICES.value]
+  if len(devices) < _DEVICES.value:
+    raise app.UsageError(f"--devices={_DEVICES.value} but {len(devices)} local devices; on CPU set "
+                         f"XLA_FLAGS=--xla_force_host_platform_device_count={_DEVICES.value}")
+  print(f"conv: {_CONV.value}; devices: {len(devices)} of {jax.device_count()}\n")
   print("| proxies | cells | first call s | per cell s | all 15,625 cells |\n|---|---|---|---|---|")
   for group in _GROUPS.value:
     names = group.split("+")
@@ -48,7 +56,7 @@ def main(argv):
     y = jnp.arange(shape[0]) % 10
     with jax.enable_x64(synflow):
       params = proxies.nb201_init(jax.random.PRNGKey(0), 16, 5, 10, channels)
-      fn = proxies.nb201_program(names, shape)
+      fn = proxies.nb201_program(names, shape, devices)
       t = time.perf_counter()
       jax.block_until_ready(fn(params, codes, x, y))
       first = time.perf_counter() - t
