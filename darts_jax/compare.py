@@ -833,7 +833,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         (f"; total retrain time {rep['total_retrain_seconds']:.1f} s" if report["retrain"] else ""),
         f"- [x] Same protocol for all methods: {yes} (checked on every run's config.json; only "
         f"{', '.join(rep['varied_per_run'])} vary)",
-        f"- [x] Random-sampling baseline beside every result: yes",
+        "- [x] Random-sampling baseline beside every result: yes",
         "- [x] All hyperparameters: below (search config shared by every run" +
         ("; retrain config shared by every retrain" if report["retrain"] else "") + ")", "",
         "Search config:", "", "```json", json.dumps(rep["search_config"], indent=2, sort_keys=True), "```", ""]

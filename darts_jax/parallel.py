@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 import jax
 import numpy as np

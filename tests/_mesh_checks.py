@@ -6,7 +6,6 @@ Each check raises AssertionError on failure and prints one line starting with ``
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
@@ -174,7 +173,7 @@ def multi_seed(method_name: str = "gdas"):
 def retrain_step_equality():
   """The data-parallel retraining step (DARTS_V2, auxiliary head, drop path) on 8 devices equals one device:
   weights, BatchNorm running statistics (of the global batch), optimizer state after two steps."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,reimported
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from darts_jax import networks, retrain  # pylint: disable=g-import-not-at-top
   cfg = networks.NetworkConfig(genotype="DARTS_V2", C=4, num_classes=3, layers=3, auxiliary=True,
                                in_channels=1, kind="cifar", dw_impl="loop")

@@ -1,6 +1,5 @@
 """Known-answer tasks: the synthetic generators keep their construction, the answers come from the ops, the
 single-edge space searches and exports by name, and (slow) each task's check and every method's searches."""
-import dataclasses
 import json
 import math
 import os
@@ -12,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from darts_jax import data, known_answer, methods, models, search
+from darts_jax import data, known_answer, models, search
 from darts_jax.data import synthetic
 from darts_jax.search_space import DARTS_PRIMITIVES, NB201_PRIMITIVES, get_space
 
