@@ -21,7 +21,10 @@ The report flags DARTS' known failure mode, collapse to parameter-free cells: pe
 ``skip_connect`` among the normal cells' edges of the final genotypes (flagged at >= `COLLAPSE_SHARE`). Where
 the searches measured the α Hessian's largest eigenvalue (``search.hessian_every``), each method's row gives
 its trend (`eigenvalue_trend`: first and last measured value, means over seeds, and their ratio), the
-curvature growth RobustDARTS ties to that collapse.
+curvature growth RobustDARTS ties to that collapse, and DARTS-ES replayed on the measured eigenvalues
+(`es_replay`; the runs' own ``early_stop_kwargs``, fields of ``config.es_replay`` overriding them): where the
+rule fires, the epoch a search with ``early_stop="darts_es"`` would have stopped at and the cell it would have
+exported, scored on the table beside the same runs' final cells.
 
 Three more measurements join the NB201 table where the runs or the config provide them:
 
@@ -48,6 +51,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 
 from darts_jax import exports
+from darts_jax import hessian
 from darts_jax import methods as methods_lib
 from darts_jax import models
 from darts_jax import nb201_arch
@@ -140,6 +144,36 @@ def format_trend(trend: Optional[Mapping[str, Any]]) -> str:
     return "—"
   ratio = f" (×{trend['ratio']:.2f})" if trend.get("ratio") is not None else ""
   return f"{trend['first']['mean']:.4g} → {trend['last']['mean']:.4g}{ratio}"
+
+
+def es_rule(search_config: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None
+            ) -> Optional[Dict[str, Any]]:
+  """The DARTS-ES rule (`hessian.EarlyStop`'s window, delta, factor, start_epoch, ev_freq) to replay on a search
+  that ran with `search_config` (a config.json) and no early stop of its own: its ``early_stop_kwargs``, the set
+  fields of `overrides` replacing them, ev_freq 0 meaning its ``hessian_every``; None when the search measured no
+  eigenvalue or already stopped early."""
+  every = int(search_config.get("hessian_every") or 0)
+  if every <= 0 or search_config.get("early_stop"):
+    return None
+  rule = {k: v for k, v in dict(search_config.get("early_stop_kwargs") or {}).items()
+          if k in search_lib.EARLY_STOP_KEYS and v is not None}
+  rule.update({k: v for k, v in dict(overrides or {}).items() if k in search_lib.EARLY_STOP_KEYS and v is not None})
+  rule["ev_freq"] = int(rule.get("ev_freq") or every)
+  return rule
+
+
+def es_replay(records: Sequence[Mapping[str, Any]], total_epochs: int, rule: Mapping[str, Any]
+              ) -> Optional[Dict[str, Any]]:
+  """DARTS-ES (`hessian.darts_es` with `rule`) replayed on a finished search's metrics records: {"stop_epoch",
+  "kept_epoch", "genotype": the kept epoch's recorded cell, "final_genotype": the last epoch's}, or None when
+  the rule does not fire. The rule only reads the eigenvalues, so a search run with it stops at that epoch and
+  exports that cell, its epochs before the stop being this run's."""
+  hit = hessian.darts_es(eigenvalue_series(records), total_epochs, **rule)
+  if hit is None:
+    return None
+  epochs = {int(r["epoch"]): r for r in records if r.get("phase") == "epoch"}
+  return {"stop_epoch": hit[0], "kept_epoch": hit[1], "genotype": epochs[hit[1]].get("genotype"),
+          "final_genotype": epochs[max(epochs)].get("genotype")}
 
 
 def format_mean_std(stat: Optional[Mapping[str, Any]], scale: float = 1.0, digits: int = 2) -> str:
@@ -567,19 +601,41 @@ def plot_cells_over_epochs(curves, path: str) -> None:
   plt.close(fig)
 
 
-def _add_eigenvalue_trends(tables: Mapping[str, List[Dict[str, Any]]], runs: Sequence[Mapping[str, Any]]) -> None:
-  """Sets each row's ``eigenvalue_trend`` (`eigenvalue_trend` of its runs' metrics.jsonl) and
-  ``early_stopped`` (how many of its searches DARTS-ES stopped)."""
+def _add_eigenvalue_trends(tables: Mapping[str, List[Dict[str, Any]]], runs: Sequence[Mapping[str, Any]],
+                           replay_overrides: Optional[Mapping[str, Any]] = None, benchmark=None,
+                           benchmark_dataset: str = "cifar10") -> None:
+  """Sets each row's ``eigenvalue_trend`` (`eigenvalue_trend` of its runs' metrics.jsonl), ``early_stopped``
+  (how many of its searches DARTS-ES stopped) and, where its runs measured eigenvalues without an early stop,
+  ``es_replay`` (`es_replay` per run, with the cells' table accuracy where the space has a table)."""
   series: Dict[tuple, List[List[tuple]]] = {}
+  replays: Dict[tuple, List[Dict[str, Any]]] = {}
   for r in runs:
     path = os.path.join(r["search_dir"], "metrics.jsonl") if r.get("search_dir") else None
-    if path and os.path.exists(path):
-      series.setdefault((r["space"], r["method"]), []).append(eigenvalue_series(wd.read_metrics(path)))
+    if not (path and os.path.exists(path)):
+      continue
+    records = wd.read_metrics(path)
+    series.setdefault((r["space"], r["method"]), []).append(eigenvalue_series(records))
+    cfg = read_json(os.path.join(r["search_dir"], "config.json")) or {}
+    rule = es_rule(cfg, replay_overrides) if eigenvalue_series(records) else None
+    if rule is None:
+      continue
+    hit = es_replay(records, int(cfg["epochs"]), rule)
+    entry = {"seed": r["seed"], "rule": rule, "fired": hit is not None, **(hit or {})}
+    if hit and get_space(r["space"]).has_benchmark and benchmark is not None:
+      entry["acc"], entry["final_acc"] = (benchmark.query(g, benchmark_dataset)
+                                          for g in (hit["genotype"], hit["final_genotype"]))
+    replays.setdefault((r["space"], r["method"]), []).append(entry)
   for space, rows in tables.items():
     for row in rows:
       row["eigenvalue_trend"] = eigenvalue_trend(series.get((space, row["method"]), []))
       row["early_stopped"] = sum(1 for r in runs if r["space"] == space and r["method"] == row["method"]
                                  and (r.get("search") or {}).get("early_stop_epoch") is not None)
+      rs = replays.get((space, row["method"]))
+      if rs:
+        fired = [e for e in rs if e["fired"]]
+        row["es_replay"] = {"runs": rs, "fired": len(fired), "num_runs": len(rs),
+                            "acc": mean_std(e.get("acc") for e in fired),
+                            "final_acc": mean_std(e.get("final_acc") for e in fired)}
 
 
 def _run_entry(r: Mapping[str, Any], workdir: str) -> Dict[str, Any]:
@@ -601,7 +657,7 @@ def build_report(config, workdir: str, runs: Sequence[Mapping[str, Any]], method
   benchmark, bench_path = _load_benchmark(config, spaces)
   bench_dataset = config.get("benchmark_dataset") or "cifar10"
   tables = aggregate(runs, benchmark, bench_dataset, device_kind)
-  _add_eigenvalue_trends(tables, runs)
+  _add_eigenvalue_trends(tables, runs, config.get("es_replay"), benchmark, bench_dataset)
 
   nb201_baseline = None
   if benchmark is not None:
@@ -752,6 +808,27 @@ def _proxy_md(p: Mapping[str, Any]) -> List[str]:
   return L + [""]
 
 
+def _es_replay_md(rows: Sequence[Mapping[str, Any]], benchmarked: bool) -> List[str]:
+  rule = rows[0]["es_replay"]["runs"][0]["rule"]
+  L = ["DARTS-ES replayed on each search's measured eigenvalues (`compare.es_replay`; window "
+       f"{rule.get('window', 5)}, delta {rule.get('delta', 4)}, factor {rule.get('factor', 1.3)}, start epoch "
+       f"{rule.get('start_epoch', 10)}, an eigenvalue every {rule['ev_freq']} epoch{'s' * (rule['ev_freq'] != 1)}; "
+       "`--config.es_replay.*` sets them): where it fires, a search with `early_stop=darts_es` stops at that epoch and exports the "
+       "kept epoch's argmax cell." + (" Accuracies: the table's, of the runs where it fires." if benchmarked
+                                      else ""), ""]
+  cols = ["method", "fired", "stop → kept epoch (seed)"] + (["kept cell acc (%)", "final cell acc (%)"]
+                                                           if benchmarked else [])
+  L += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  for r in rows:
+    e = r["es_replay"]
+    epochs = ", ".join(f"{x['stop_epoch']} → {x['kept_epoch']} ({x['seed']})" for x in e["runs"] if x["fired"])
+    cells = [r["method"], f"{e['fired']}/{e['num_runs']}", epochs or "—"]
+    if benchmarked:
+      cells += [format_mean_std(e["acc"]), format_mean_std(e["final_acc"])]
+    L.append("| " + " | ".join(cells) + " |")
+  return L + [""]
+
+
 def report_markdown(report: Mapping[str, Any]) -> str:
   rep = report["reproducibility"]
   L = ["# Search-method comparison", "",
@@ -793,6 +870,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
       L += ["Eigenvalue trend: the largest eigenvalue of the α Hessian of the validation loss (`darts_jax.hessian`, "
             "measured every `hessian_every` epochs), first and last measured, means over seeds, and their ratio; "
             "RobustDARTS found its growth to precede DARTS' collapse (DARTS-ES stops on it).", ""]
+    replayed = [r for r in rows if r.get("es_replay")]
+    if replayed:
+      L += _es_replay_md(replayed, sp.has_benchmark)
     if sp.has_benchmark:
       b = report.get("nb201_random_baseline")
       if b:

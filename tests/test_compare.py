@@ -345,6 +345,50 @@ def test_eigenvalue_trend_on_synthetic_metrics(tmp_path, monkeypatch):
   assert "| α Hessian λ_max | 1.5000 | 3.0000 |" in md
 
 
+def test_darts_es_replayed_on_recorded_eigenvalues(tmp_path):
+  """`es_replay` runs the released rule on a finished search's eigenvalues and names the kept epoch's recorded
+  cell; `es_rule` takes the run's early_stop_kwargs with the compare config's overrides, and none for a run
+  that measured nothing or stopped early; the NB201 report scores the kept and the final cells on the table."""
+  cells = [EXAMPLE_NB201, ALL_SKIP_NB201]
+  evs = [1.0, 1.0, 1.0, 3.0, 3.0, 3.0]    # a jump at epoch 3
+  records = [{"phase": "epoch", "epoch": e, "hessian_eigenvalue": v, "genotype": cells[e >= 2]}
+             for e, v in enumerate(evs)]
+  rule = {"window": 1, "delta": 1, "factor": 2.0, "start_epoch": 0, "ev_freq": 1}
+  assert compare.es_replay(records, 6, rule) == {"stop_epoch": 3, "kept_epoch": 2, "genotype": ALL_SKIP_NB201,
+                                                 "final_genotype": ALL_SKIP_NB201}
+  assert compare.es_replay(records, 6, {**rule, "factor": 3.5}) is None
+  assert compare.es_replay(records, 6, {**rule, "start_epoch": 3}) is None
+  kw = {"window": 5, "delta": 4, "factor": 1.3, "start_epoch": 10, "ev_freq": 0, "mul_factor": None}
+  cfg = {"hessian_every": 2, "early_stop": "", "early_stop_kwargs": kw, "epochs": 6}
+  assert compare.es_rule(cfg) == {"window": 5, "delta": 4, "factor": 1.3, "start_epoch": 10, "ev_freq": 2}
+  assert compare.es_rule(cfg, {"window": 1, "delta": None})["window"] == 1
+  assert compare.es_rule({**cfg, "hessian_every": 0}) is None and compare.es_rule({**cfg, "early_stop": "darts_es"}) is None
+
+  archs = nb201.enumerate_archs()
+  bench_path = tmp_path / "nb201.csv"
+  bench_path.write_text("arch,cifar10_test_acc\n" + "".join(
+      f"{nb201.arch_to_string(a)},{50 + 40 * i / len(archs):.4f}\n" for i, a in enumerate(archs)))
+  bench = nb201.load_benchmark(str(bench_path))
+  runs = []
+  for seed, jump in ((0, True), (1, False)):
+    d = tmp_path / f"seed{seed}"
+    d.mkdir()
+    rs = records if jump else [{**r, "hessian_eigenvalue": 1.0} for r in records]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rs))
+    wd.write_json(str(d / "config.json"), {**cfg, "hessian_every": 1})
+    runs.append({"space": "nb201", "method": "darts", "seed": seed, "search_dir": str(d), "search": {}})
+  tables = {"nb201": [{"method": "darts", "num_runs": 2}]}
+  compare._add_eigenvalue_trends(tables, runs, {"window": 1, "delta": 1, "factor": 2.0, "start_epoch": 0},  # pylint: disable=protected-access
+                                 bench, "cifar10")
+  got = tables["nb201"][0]["es_replay"]
+  assert (got["fired"], got["num_runs"]) == (1, 2) and got["runs"][0]["stop_epoch"] == 3
+  assert got["runs"][0]["rule"]["ev_freq"] == 1 and not got["runs"][1]["fired"]
+  assert got["acc"]["mean"] == pytest.approx(bench.query(ALL_SKIP_NB201)) and got["acc"]["n"] == 1
+  md = "\n".join(compare._es_replay_md(tables["nb201"], True))  # pylint: disable=protected-access
+  assert "window 1, delta 1, factor 2.0, start epoch 0, an eigenvalue every 1 epoch;" in md
+  assert f"| darts | 1/2 | 3 → 2 (0) | {bench.query(ALL_SKIP_NB201):.2f} ± 0.00 |" in md
+
+
 def test_epoch_table_shows_the_epochs_whose_eigenvalue_was_measured():
   """With the Hessian measured every other epoch (epochs 1, 3, ..., 19) the per-epoch table's columns are those
   epochs (and epoch 0), so each λ_max cell of the row is filled; without it, ten evenly spaced epochs."""

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from darts_jax import compare
 from darts_jax import hessian
 from darts_jax import search
 from darts_jax import workdir as wd
@@ -45,8 +46,9 @@ def _es(**overrides):
 def test_darts_es_stops_the_search_and_exports_the_kept_epoch_resumably(tmp_path):
   """DARTS-ES with a window of one measurement, comparing each with the one before, from epoch 0, at a factor
   of 0.5: the released rule (`hessian.darts_es` on the logged eigenvalues) stops at epoch 1 and keeps epoch 0;
-  the search stops there and exports epoch 0's recorded genotype and α. Re-running the finished run trains
-  nothing; a run resumed from the epoch before the stop reaches the same decision and exports the same."""
+  the search stops there and exports epoch 0's recorded genotype and α, the cell `compare.es_replay` names from
+  the records. Re-running the finished run trains nothing; a run resumed from the epoch before the stop
+  reaches the same decision and exports the same."""
   workdir = str(tmp_path / "es")
   summary = search.search(_es(), workdir)
   records = _epochs(workdir)
@@ -54,6 +56,8 @@ def test_darts_es_stops_the_search_and_exports_the_kept_epoch_resumably(tmp_path
   assert rule == (1, 0) and [r["epoch"] for r in records] == [0, 1]
   assert (summary["early_stop_epoch"], summary["early_stop_kept_epoch"]) == rule and summary["steps"] == 4
   assert summary["genotype"] == records[0]["genotype"] == open(os.path.join(workdir, "genotype.txt")).read().strip()
+  replay = compare.es_replay(records, 5, compare.es_rule({**_es().to_dict(), "early_stop": ""}))
+  assert (replay["stop_epoch"], replay["kept_epoch"], replay["genotype"]) == (1, 0, summary["genotype"])
   assert summary["val_acc"] == records[0]["val_acc"]
   alphas = json.load(open(os.path.join(workdir, "alphas.json")))
   assert alphas == records[0]["alphas"] and alphas != records[1]["alphas"]

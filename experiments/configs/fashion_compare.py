@@ -31,12 +31,17 @@ report: ``runs/<space>/<method>/seed<k>/search/`` (each a `darts_jax.search` wor
 ``report.json`` and ``accuracy_over_time.png``.
 ``--config.search.selection=pt`` runs every method with DARTS-PT's selection (the report gives argmax and PT
 accuracy side by side); ``--config.proxy_scores=DIR/scores.csv`` (from experiments/zero_cost.py) adds the
-best-of-N-by-proxy baseline to the NB201 section.
+best-of-N-by-proxy baseline to the NB201 section. Where the searches measured the α Hessian's eigenvalue
+(``--config.search.hessian_every=N``), the report replays DARTS-ES on it; ``--config.es_replay.window=3
+--config.es_replay.delta=2 --config.es_replay.start_epoch=4`` replays a rule sized to 20 epochs instead of the
+released one (the report only: no search runs again).
 """
 import importlib.util
 import os
 
 import ml_collections
+
+P = ml_collections.config_dict.placeholder
 
 
 def _sibling(name):
@@ -102,6 +107,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # NB201: a zero-cost scores.csv (experiments/zero_cost.py) for the proxy-only baseline ("" : none), and its Ns
   c.proxy_scores = ""
   c.proxy_best_of_n = (10, 100)  # a tuple: overridable
+  # DARTS-ES replayed on searches that measured eigenvalues (compare.es_replay): fields set here replace the
+  # runs' own search.early_stop_kwargs for the replay only (None: theirs)
+  c.es_replay = ml_collections.ConfigDict({"window": P(int), "delta": P(int), "factor": P(float),
+                                           "start_epoch": P(int), "ev_freq": P(int)})
   if smoke:
     c.methods = ("darts", "random")
     c.seeds = (0, 1)
