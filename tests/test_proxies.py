@@ -241,14 +241,17 @@ def _zero_cost(workdir, devices, *flags):
 
 @pytest.mark.slow
 def test_zero_cost_command_on_eight_devices_equals_one_device_and_resumes(tmp_path):
-  """The command's scores on 8 virtual CPU devices equal those on one; a scores.csv cut short is completed by
-  re-running the same command, to the same values; a bad proxy name is one error line."""
+  """The command's scores on 8 virtual CPU devices equal those on one (which notes the cores it leaves idle);
+  a scores.csv cut short is completed by re-running the same command, to the same values; a bad proxy name is
+  one error line."""
   flags = ("--config.cells=12", "--config.chunk=5", "--config.proxies=synflow,snip", "--config.data_cells=6",
            "--config.batch_size=8")
   one, eight = tmp_path / "one", tmp_path / "eight"
   for d, n in ((one, 1), (eight, 8)):
     r = _zero_cost(str(d), n, *flags)
     assert r.returncode == 0, r.stderr[-2000:]
+    # One device of a several-core CPU: a note on giving the program the other cores.
+    assert ("device_count=" in r.stderr) == (n == 1 and (os.cpu_count() or 1) > 1), r.stderr[-2000:]
   a, b = (zero_cost_rows(d) for d in (one, eight))
   assert len(a) == 12 and sum("snip" in v for v in a.values()) == 6
   for arch in a:
