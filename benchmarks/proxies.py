@@ -40,6 +40,8 @@ def main(argv):
   if _CONV.value == "xla":
     proxies._conv_as_matmul = _xla_conv  # pylint: disable=protected-access
   rng = np.random.default_rng(0)
+  if _DEVICES.value < 1 or _CELLS.value % _DEVICES.value or _SYNFLOW_CELLS.value % _DEVICES.value:
+    raise app.UsageError(f"--devices={_DEVICES.value} must be at least 1 and divide --cells and --synflow_cells")
   devices = jax.local_devices()[:_DEVICES.value]
   if len(devices) < _DEVICES.value:
     raise app.UsageError(f"--devices={_DEVICES.value} but {len(devices)} local devices; on CPU set "

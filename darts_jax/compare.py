@@ -148,27 +148,34 @@ def format_trend(trend: Optional[Mapping[str, Any]]) -> str:
 
 def es_rule(search_config: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None
             ) -> Optional[Dict[str, Any]]:
-  """The DARTS-ES rule (`hessian.EarlyStop`'s window, delta, factor, start_epoch, ev_freq) to replay on a search
-  that ran with `search_config` (a config.json) and no early stop of its own: its ``early_stop_kwargs``, the set
-  fields of `overrides` replacing them, ev_freq 0 meaning its ``hessian_every``; None when the search measured no
-  eigenvalue or already stopped early."""
+  """The DARTS-ES rule (`hessian.EarlyStop`'s window, delta, factor, start_epoch, ev_freq; checked as the search
+  checks it) to replay on a search that ran with `search_config` (a config.json): its ``early_stop_kwargs``,
+  the set fields of `overrides` replacing them; None when the search measured no eigenvalue, stopped early
+  itself, or ran a method DARTS-ES refuses (one that does not learn α, or selects by itself)."""
   every = int(search_config.get("hessian_every") or 0)
   if every <= 0 or search_config.get("early_stop"):
     return None
-  rule = {k: v for k, v in dict(search_config.get("early_stop_kwargs") or {}).items()
-          if k in search_lib.EARLY_STOP_KEYS and v is not None}
-  rule.update({k: v for k, v in dict(overrides or {}).items() if k in search_lib.EARLY_STOP_KEYS and v is not None})
-  rule["ev_freq"] = int(rule.get("ev_freq") or every)
-  return rule
+  try:
+    method = methods_lib.get_method(search_config.get("method") or "",
+                                    **dict(search_config.get("method_kwargs") or {}))
+  except (KeyError, ValueError, TypeError):
+    return None
+  if not method.update_alphas or method.select is not None:
+    return None
+  kw = dict(search_config.get("early_stop_kwargs") or {})
+  kw.update({k: v for k, v in dict(overrides or {}).items() if v is not None})
+  return search_lib.early_stop_rule(kw, every)
 
 
 def es_replay(records: Sequence[Mapping[str, Any]], total_epochs: int, rule: Mapping[str, Any]
               ) -> Optional[Dict[str, Any]]:
-  """DARTS-ES (`hessian.darts_es` with `rule`) replayed on a finished search's metrics records: {"stop_epoch",
-  "kept_epoch", "genotype": the kept epoch's recorded cell, "final_genotype": the last epoch's}, or None when
-  the rule does not fire. The rule only reads the eigenvalues, so a search run with it stops at that epoch and
+  """DARTS-ES (`hessian.darts_es` with `rule`) replayed on a finished search's metrics records, fed as the
+  search feeds it (the eigenvalues of every ``ev_freq``-th epoch): {"stop_epoch", "kept_epoch", "genotype": the
+  kept epoch's recorded argmax cell, "final_genotype": the last epoch's}, or None when the rule does not fire.
+  The rule only reads the eigenvalues, so a search run with it (and argmax selection) stops at that epoch and
   exports that cell, its epochs before the stop being this run's."""
-  hit = hessian.darts_es(eigenvalue_series(records), total_epochs, **rule)
+  series = [(e, v) for e, v in eigenvalue_series(records) if (e + 1) % int(rule["ev_freq"]) == 0]
+  hit = hessian.darts_es(series, total_epochs, **rule)
   if hit is None:
     return None
   epochs = {int(r["epoch"]): r for r in records if r.get("phase") == "epoch"}
@@ -616,13 +623,14 @@ def _add_eigenvalue_trends(tables: Mapping[str, List[Dict[str, Any]]], runs: Seq
     records = wd.read_metrics(path)
     series.setdefault((r["space"], r["method"]), []).append(eigenvalue_series(records))
     cfg = read_json(os.path.join(r["search_dir"], "config.json")) or {}
-    rule = es_rule(cfg, replay_overrides) if eigenvalue_series(records) else None
+    rule = es_rule(cfg, replay_overrides) if eigenvalue_series(records) and cfg.get("epochs") else None
     if rule is None:
       continue
     hit = es_replay(records, int(cfg["epochs"]), rule)
     entry = {"seed": r["seed"], "rule": rule, "fired": hit is not None, **(hit or {})}
-    if hit and get_space(r["space"]).has_benchmark and benchmark is not None:
-      entry["acc"], entry["final_acc"] = (benchmark.query(g, benchmark_dataset)
+    if hit:
+      sp = get_space(r["space"])
+      entry["acc"], entry["final_acc"] = (_table_acc(sp, g, benchmark, benchmark_dataset)
                                           for g in (hit["genotype"], hit["final_genotype"]))
     replays.setdefault((r["space"], r["method"]), []).append(entry)
   for space, rows in tables.items():
@@ -813,10 +821,11 @@ def _es_replay_md(rows: Sequence[Mapping[str, Any]], benchmarked: bool) -> List[
   L = ["DARTS-ES replayed on each search's measured eigenvalues (`compare.es_replay`; window "
        f"{rule.get('window', 5)}, delta {rule.get('delta', 4)}, factor {rule.get('factor', 1.3)}, start epoch "
        f"{rule.get('start_epoch', 10)}, an eigenvalue every {rule['ev_freq']} epoch{'s' * (rule['ev_freq'] != 1)}; "
-       "`--config.es_replay.*` sets them): where it fires, a search with `early_stop=darts_es` stops at that epoch and exports the "
-       "kept epoch's argmax cell." + (" Accuracies: the table's, of the runs where it fires." if benchmarked
-                                      else ""), ""]
-  cols = ["method", "fired", "stop → kept epoch (seed)"] + (["kept cell acc (%)", "final cell acc (%)"]
+       "`--config.es_replay.*` sets them): where it fires, a search with `early_stop=darts_es` (and argmax "
+       "selection) stops at that epoch and exports the kept epoch's argmax cell." +
+       (" Accuracies: the table's, of the runs where it fires, beside the same runs' final argmax cells."
+        if benchmarked else ""), ""]
+  cols = ["method", "fired", "stop → kept epoch (seed)"] + (["kept cell acc (%)", "final argmax cell acc (%)"]
                                                            if benchmarked else [])
   L += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in rows:

@@ -40,8 +40,8 @@ def run(state, step_fn: Callable[[Any, int, Any], Tuple[Any, Any]], batches: Opt
   """Runs steps `start` .. `total_steps` - 1 of ``step_fn(state, step, batch) -> (state, metrics)`` on
   `batches` (None when nothing is left to run); returns the final state and the elapsed seconds (`elapsed`
   plus this run's). `progress`: the tqdm bar's label (None: no bar). `close`: called at the end, however it
-  ends, after the batches' own ``close``. `stop`: asked after each epoch's checkpoint (and after a SIGTERM
-  that came in that epoch has raised `workdir.Preempted`); True ends the run there (an early stop)."""
+  ends, after the batches' own ``close``. `stop`: asked after each epoch's checkpoint and the SIGTERM poll
+  (a SIGTERM in that epoch raises `workdir.Preempted` instead); True ends the run there (an early stop)."""
   current = [state]
   guard = wd.LoopCheckpoints(lambda at, seconds: hooks.save(at, current[0], seconds), hooks.check, start,
                              total_steps, directory, checkpoint_every)

@@ -255,13 +255,21 @@ def early_stop_settings(config, method: methods_lib.Method) -> Optional[Dict[str
   if unknown:
     raise ValueError(f"unknown early_stop_kwargs {', '.join(unknown)} for early_stop={name!r}; use "
                      f"{', '.join(allowed)}")
-  kw = {k: v for k, v in kw.items() if k in EARLY_STOP_KEYS}
-  kw["ev_freq"] = int(kw.get("ev_freq") or every)
-  if kw["ev_freq"] % every:
-    raise ValueError(f"early_stop_kwargs.ev_freq={kw['ev_freq']} is not a multiple of hessian_every={every}; "
-                     "DARTS-ES reads an eigenvalue every ev_freq epochs, so set ev_freq to k·hessian_every")
-  if int(kw.get("window", 1)) < 1 or int(kw.get("delta", 1)) < 1:
-    raise ValueError("early_stop_kwargs.window and .delta must be at least 1")
+  return early_stop_rule(kw, every)
+
+
+def early_stop_rule(kwargs: Dict[str, Any], hessian_every: int) -> Dict[str, Any]:
+  """`hessian.EarlyStop`'s settings from early_stop_kwargs-like fields (window, delta, factor, start_epoch,
+  ev_freq; None: the rule's default; ev_freq 0: `hessian_every`); a one-line ValueError for ones that cannot
+  run. Other fields are ignored."""
+  kw = {k: v for k, v in dict(kwargs).items() if k in EARLY_STOP_KEYS and v is not None}
+  kw["ev_freq"] = int(kw.get("ev_freq") or hessian_every)
+  if kw["ev_freq"] % hessian_every:
+    raise ValueError(f"early_stop_kwargs.ev_freq={kw['ev_freq']} is not a multiple of hessian_every="
+                     f"{hessian_every}; DARTS-ES reads an eigenvalue every ev_freq epochs, so set ev_freq to "
+                     "k·hessian_every")
+  if int(kw.get("window", 1)) < 1 or int(kw.get("delta", 1)) < 1 or int(kw.get("start_epoch", 0)) < 0:
+    raise ValueError("early_stop_kwargs.window and .delta must be at least 1, start_epoch at least 0")
   return kw
 
 

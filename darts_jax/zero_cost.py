@@ -109,10 +109,10 @@ def score_cells(config, workdir: str) -> Dict[str, Any]:
         todo.append((i, a, missing))
     programs = {}
     devices = jax.local_devices()[:int(config.get("num_devices") or 0) or None]
-    cores = os.cpu_count() or 1
-    if todo and devices[0].platform == "cpu" and len(devices) == 1 and cores > 1:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if todo and devices[0].platform == "cpu" and len(jax.local_devices()) == 1 and cores > 1:
       print(f"note: one CPU device runs the proxies on one core; XLA_FLAGS=--xla_force_host_platform_device_count="
-            f"{cores} gives them all {cores} (set before JAX starts; the scores do not change)", file=sys.stderr)
+            f"{cores} (set before JAX starts) gives them {cores}, each with its own working memory", file=sys.stderr)
     seconds = _elapsed(workdir) if rows else 0.0
     bar = tqdm.tqdm(total=len(todo), desc="zero-cost proxies", disable=not config.get("progress", True))
     for start in range(0, len(todo), config.chunk):

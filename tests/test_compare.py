@@ -346,28 +346,35 @@ def test_eigenvalue_trend_on_synthetic_metrics(tmp_path, monkeypatch):
 
 
 def test_darts_es_replayed_on_recorded_eigenvalues(tmp_path):
-  """`es_replay` runs the released rule on a finished search's eigenvalues and names the kept epoch's recorded
-  cell; `es_rule` takes the run's early_stop_kwargs with the compare config's overrides, and none for a run
-  that measured nothing or stopped early; the NB201 report scores the kept and the final cells on the table."""
-  cells = [EXAMPLE_NB201, ALL_SKIP_NB201]
-  evs = [1.0, 1.0, 1.0, 3.0, 3.0, 3.0]    # a jump at epoch 3
-  records = [{"phase": "epoch", "epoch": e, "hessian_eigenvalue": v, "genotype": cells[e >= 2]}
+  """`es_replay` runs the released rule on a finished search's eigenvalues, fed as the search feeds it (every
+  ev_freq-th epoch), and names the kept epoch's and the last epoch's recorded cells; `es_rule` takes the run's
+  early_stop_kwargs with the compare config's overrides, checked as the search checks them, and gives none for
+  a run that measured nothing, stopped early or ran a method DARTS-ES refuses; the NB201 report scores the kept
+  and the final cells on the table."""
+  archs = [nb201.arch_to_string(a) for a in nb201.enumerate_archs()]
+  cells = [archs[100 * (e + 1)] for e in range(6)]    # a different cell each epoch
+  evs = [1.0, 1.0, 1.0, 3.0, 3.0, 3.0]                # a jump at epoch 3
+  records = [{"phase": "epoch", "epoch": e, "hessian_eigenvalue": v, "genotype": cells[e]}
              for e, v in enumerate(evs)]
   rule = {"window": 1, "delta": 1, "factor": 2.0, "start_epoch": 0, "ev_freq": 1}
-  assert compare.es_replay(records, 6, rule) == {"stop_epoch": 3, "kept_epoch": 2, "genotype": ALL_SKIP_NB201,
-                                                 "final_genotype": ALL_SKIP_NB201}
+  assert compare.es_replay(records, 6, rule) == {"stop_epoch": 3, "kept_epoch": 2, "genotype": cells[2],
+                                                 "final_genotype": cells[5]}
   assert compare.es_replay(records, 6, {**rule, "factor": 3.5}) is None
   assert compare.es_replay(records, 6, {**rule, "start_epoch": 3}) is None
+  # ev_freq 2: the rule reads epochs 1, 3, 5 only (1.0, 3.0 and the last), so it stops at 3 and keeps 1.
+  assert compare.es_replay(records, 6, {**rule, "ev_freq": 2})["kept_epoch"] == 1
   kw = {"window": 5, "delta": 4, "factor": 1.3, "start_epoch": 10, "ev_freq": 0, "mul_factor": None}
-  cfg = {"hessian_every": 2, "early_stop": "", "early_stop_kwargs": kw, "epochs": 6}
+  cfg = {"hessian_every": 2, "early_stop": "", "early_stop_kwargs": kw, "epochs": 6, "method": "darts"}
   assert compare.es_rule(cfg) == {"window": 5, "delta": 4, "factor": 1.3, "start_epoch": 10, "ev_freq": 2}
   assert compare.es_rule(cfg, {"window": 1, "delta": None})["window"] == 1
   assert compare.es_rule({**cfg, "hessian_every": 0}) is None and compare.es_rule({**cfg, "early_stop": "darts_es"}) is None
+  assert compare.es_rule({**cfg, "method": "rsws"}) is None
+  with pytest.raises(ValueError, match="not a multiple of hessian_every=2"):
+    compare.es_rule(cfg, {"ev_freq": 3})
 
-  archs = nb201.enumerate_archs()
   bench_path = tmp_path / "nb201.csv"
-  bench_path.write_text("arch,cifar10_test_acc\n" + "".join(
-      f"{nb201.arch_to_string(a)},{50 + 40 * i / len(archs):.4f}\n" for i, a in enumerate(archs)))
+  bench_path.write_text("arch,cifar10_test_acc\n" + "".join(f"{a},{50 + 40 * i / len(archs):.4f}\n"
+                                                            for i, a in enumerate(archs)))
   bench = nb201.load_benchmark(str(bench_path))
   runs = []
   for seed, jump in ((0, True), (1, False)):
@@ -383,10 +390,12 @@ def test_darts_es_replayed_on_recorded_eigenvalues(tmp_path):
   got = tables["nb201"][0]["es_replay"]
   assert (got["fired"], got["num_runs"]) == (1, 2) and got["runs"][0]["stop_epoch"] == 3
   assert got["runs"][0]["rule"]["ev_freq"] == 1 and not got["runs"][1]["fired"]
-  assert got["acc"]["mean"] == pytest.approx(bench.query(ALL_SKIP_NB201)) and got["acc"]["n"] == 1
+  kept, final = bench.query(cells[2]), bench.query(cells[5])
+  assert kept != final
+  assert got["acc"]["mean"] == pytest.approx(kept) and got["final_acc"]["mean"] == pytest.approx(final)
   md = "\n".join(compare._es_replay_md(tables["nb201"], True))  # pylint: disable=protected-access
   assert "window 1, delta 1, factor 2.0, start epoch 0, an eigenvalue every 1 epoch;" in md
-  assert f"| darts | 1/2 | 3 → 2 (0) | {bench.query(ALL_SKIP_NB201):.2f} ± 0.00 |" in md
+  assert f"| darts | 1/2 | 3 → 2 (0) | {kept:.2f} ± 0.00 | {final:.2f} ± 0.00 |" in md
 
 
 def test_epoch_table_shows_the_epochs_whose_eigenvalue_was_measured():

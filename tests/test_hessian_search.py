@@ -47,7 +47,7 @@ def test_darts_es_stops_the_search_and_exports_the_kept_epoch_resumably(tmp_path
   """DARTS-ES with a window of one measurement, comparing each with the one before, from epoch 0, at a factor
   of 0.5: the released rule (`hessian.darts_es` on the logged eigenvalues) stops at epoch 1 and keeps epoch 0;
   the search stops there and exports epoch 0's recorded genotype and α, the cell `compare.es_replay` names from
-  the records. Re-running the finished run trains nothing; a run resumed from the epoch before the stop
+  the records of the same search run without the early stop. Re-running the finished run trains nothing; a run resumed from the epoch before the stop
   reaches the same decision and exports the same."""
   workdir = str(tmp_path / "es")
   summary = search.search(_es(), workdir)
@@ -56,8 +56,13 @@ def test_darts_es_stops_the_search_and_exports_the_kept_epoch_resumably(tmp_path
   assert rule == (1, 0) and [r["epoch"] for r in records] == [0, 1]
   assert (summary["early_stop_epoch"], summary["early_stop_kept_epoch"]) == rule and summary["steps"] == 4
   assert summary["genotype"] == records[0]["genotype"] == open(os.path.join(workdir, "genotype.txt")).read().strip()
-  replay = compare.es_replay(records, 5, compare.es_rule({**_es().to_dict(), "early_stop": ""}))
+  # The same search without the early stop, replayed with the rule: the same stop and the exported cell.
+  plain = str(tmp_path / "plain")
+  search.search(_tiny(epochs=5), plain)
+  replay = compare.es_replay(wd.read_metrics(os.path.join(plain, "metrics.jsonl")), 5,
+                             compare.es_rule({**_es().to_dict(), "early_stop": ""}))
   assert (replay["stop_epoch"], replay["kept_epoch"], replay["genotype"]) == (1, 0, summary["genotype"])
+  assert replay["final_genotype"] == _epochs(plain)[-1]["genotype"]
   assert summary["val_acc"] == records[0]["val_acc"]
   alphas = json.load(open(os.path.join(workdir, "alphas.json")))
   assert alphas == records[0]["alphas"] and alphas != records[1]["alphas"]
@@ -168,11 +173,14 @@ def test_multi_seed_search_logs_each_seeds_own_eigenvalue_and_early_stop(tmp_pat
 
 def test_darts_es_settings_that_cannot_run_are_one_line_errors(tmp_path):
   cases = [(dict(hessian_every=0), "hessian_every=0"), (dict(early_stop="es"), "unknown early_stop"),
-           (dict(hessian_every=2, epochs=6), "ev_freq=3 is not a multiple"), (dict(method="rsws"), "does not learn")]
+           (dict(hessian_every=2, epochs=6), "ev_freq=3 is not a multiple"), (dict(method="rsws"), "does not learn"),
+           (dict(), "start_epoch at least 0")]
   for i, (overrides, words) in enumerate(cases):
     c = _es(**overrides)
     if "ev_freq" in words:
       c.early_stop_kwargs.ev_freq = 3
+    if "start_epoch" in words:
+      c.early_stop_kwargs.start_epoch = -1
     with pytest.raises(ValueError, match=words):
       search.search(c, str(tmp_path / str(i)))
     assert not os.path.exists(tmp_path / str(i))

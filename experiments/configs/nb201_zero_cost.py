@@ -8,15 +8,15 @@ Spearman ρ beside the published 0.737 (experiments/results/nb201_zero_cost/ has
 `:data` adds the five data-dependent proxies on one batch of 64 Fashion-MNIST images, for the first
 ``data_cells`` (12) of 1,000 cells drawn with the seed. Re-running resumes.
 Override fields on the command line, e.g. ``--config.cells=all --config.data_cells=0`` for every proxy on
-every cell (experiments/results/nb201_zero_cost_all/). The cells are split over the local devices; on CPU, XLA
-runs each device's share on one core, so give it one virtual device per core (each holds its own working set,
-up to about 6.5 GB with the data-dependent proxies):
+every cell. The cells are split over the local devices; on CPU, XLA runs each device's share on one core, so
+give it one virtual device per core (each holds its own working set, up to about 6.5 GB with the
+data-dependent proxies):
 
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python experiments/zero_cost.py \
       --config=experiments/configs/nb201_zero_cost.py:data --workdir=/tmp/zc_all --config.cells=all \
       --config.data_cells=0
 
-Costs per cell and device count: benchmarks/README.md.
+Costs per cell: benchmarks/README.md.
 """
 import ml_collections
 
