@@ -5,8 +5,8 @@
 
 Times `proxies.nb201_program` (the benchmark's network, C=16, N=5; `lax.map` over the cells, each edge's op
 by `lax.switch`) for synflow (float64, one 32×32×3 all-ones image) and for each data-dependent group (one
-batch of 64 random 32×32×1 images, Fashion-MNIST's shape here): the first call (compile and run) and a second
-call on the same cells, per cell. ``--conv=xla`` swaps the program's convolution for
+batch of 64 random side×side×1 images; ``--side=28``, the default, is the command's Fashion-MNIST batch): the
+first call (compile and run) and a second call on the same cells, per cell. ``--conv=xla`` swaps the program's convolution for
 `lax.conv_general_dilated`, the form it replaced (XLA:CPU runs float64 convolutions, and convolutions
 inside `lax.switch` branches, several times slower). ``--devices=n`` splits the cells over n local devices, as
 `experiments/zero_cost.py` does (on CPU, XLA runs this program's one device on one core; virtual CPU devices
@@ -27,6 +27,7 @@ _SYNFLOW_CELLS = flags.DEFINE_integer("synflow_cells", 64, "cells per synflow ti
 _CONV = flags.DEFINE_enum("conv", "matmul", ["matmul", "xla"], "the program's convolution")
 _GROUPS = flags.DEFINE_list("groups", ["synflow", "snip+grad_norm+fisher", "grasp", "jacob_cov"],
                             "proxy groups to time, '+' joining the proxies of one program")
+_SIDE = flags.DEFINE_integer("side", 28, "the data-dependent proxies' image side (benchmarks/README's table: 32)")
 _DEVICES = flags.DEFINE_integer("devices", 1, "local devices sharing the cells (a divisor of the cell counts)")
 
 
@@ -53,7 +54,7 @@ def main(argv):
     synflow = names == ["synflow"]
     k = _SYNFLOW_CELLS.value if synflow else _CELLS.value
     codes = jnp.asarray(rng.integers(0, 5, (k, 6)).astype(np.int32))
-    channels, shape = (3, (1, 32, 32, 3)) if synflow else (1, (64, 32, 32, 1))
+    channels, shape = (3, (1, 32, 32, 3)) if synflow else (1, (64, _SIDE.value, _SIDE.value, 1))
     x = jax.random.normal(jax.random.PRNGKey(1), shape)
     y = jnp.arange(shape[0]) % 10
     with jax.enable_x64(synflow):
