@@ -41,6 +41,7 @@ Three more measurements join the NB201 table where the runs or the config provid
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -621,9 +622,10 @@ def _add_eigenvalue_trends(tables: Mapping[str, List[Dict[str, Any]]], runs: Seq
     if not (path and os.path.exists(path)):
       continue
     records = wd.read_metrics(path)
-    series.setdefault((r["space"], r["method"]), []).append(eigenvalue_series(records))
+    measured = eigenvalue_series(records)
+    series.setdefault((r["space"], r["method"]), []).append(measured)
     cfg = read_json(os.path.join(r["search_dir"], "config.json")) or {}
-    rule = es_rule(cfg, replay_overrides) if eigenvalue_series(records) and cfg.get("epochs") else None
+    rule = es_rule(cfg, replay_overrides) if measured and cfg.get("epochs") else None
     if rule is None:
       continue
     hit = es_replay(records, int(cfg["epochs"]), rule)
@@ -817,10 +819,12 @@ def _proxy_md(p: Mapping[str, Any]) -> List[str]:
 
 
 def _es_replay_md(rows: Sequence[Mapping[str, Any]], benchmarked: bool) -> List[str]:
-  rule = rows[0]["es_replay"]["runs"][0]["rule"]
+  defaults = {f.name: f.default for f in dataclasses.fields(hessian.EarlyStop)
+              if f.name in search_lib.EARLY_STOP_KEYS}
+  rule = {**defaults, **rows[0]["es_replay"]["runs"][0]["rule"]}   # the rule's own defaults where the run set none
   L = ["DARTS-ES replayed on each search's measured eigenvalues (`compare.es_replay`; window "
-       f"{rule.get('window', 5)}, delta {rule.get('delta', 4)}, factor {rule.get('factor', 1.3)}, start epoch "
-       f"{rule.get('start_epoch', 10)}, an eigenvalue every {rule['ev_freq']} epoch{'s' * (rule['ev_freq'] != 1)}; "
+       f"{rule['window']}, delta {rule['delta']}, factor {rule['factor']}, start epoch "
+       f"{rule['start_epoch']}, an eigenvalue every {rule['ev_freq']} epoch{'s' * (rule['ev_freq'] != 1)}; "
        "`--config.es_replay.*` sets them): where it fires, a search with `early_stop=darts_es` (and argmax "
        "selection) stops at that epoch and exports the kept epoch's argmax cell." +
        (" Accuracies: the table's, of the runs where it fires, beside the same runs' final argmax cells."
