@@ -1,5 +1,6 @@
 """Zero-cost proxies against hand computations, the NB201 proxy program, rank correlations and the
-best-of-N baseline; the committed all-cells synflow table against its program and the published ρ."""
+best-of-N baseline; the committed all-cells tables (synflow; all six proxies) against their program, synflow's
+against the published ρ."""
 import csv
 import json
 import os
@@ -204,6 +205,41 @@ def test_committed_synflow_table_matches_its_program_and_the_published_rho():
     out = proxies.nb201_program(("synflow",), (1, 32, 32, 3))(params, codes, jnp.zeros((1, 32, 32, 3)),
                                                                jnp.zeros((1,), jnp.int32))
   np.testing.assert_allclose(np.asarray(out["synflow"]), [rows[archs[i]] for i in pick], rtol=1e-6)
+
+
+RESULTS_ALL = os.path.join(os.path.dirname(__file__), "..", "experiments", "results", "nb201_zero_cost_all")
+
+
+@pytest.mark.slow
+def test_committed_six_proxy_table_matches_its_program_and_its_summary():
+  """experiments/results/nb201_zero_cost_all has all six proxies for all 15,625 cells, jacob_cov NaN exactly
+  for the cells whose `none` edges cut the input off; its correlations.json holds the CSV's ρ and τ; two of
+  its rows, recomputed by the program from the recorded config (seed, Fashion-MNIST batch), agree."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(RESULTS_ALL, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  rows = zero_cost.read_scores(os.path.join(RESULTS_ALL, "scores.csv"))
+  assert len(rows) == 15625 and all(set(r) == set(proxies.PROXIES) for r in rows.values())
+  nan = {a for a, r in rows.items() if not np.isfinite(r["jacob_cov"])}
+  assert nan == {a for a in rows if not nb201_arch.is_connected(nb201_arch.parse_arch(a))}
+  assert all(np.isfinite(r[n]) for r in rows.values() for n in proxies.PROXIES if n != "jacob_cov")
+  with open(os.path.join(RESULTS_ALL, "correlations.json")) as f:
+    summary = json.load(f)
+  for n, (scores, table) in zero_cost.score_table_pairs(config, rows, proxies.PROXIES).items():
+    got = ranking.rank_correlation(scores, table)
+    assert got["spearman_rho"] == pytest.approx(summary["proxies"][n]["spearman_rho"], abs=1e-12), n
+    assert got["kendall_tau"] == pytest.approx(summary["proxies"][n]["kendall_tau"], abs=1e-12), n
+  x, y, num_classes = zero_cost._batch(config)  # pylint: disable=protected-access
+  archs = sorted(a for a in rows if a not in nan)
+  pick = [archs[i] for i in np.random.default_rng(2).choice(len(archs), 2, replace=False)]
+  with jax.enable_x64(True):
+    params = proxies.nb201_init(jax.random.PRNGKey(config.seed), config.C, config.N, num_classes, x.shape[-1])
+    out = proxies.nb201_program(proxies.PROXIES, x.shape)(
+        params, jnp.asarray(np.stack([proxies.arch_codes(a) for a in pick])), jnp.asarray(x), jnp.asarray(y))
+  for n in proxies.PROXIES:
+    scale = max(abs(r[n]) for r in rows.values() if np.isfinite(r[n]))
+    np.testing.assert_allclose(np.asarray(out[n]), [rows[a][n] for a in pick], rtol=1e-4, atol=1e-7 * scale,
+                               err_msg=n)
 
 
 @pytest.mark.slow
