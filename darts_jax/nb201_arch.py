@@ -3,7 +3,8 @@
 An NB201 architecture is a tuple of 6 op names, one per edge of the NB201 cell (`topology.NB201_CELL`) in its
 edge order (0->1, 0->2, 1->2, 0->3, 1->3, 2->3), written in the benchmark's string form
 ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``. `is_connected` tells whether `none` edges cut the cell's input from
-its output (such cells score chance level in the table). `Benchmark` holds the NATS-Bench topology table;
+its output (such cells score chance level in the table); `zero_input_convs` names the conv edges fed
+by a node that is always zero. `Benchmark` holds the NATS-Bench topology table;
 `expected_best_of_n` is the random-search baseline computed exactly from it. The networks are in
 `darts_jax.nb201`.
 """
@@ -94,15 +95,31 @@ def arch_from_alphas(alphas) -> Arch:
   return tuple(NB201_PRIMITIVES[i] for i in np.argmax(a, axis=-1))
 
 
-def is_connected(arch: ArchLike) -> bool:
-  """Whether some path of non-``none`` edges leads from the cell input (node 0) to its output (node 3). A
-  disconnected cell outputs zeros whatever its input: the network then cannot beat chance."""
-  ops_ = as_arch(arch)
+def _reached(ops_: Arch) -> set:
+  """The nodes some path of non-``none`` edges leads to from the cell input (node 0); the others are zero."""
   reach = {0}
   for e, op in zip(NB201_CELL.edges, ops_):   # edges are ordered by destination, sources come first
     if op != "none" and e.src in reach:
       reach.add(e.dst)
-  return NB201_CELL.num_inputs + NB201_CELL.num_nodes - 1 in reach
+  return reach
+
+
+def is_connected(arch: ArchLike) -> bool:
+  """Whether some path of non-``none`` edges leads from the cell input (node 0) to its output (node 3). A
+  disconnected cell outputs zeros whatever its input: the network then cannot beat chance."""
+  return NB201_CELL.num_inputs + NB201_CELL.num_nodes - 1 in _reached(as_arch(arch))
+
+
+def zero_input_convs(arch: ArchLike) -> Tuple[int, ...]:
+  """The edges whose op is a convolution and whose source node is zero whatever the input (no path of
+  non-``none`` edges reaches it). Such a conv outputs its bias, the same at every position and example, and the
+  BatchNorm after it (batch statistics) divides a zero variance by sqrt(eps): the output stays zero but its
+  gradient is scaled by about 1/sqrt(eps). Proxies read off that layer's activations (fisher) see the
+  amplification, and the rounding of the BatchNorm's mean decides part of it (experiments/results/README.md)."""
+  ops_ = as_arch(arch)
+  reach = _reached(ops_)
+  return tuple(i for i, (e, op) in enumerate(zip(NB201_CELL.edges, ops_))
+               if op.startswith("nor_conv") and e.src not in reach)
 
 
 def random_arch(rng: Union[np.random.Generator, int, None] = None) -> Arch:

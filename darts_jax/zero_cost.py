@@ -93,11 +93,7 @@ def score_cells(config, workdir: str) -> Dict[str, Any]:
   wd.prepare(workdir, config.to_dict(), ignore=RESUMABLE_KEYS)
   try:
     archs = _cells(config)
-    data_names = tuple(n for n in names if n != "synflow")
-    x, y, num_classes = _batch(config) if data_names else (np.zeros((1, 32, 32, 3), np.float32),
-                                                           np.zeros((1,), np.int32), 10)
-    shape = x.shape if data_names else (1, config.image_size, config.image_size, 3)
-    params = proxies.nb201_init(jax.random.PRNGKey(config.seed), config.C, config.N, num_classes, shape[-1])
+    x, y, params = _inputs(config, names)
     path = os.path.join(workdir, SCORES)
     rows = read_scores(path)
     data_cells = int(config.data_cells or 0) or len(archs)
@@ -121,11 +117,8 @@ def score_cells(config, workdir: str) -> Dict[str, Any]:
       for group in sorted({tuple(w) for _, _, w in chunk}):
         members = [(i, a) for i, a, w in chunk if tuple(w) == group]
         codes = np.stack([proxies.arch_codes(a) for _, a in members])
-        fn = programs.setdefault(group, proxies.nb201_program(group, shape, devices))
-        pad = -len(codes) % len(devices)   # the devices split the cells evenly; padded cells are dropped
-        with jax.enable_x64("synflow" in group):
-          out = jax.device_get(fn(params, jnp.asarray(np.concatenate([codes, codes[:1].repeat(pad, 0)])),
-                                  jnp.asarray(x), jnp.asarray(y)))
+        fn = programs.setdefault(group, proxies.nb201_program(group, x.shape, devices))
+        out = _run(fn, group, len(devices), params, codes, x, y)
         for k, (i, _) in enumerate(members):
           rows.setdefault(keys[i], {}).update({n: float(out[n][k]) for n in group})
       seconds += time.perf_counter() - t0
@@ -143,6 +136,36 @@ def score_cells(config, workdir: str) -> Dict[str, Any]:
     wd.unlock(workdir)
 
 
+def _inputs(config, names):
+  """The batch (x, y) and the weights every cell is scored with; synflow alone gets a zero batch of one
+  image_size image (it reads only the shape)."""
+  if set(names) - {"synflow"}:
+    x, y, num_classes = _batch(config)
+  else:
+    x, y, num_classes = (np.zeros((1, config.image_size, config.image_size, 3), np.float32),
+                         np.zeros((1,), np.int32), 10)
+  return x, y, proxies.nb201_init(jax.random.PRNGKey(config.seed), config.C, config.N, num_classes, x.shape[-1])
+
+
+def _run(fn, names, num_devices: int, params, codes, x, y) -> Dict[str, np.ndarray]:
+  pad = -len(codes) % num_devices   # the devices split the cells evenly; padded cells are dropped
+  with jax.enable_x64("synflow" in names):
+    out = jax.device_get(fn(params, jnp.asarray(np.concatenate([codes, codes[:1].repeat(pad, 0)])),
+                            jnp.asarray(x), jnp.asarray(y)))
+  return {n: np.asarray(out[n][:len(codes)]) for n in names}
+
+
+def rescore(config, archs, names=proxies.PROXIES) -> Dict[str, np.ndarray]:
+  """The proxies `names` of `archs` (arch strings or tuples) computed as `score_cells` computes them for
+  `config` (its weights, batch and program, the cells split over the same local devices), to check a
+  recorded table; run it with the recorded command's XLA_FLAGS, since XLA's settings change the rounding."""
+  names = tuple(names)
+  x, y, params = _inputs(config, names)
+  devices = jax.local_devices()[:int(config.get("num_devices") or 0) or None]
+  codes = np.stack([proxies.arch_codes(a) for a in archs])
+  return _run(proxies.nb201_program(names, x.shape, devices), names, len(devices), params, codes, x, y)
+
+
 def _elapsed(workdir: str) -> float:
   path = os.path.join(workdir, "timing.json")
   if not os.path.exists(path):
@@ -154,15 +177,19 @@ def _elapsed(workdir: str) -> float:
 def summarize(config, rows: Dict[str, Dict[str, float]], names, seconds: float,
               pairs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Per proxy: cells scored, Spearman ρ and Kendall τ against the table (``config.benchmark_dataset``), the
-  published ρ, and the best-of-N baseline (`ranking.score_best_of_n`); plus the scoring seconds. `pairs`:
+  published ρ, ρ and τ over the cells without a zero-input conv (`nb201_arch.zero_input_convs`), and the
+  best-of-N baseline (`ranking.score_best_of_n`); plus the scoring seconds. `pairs`:
   `score_table_pairs`' result, when already computed."""
   out = {"proxies": {}, "seconds": seconds, "cells": len(rows), "dataset": config.dataset,
          "batch_size": config.batch_size, "seed": config.seed, "C": config.C, "N": config.N,
          "benchmark_dataset": config.benchmark_dataset}
   pairs = score_table_pairs(config, rows, names) if pairs is None else pairs
   for n, (s, t) in pairs.items():
+    clean = np.asarray([not nb201_arch.zero_input_convs(a) for a, r in rows.items() if n in r])
     out["proxies"][n] = {**ranking.rank_correlation(s, t), "cells": len(s), "nan": int(np.sum(~np.isfinite(s))),
                          "published_spearman_rho": proxies.PUBLISHED_RHO[n],
+                         "without_zero_input_convs": {**ranking.rank_correlation(s[clean], t[clean]),
+                                                      "cells": int(clean.sum())},
                          "best_of_n": ranking.score_best_of_n(s, t, config.best_of_n, seed=config.seed)}
   return out
 
@@ -201,11 +228,13 @@ def report_markdown(summary: Dict[str, Any]) -> str:
            f"Network C={summary['C']}, N={summary['N']}; seed {summary['seed']}; scoring took "
            f"{summary['seconds']:.0f} s. Correlations against the table's {summary['benchmark_dataset']} test "
            "accuracy.", "",
-           "| proxy | cells | Spearman ρ | published ρ | Kendall τ | NaN |", "|---|---|---|---|---|---|"]
+           "| proxy | cells | Spearman ρ | published ρ | Kendall τ | NaN | ρ without zero-input convs (cells) |",
+           "|---|---|---|---|---|---|---|"]
   fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
   for n, p in summary["proxies"].items():
+    w = p.get("without_zero_input_convs", {})
     lines.append(f"| {n} | {p['cells']} | {fmt(p['spearman_rho'])} | {p['published_spearman_rho']:.3f} | "
-                 f"{fmt(p['kendall_tau'])} | {p['nan']} |")
+                 f"{fmt(p['kendall_tau'])} | {p['nan']} | {fmt(w.get('spearman_rho'))} ({w.get('cells', 'n/a')}) |")
   if summary["proxies"]:
     lines += ["", "Best of N cells by proxy (table accuracy, mean over draws) against random search:", "",
               "| proxy | N | best by proxy | random best of N | random cell |", "|---|---|---|---|---|"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from darts_jax import nb201 as B
+from darts_jax import nb201_arch
 from darts_jax import ops, supernet
 from darts_jax.search_space import NB201_PRIMITIVES, NB201_SPACE
 
@@ -323,3 +324,12 @@ def test_disconnected_cells_are_exactly_the_chance_level_cells_of_the_table():
   assert not B.is_connected("|none~0|+|none~0|nor_conv_3x3~1|+|none~0|nor_conv_3x3~1|nor_conv_3x3~2|")
   assert B.is_connected(EXAMPLE) and B.is_connected(ALL_SKIP)
 
+
+
+def test_zero_input_convs_are_the_conv_edges_whose_source_no_path_reaches():
+  z = nb201_arch.zero_input_convs
+  assert z("|none~0|+|none~0|nor_conv_3x3~1|+|avg_pool_3x3~0|avg_pool_3x3~1|nor_conv_1x1~2|") == (2, 5)
+  assert z("|none~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|none~0|avg_pool_3x3~1|nor_conv_1x1~2|") == (2,)
+  assert z("|nor_conv_3x3~0|+|none~0|none~1|+|nor_conv_3x3~0|nor_conv_1x1~1|nor_conv_3x3~2|") == (5,)
+  assert z("|none~0|+|none~0|avg_pool_3x3~1|+|none~0|skip_connect~1|skip_connect~2|") == ()
+  assert z(EXAMPLE) == () and z(ALL_SKIP) == ()
