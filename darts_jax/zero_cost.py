@@ -104,7 +104,7 @@ def score_cells(config, workdir: str) -> Dict[str, Any]:
       if missing:
         todo.append((i, a, missing))
     programs = {}
-    devices = jax.local_devices()[:int(config.get("num_devices") or 0) or None]
+    devices = _devices(config)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if todo and devices[0].platform == "cpu" and len(jax.local_devices()) == 1 and cores > 1:
       print(f"note: one CPU device runs the proxies on one core; XLA_FLAGS=--xla_force_host_platform_device_count="
@@ -147,6 +147,10 @@ def _inputs(config, names):
   return x, y, proxies.nb201_init(jax.random.PRNGKey(config.seed), config.C, config.N, num_classes, x.shape[-1])
 
 
+def _devices(config):
+  return jax.local_devices()[:int(config.get("num_devices") or 0) or None]
+
+
 def _run(fn, names, num_devices: int, params, codes, x, y) -> Dict[str, np.ndarray]:
   pad = -len(codes) % num_devices   # the devices split the cells evenly; padded cells are dropped
   with jax.enable_x64("synflow" in names):
@@ -161,7 +165,7 @@ def rescore(config, archs, names=proxies.PROXIES) -> Dict[str, np.ndarray]:
   recorded table; run it with the recorded command's XLA_FLAGS, since XLA's settings change the rounding."""
   names = tuple(names)
   x, y, params = _inputs(config, names)
-  devices = jax.local_devices()[:int(config.get("num_devices") or 0) or None]
+  devices = _devices(config)
   codes = np.stack([proxies.arch_codes(a) for a in archs])
   return _run(proxies.nb201_program(names, x.shape, devices), names, len(devices), params, codes, x, y)
 
@@ -184,8 +188,9 @@ def summarize(config, rows: Dict[str, Dict[str, float]], names, seconds: float,
          "batch_size": config.batch_size, "seed": config.seed, "C": config.C, "N": config.N,
          "benchmark_dataset": config.benchmark_dataset}
   pairs = score_table_pairs(config, rows, names) if pairs is None else pairs
+  zero_input = {a for a in rows if nb201_arch.zero_input_convs(a)}
   for n, (s, t) in pairs.items():
-    clean = np.asarray([not nb201_arch.zero_input_convs(a) for a, r in rows.items() if n in r])
+    clean = np.asarray([a not in zero_input for a, r in rows.items() if n in r])   # score_table_pairs' order
     out["proxies"][n] = {**ranking.rank_correlation(s, t), "cells": len(s), "nan": int(np.sum(~np.isfinite(s))),
                          "published_spearman_rho": proxies.PUBLISHED_RHO[n],
                          "without_zero_input_convs": {**ranking.rank_correlation(s[clean], t[clean]),

@@ -230,8 +230,8 @@ def test_committed_six_proxy_table_matches_its_program_and_its_summary():
   zero_input = {a for a in rows if nb201_arch.zero_input_convs(a)}
   with open(os.path.join(RESULTS_ALL, "correlations.json")) as f:
     summary = json.load(f)
+  clean = np.asarray([a not in zero_input for a in rows])
   for n, (scores, table) in zero_cost.score_table_pairs(config, rows, proxies.PROXIES).items():
-    clean = np.asarray([a not in zero_input for a in rows])
     for got, want in ((ranking.rank_correlation(scores, table), summary["proxies"][n]),
                       (ranking.rank_correlation(scores[clean], table[clean]),
                        summary["proxies"][n]["without_zero_input_convs"])):
