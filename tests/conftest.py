@@ -33,6 +33,8 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: minutes of XLA compilation; run with -m slow (CI runs them)")
+  config.addinivalue_line("markers", "alone: needs about half the machine's 24 GB; CI runs these one at a time, "
+                          "after the parallel runs (beside another heavy test it was killed for memory)")
 
 
 def _shared_file(env: str, sub: str, name: str) -> pathlib.Path:

@@ -211,6 +211,7 @@ RESULTS_ALL = os.path.join(os.path.dirname(__file__), "..", "experiments", "resu
 
 
 @pytest.mark.slow
+@pytest.mark.alone   # the rescoring subprocess peaks at 11.7 GB RSS (two devices, six proxies at 28x28)
 def test_committed_six_proxy_table_matches_its_program_and_its_summary():
   """experiments/results/nb201_zero_cost_all has all six proxies for all 15,625 cells, jacob_cov NaN exactly
   for the cells whose `none` edges cut the input off; its correlations.json holds the CSV's ρ and τ, over all
