@@ -613,8 +613,10 @@ def _add_eigenvalue_trends(tables: Mapping[str, List[Dict[str, Any]]], runs: Seq
                            replay_overrides: Optional[Mapping[str, Any]] = None, benchmark=None,
                            benchmark_dataset: str = "cifar10") -> None:
   """Sets each row's ``eigenvalue_trend`` (`eigenvalue_trend` of its runs' metrics.jsonl), ``early_stopped``
-  (how many of its searches DARTS-ES stopped) and, where its runs measured eigenvalues without an early stop,
-  ``es_replay`` (`es_replay` per run, with the cells' table accuracy where the space has a table)."""
+  (how many of its searches DARTS-ES stopped), ``ada`` where its runs searched with DARTS-ADA (each run's
+  roll-backs, final weight decay and final cell's table accuracy) and, where its runs measured eigenvalues
+  without an early stop, ``es_replay`` (`es_replay` per run, with the cells' table accuracy where the space has
+  a table)."""
   series: Dict[tuple, List[List[tuple]]] = {}
   replays: Dict[tuple, List[Dict[str, Any]]] = {}
   for r in runs:
@@ -640,6 +642,15 @@ def _add_eigenvalue_trends(tables: Mapping[str, List[Dict[str, Any]]], runs: Seq
       row["eigenvalue_trend"] = eigenvalue_trend(series.get((space, row["method"]), []))
       row["early_stopped"] = sum(1 for r in runs if r["space"] == space and r["method"] == row["method"]
                                  and (r.get("search") or {}).get("early_stop_epoch") is not None)
+      ada = [{"seed": r["seed"], "rollbacks": [{k: e.get(k) for k in ("stop_epoch", "kept_epoch", "weight_decay")}
+                                                for e in r["search"].get("ada_rollbacks") or []],
+              "final_weight_decay": r["search"].get("w_weight_decay_final"),
+              "acc": _table_acc(get_space(space), r["search"].get("genotype"), benchmark, benchmark_dataset)}
+             for r in runs if r["space"] == space and r["method"] == row["method"]
+             and (r.get("search") or {}).get("early_stop") == "darts_ada"]
+      if ada:
+        row["ada"] = {"runs": ada, "rolled_back": sum(1 for e in ada if e["rollbacks"]), "num_runs": len(ada),
+                      "acc": mean_std(e["acc"] for e in ada)}
       rs = replays.get((space, row["method"]))
       if rs:
         fired = [e for e in rs if e["fired"]]
@@ -758,6 +769,8 @@ def _table_md(space: str, rows: Sequence[Mapping[str, Any]], retrain: bool, devi
       cells.append(format_ranking(r.get("ranking")))
     if trends:
       stopped = f"; DARTS-ES stopped {r['early_stopped']}/{r['num_runs']}" if r.get("early_stopped") else ""
+      if r.get("ada"):
+        stopped += f"; DARTS-ADA rolled back {r['ada']['rolled_back']}/{r['ada']['num_runs']}"
       cells.append(format_trend(r.get("eigenvalue_trend")) + stopped)
     lines.append("| " + " | ".join(cells) + " |")
   return lines
@@ -842,6 +855,27 @@ def _es_replay_md(rows: Sequence[Mapping[str, Any]], benchmarked: bool) -> List[
   return L + [""]
 
 
+def _ada_md(rows: Sequence[Mapping[str, Any]], benchmarked: bool) -> List[str]:
+  L = ["DARTS-ADA (`early_stop=darts_ada`): where DARTS-ES fires at a stop epoch, the search returns to the kept "
+       "epoch with the weights' weight decay multiplied and goes on; the final α gives the cell. Per run: its "
+       "roll-backs as stop → kept epoch (the weight decay after it)." +
+       (" Accuracy: the table's, of the final cells." if benchmarked else ""), ""]
+  cols = ["method", "rolled back", "roll-backs", "final weight decay"] + (
+      ["final cell acc (%)"] if benchmarked else [])
+  L += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  back = lambda b: f"{b['stop_epoch']} → {b['kept_epoch']} (wd {b['weight_decay']:.2g})"
+  for r in rows:
+    a = r["ada"]
+    backs = "; ".join(f"seed {e['seed']}: " + ", ".join(map(back, e["rollbacks"])) for e in a["runs"] if e["rollbacks"])
+    decay = ", ".join(f"seed {e['seed']}: {e['final_weight_decay']:.2g}" for e in a["runs"]
+                      if e["final_weight_decay"] is not None)
+    cells = [r["method"], f"{a['rolled_back']}/{a['num_runs']}", backs or "—", decay or "—"]
+    if benchmarked:
+      cells.append(format_mean_std(a["acc"]))
+    L.append("| " + " | ".join(cells) + " |")
+  return L + [""]
+
+
 def report_markdown(report: Mapping[str, Any]) -> str:
   rep = report["reproducibility"]
   L = ["# Search-method comparison", "",
@@ -883,6 +917,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
       L += ["Eigenvalue trend: the largest eigenvalue of the α Hessian of the validation loss (`darts_jax.hessian`, "
             "measured every `hessian_every` epochs), first and last measured, means over seeds, and their ratio; "
             "RobustDARTS found its growth to precede DARTS' collapse (DARTS-ES stops on it).", ""]
+    adaptive = [r for r in rows if r.get("ada")]
+    if adaptive:
+      L += _ada_md(adaptive, sp.has_benchmark)
     replayed = [r for r in rows if r.get("es_replay")]
     if replayed:
       L += _es_replay_md(replayed, sp.has_benchmark)

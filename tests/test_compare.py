@@ -398,6 +398,43 @@ def test_darts_es_replayed_on_recorded_eigenvalues(tmp_path):
   assert f"| darts | 1/2 | 3 → 2 (0) | {kept:.2f} ± 0.00 | {final:.2f} ± 0.00 |" in md
 
 
+def test_darts_ada_runs_report_their_roll_backs_and_final_cells(tmp_path):
+  """Runs searched with early_stop=darts_ada: the NB201 report lists each run's roll-backs (stop → kept epoch,
+  the weight decay after it) and final weight decay, counts the runs that rolled back and scores the final
+  cells on the table; runs of other methods get no such entry, and the replay skips ADA runs."""
+  archs = [nb201.arch_to_string(a) for a in nb201.enumerate_archs()]
+  bench_path = tmp_path / "nb201.csv"
+  bench_path.write_text("arch,cifar10_test_acc\n" + "".join(f"{a},{50 + 40 * i / len(archs):.4f}\n"
+                                                            for i, a in enumerate(archs)))
+  bench = nb201.load_benchmark(str(bench_path))
+  backs = {0: [{"iteration": 1, "stop_epoch": 7, "kept_epoch": 1, "weight_decay": 1.5e-3, "kept_genotype": archs[5]}],
+           1: []}
+  runs = []
+  for seed in (0, 1):
+    d = tmp_path / f"seed{seed}"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"phase": "epoch", "epoch": e, "hessian_eigenvalue": 1.0 + e})
+                                             + "\n" for e in range(8)))
+    wd.write_json(str(d / "config.json"), {"hessian_every": 1, "early_stop": "darts_ada", "epochs": 8,
+                                           "method": "darts", "early_stop_kwargs": {}})
+    runs.append({"space": "nb201", "method": "darts", "seed": seed, "search_dir": str(d),
+                 "search": {"early_stop": "darts_ada", "genotype": archs[10 * (seed + 1)],
+                            "ada_rollbacks": backs[seed], "w_weight_decay_final": 1.5e-3 if seed == 0 else 5e-4}})
+  runs.append({"space": "nb201", "method": "gdas", "seed": 0, "search_dir": None, "search": {"genotype": archs[0]}})
+  tables = {"nb201": [{"method": "darts", "num_runs": 2}, {"method": "gdas", "num_runs": 1}]}
+  compare._add_eigenvalue_trends(tables, runs, None, bench, "cifar10")  # pylint: disable=protected-access
+  darts, gdas = tables["nb201"]
+  assert "ada" not in gdas and "es_replay" not in darts
+  got = darts["ada"]
+  assert (got["rolled_back"], got["num_runs"]) == (1, 2)
+  assert got["runs"][0]["rollbacks"] == [{"stop_epoch": 7, "kept_epoch": 1, "weight_decay": 1.5e-3}]
+  accs = [bench.query(archs[10]), bench.query(archs[20])]
+  assert accs[0] != accs[1] and got["acc"]["mean"] == pytest.approx(np.mean(accs))
+  md = "\n".join(compare._ada_md([darts], True))  # pylint: disable=protected-access
+  assert ("| darts | 1/2 | seed 0: 7 → 1 (wd 0.0015) | seed 0: 0.0015, seed 1: 0.0005 | "
+          f"{np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f} |") in md
+
+
 def test_epoch_table_shows_the_epochs_whose_eigenvalue_was_measured():
   """With the Hessian measured every other epoch (epochs 1, 3, ..., 19) the per-epoch table's columns are those
   epochs (and epoch 0), so each λ_max cell of the row is filled; without it, ten evenly spaced epochs."""
