@@ -20,11 +20,13 @@ def write_architecture(workdir: str, arch, space) -> str:
 
 
 def write_search(workdir: str, arch, space, alphas: Mapping[str, Any], epoch_records: Sequence[Dict[str, Any]],
-                 early_stop: Optional[Tuple[int, int]] = None) -> List[str]:
+                 early_stop: Optional[Tuple[int, int]] = None,
+                 rollbacks: Sequence[Mapping[str, Any]] = ()) -> List[str]:
   """A search's exports: the architecture (`write_architecture`) and its pictures, ``alphas.json`` and, from
   the per-epoch metrics records, the op weights' history (``alphas.png``) and, where the records hold the α
   Hessian's eigenvalue, its history (``hessian.png``, marking `early_stop`: DARTS-ES' (stop epoch, kept
-  epoch)). Returns the pictures' paths."""
+  epoch), and the eigenvalues of the epochs each DARTS-ADA roll-back in `rollbacks` (its ``ada`` records)
+  discarded). Returns the pictures' paths."""
   write_architecture(workdir, arch, space)
   wd.write_json(os.path.join(workdir, "alphas.json"), {k: np.asarray(v).tolist() for k, v in alphas.items()})
   paths = list(space.plot_arch(arch, workdir))
@@ -34,5 +36,8 @@ def write_search(workdir: str, arch, space, alphas: Mapping[str, Any], epoch_rec
   measured = [(r["epoch"], r["hessian_eigenvalue"]) for r in epoch_records if r.get("hessian_eigenvalue") is not None]
   if measured:
     stop, kept = early_stop or (None, None)
-    paths += visualize.plot_eigenvalues(*zip(*measured), os.path.join(workdir, "hessian"), stop, kept)
+    abandoned = [([(e, v) for e, v in b["abandoned_eigenvalues"] if v is not None],
+                  f"discarded by roll-back {b['iteration']} to epoch {b['rollback_epoch']} "
+                  f"(then weight decay {b['weight_decay']:.2g})") for b in rollbacks]
+    paths += visualize.plot_eigenvalues(*zip(*measured), os.path.join(workdir, "hessian"), stop, kept, abandoned)
   return paths

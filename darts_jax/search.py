@@ -813,8 +813,11 @@ def export(config, workdir, method, model, run: Finished):
             "bn_stats": config.get("bn_stats", "global") or "global", **run.extra}
   if not layout.is_main:
     return {**common, "val_acc": None}
-  records = [r for r in wd.read_metrics(os.path.join(workdir, "metrics.jsonl")) if r.get("phase") == "epoch"]
-  exports.write_search(workdir, arch, space, alphas, records, run.early_stop and run.early_stop[:2])
+  logged = wd.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  records = [r for r in logged if r.get("phase") == "epoch"]
+  ada = [r for r in logged if r.get("phase") == "ada"][-1:]   # the last roll-back's record holds the earlier ones
+  exports.write_search(workdir, arch, space, alphas, records, run.early_stop and run.early_stop[:2],
+                       [*ada[0]["history"], ada[0]] if ada else ())
   if run.early_stop is not None:   # the supernet's accuracy at the kept epoch, as RobustDARTS reports it
     val_acc = next((r["val_acc"] for r in records if r["epoch"] == run.early_stop[1]), None)
   else:

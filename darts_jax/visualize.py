@@ -406,9 +406,11 @@ def plot_alpha_history(history: Sequence[Any] | Mapping[str, Sequence[Any]], pri
 
 
 def plot_eigenvalues(epochs: Sequence[int], eigenvalues: Sequence[float], path_without_ext: str | os.PathLike,
-                     stop_epoch: int | None = None, kept_epoch: int | None = None) -> list[str]:
+                     stop_epoch: int | None = None, kept_epoch: int | None = None,
+                     abandoned: Sequence[tuple[Sequence[tuple[int, float]], str]] = ()) -> list[str]:
   """Plots the α Hessian's largest eigenvalue against the epoch to PNG and SVG; `stop_epoch` (where DARTS-ES
-  stopped the search) and `kept_epoch` (whose architecture it kept) are marked when given."""
+  stopped the search) and `kept_epoch` (whose architecture it kept) are marked when given; `abandoned`:
+  (epoch, eigenvalue) series that a DARTS-ADA roll-back discarded, each with its legend label, drawn dashed."""
   from matplotlib.figure import Figure
   from matplotlib.ticker import MaxNLocator
 
@@ -419,6 +421,11 @@ def plot_eigenvalues(epochs: Sequence[int], eigenvalues: Sequence[float], path_w
   fig = Figure(figsize=(5.0, 3.2))
   ax = fig.add_subplot(1, 1, 1)
   ax.plot(epochs, values, marker="o", markersize=3.5, linewidth=1.3, color="#1f77b4", label="largest eigenvalue")
+  greys = ("#7f7f7f", "#bcbd22", "#8c564b", "#e377c2", "#17becf")
+  for i, (points, label) in enumerate(abandoned):
+    if points:
+      ax.plot(*zip(*points), marker="x", markersize=4, linewidth=1.0, linestyle="--", color=greys[i % len(greys)],
+              label=label)
   if kept_epoch is not None:
     ax.axvline(kept_epoch, color="#2ca02c", linestyle=":", linewidth=1.3, label=f"kept (epoch {kept_epoch})")
   if stop_epoch is not None:

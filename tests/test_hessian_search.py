@@ -108,6 +108,8 @@ def test_darts_ada_rolls_back_with_more_weight_decay_until_its_maximum_and_resum
   ada_records = [r for r in records if r["phase"] == "ada"]
   assert len(ada_records) == 2 and all(r["step"] == 2 for r in ada_records)
   assert all(len(r["abandoned_eigenvalues"]) == 1 for r in ada_records)
+  svg = open(os.path.join(workdir, "hessian.svg")).read()   # both roll-backs' discarded epochs in the picture
+  assert all(f"discarded by roll-back {k} to epoch 0" in svg for k in (1, 2)) and "roll-back 3" not in svg
   alphas = json.load(open(os.path.join(workdir, "alphas.json")))
   assert alphas == epochs[-1]["alphas"] and summary["genotype"] == epochs[-1]["genotype"]
   search.search(_tiny(epochs=5), str(tmp_path / "plain"))

@@ -100,6 +100,10 @@ def test_eigenvalue_picture_with_and_without_the_early_stop(tmp_path):
     _check_files(paths, [tmp_path / f"{name}.png", tmp_path / f"{name}.svg"])
   assert "DARTS-ES stop (epoch 14)" in (tmp_path / "stopped.svg").read_text()
   assert "DARTS-ES stop" not in (tmp_path / "plain.svg").read_text()
+  V.plot_eigenvalues([0, 2, 4], [1.0, 1.1, 1.2], tmp_path / "ada", abandoned=[([(6, 2.0), (8, 3.0)], "roll-back 1"),
+                                                                             ([], "roll-back 2")])
+  svg = (tmp_path / "ada.svg").read_text()
+  assert "roll-back 1" in svg and "roll-back 2" not in svg   # an empty series draws nothing, not even a label
   with pytest.raises(ValueError, match="equal-length"):
     V.plot_eigenvalues([0, 1], [1.0], tmp_path / "bad")
 
