@@ -640,14 +640,14 @@ def _add_eigenvalue_trends(tables: Mapping[str, List[Dict[str, Any]]], runs: Seq
   for space, rows in tables.items():
     for row in rows:
       row["eigenvalue_trend"] = eigenvalue_trend(series.get((space, row["method"]), []))
-      row["early_stopped"] = sum(1 for r in runs if r["space"] == space and r["method"] == row["method"]
-                                 and (r.get("search") or {}).get("early_stop_epoch") is not None)
-      ada = [{"seed": r["seed"], "rollbacks": [{k: e.get(k) for k in ("stop_epoch", "kept_epoch", "weight_decay")}
-                                                for e in r["search"].get("ada_rollbacks") or []],
-              "final_weight_decay": r["search"].get("w_weight_decay_final"),
-              "acc": _table_acc(get_space(space), r["search"].get("genotype"), benchmark, benchmark_dataset)}
-             for r in runs if r["space"] == space and r["method"] == row["method"]
-             and (r.get("search") or {}).get("early_stop") == "darts_ada"]
+      searches = [(r["seed"], r.get("search") or {}) for r in runs
+                  if r["space"] == space and r["method"] == row["method"]]
+      row["early_stopped"] = sum(1 for _, s in searches if s.get("early_stop_epoch") is not None)
+      ada = [{"seed": seed, "rollbacks": [{k: e.get(k) for k in ("stop_epoch", "kept_epoch", "weight_decay")}
+                                          for e in s.get("ada_rollbacks") or []],
+              "final_weight_decay": s.get("w_weight_decay_final"),
+              "acc": _table_acc(get_space(space), s.get("genotype"), benchmark, benchmark_dataset)}
+             for seed, s in searches if s.get("early_stop") == "darts_ada"]
       if ada:
         row["ada"] = {"runs": ada, "rolled_back": sum(1 for e in ada if e["rollbacks"]), "num_runs": len(ada),
                       "acc": mean_std(e["acc"] for e in ada)}

@@ -290,6 +290,13 @@ def _without(d: Dict[str, Any], keys: Sequence[str]) -> Dict[str, Any]:
   return {k: v for k, v in d.items() if k not in keys}
 
 
+def ada_events(records: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """The DARTS-ADA roll-backs of a run's metrics records, oldest first: the last ``ada`` record with the earlier
+  ones it carries (a later roll-back may return to an earlier step, whose later records are dropped)."""
+  last = [r for r in records if r.get("phase") == "ada"][-1:]
+  return [*last[0]["history"], _without(last[0], ("history", "step"))] if last else []
+
+
 class _Adaptive:
   """DARTS-ADA (RobustDARTS' ``--early_stop 3``): when DARTS-ES fires at epoch t and keeps epoch k, the search
   returns to the state of epoch k - extra_rollback_epochs (its checkpoint, kept for this), multiplies the
@@ -308,8 +315,7 @@ class _Adaptive:
   def __init__(self, settings: Dict[str, float], base_weight_decay: float, records: Sequence[Dict[str, Any]]):
     self.settings = settings
     last = [r for r in records if r.get("phase") == "ada"][-1:]
-    # Each ada record carries the roll-backs before it: a later one may return to an earlier step and drop them.
-    self.events = [*last[0]["history"], _without(last[0], ("history", "step"))] if last else []
+    self.events = ada_events(records)
     self.weight_decay = float(last[0]["weight_decay"]) if last else float(base_weight_decay)
     self.resumed_at = (int(last[0]["step"]), float(last[0]["elapsed"])) if last else None
 
@@ -815,9 +821,8 @@ def export(config, workdir, method, model, run: Finished):
     return {**common, "val_acc": None}
   logged = wd.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   records = [r for r in logged if r.get("phase") == "epoch"]
-  ada = [r for r in logged if r.get("phase") == "ada"][-1:]   # the last roll-back's record holds the earlier ones
   exports.write_search(workdir, arch, space, alphas, records, run.early_stop and run.early_stop[:2],
-                       [*ada[0]["history"], ada[0]] if ada else ())
+                       ada_events(logged))
   if run.early_stop is not None:   # the supernet's accuracy at the kept epoch, as RobustDARTS reports it
     val_acc = next((r["val_acc"] for r in records if r["epoch"] == run.early_stop[1]), None)
   else:

@@ -421,10 +421,10 @@ def plot_eigenvalues(epochs: Sequence[int], eigenvalues: Sequence[float], path_w
   fig = Figure(figsize=(5.0, 3.2))
   ax = fig.add_subplot(1, 1, 1)
   ax.plot(epochs, values, marker="o", markersize=3.5, linewidth=1.3, color="#1f77b4", label="largest eigenvalue")
-  greys = ("#7f7f7f", "#bcbd22", "#8c564b", "#e377c2", "#17becf")
+  colors = ("#7f7f7f", "#bcbd22", "#8c564b", "#e377c2", "#17becf")
   for i, (points, label) in enumerate(abandoned):
     if points:
-      ax.plot(*zip(*points), marker="x", markersize=4, linewidth=1.0, linestyle="--", color=greys[i % len(greys)],
+      ax.plot(*zip(*points), marker="x", markersize=4, linewidth=1.0, linestyle="--", color=colors[i % len(colors)],
               label=label)
   if kept_epoch is not None:
     ax.axvline(kept_epoch, color="#2ca02c", linestyle=":", linewidth=1.3, label=f"kept (epoch {kept_epoch})")
